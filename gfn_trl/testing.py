@@ -1,0 +1,125 @@
+"""Tiny local models and tokenizers for tests: no hub, real classes."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTJConfig,
+    GPTJForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "and", "then", "slept", "ate", "big", "red", "."]
+
+
+def tiny_tokenizer(words=WORDS) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: <eos>=0, <unk>=1, then the words."""
+    vocab = {"<eos>": 0, "<unk>": 1}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>", pad_token="<eos>")
+    return fast
+
+
+def tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 32, init_std: float | None = None):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch == "gpt2":
+        cfg = GPT2Config(n_embd=hidden, n_layer=2, n_head=2, n_positions=128, **common)
+        model = GPT2LMHeadModel(cfg)
+    elif arch == "gptj":
+        cfg = GPTJConfig(n_embd=hidden, n_layer=2, n_head=4, rotary_dim=4, n_positions=128, **common)
+        model = GPTJForCausalLM(cfg)
+    elif arch == "llama":
+        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=128, **common)
+        model = LlamaForCausalLM(cfg)
+    elif arch == "qwen2":
+        cfg = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=128, **common)
+        model = Qwen2ForCausalLM(cfg)
+    elif arch == "gpt_neox":
+        cfg = GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=128, **common)
+        model = GPTNeoXForCausalLM(cfg)
+    else:
+        raise ValueError(arch)
+    if init_std is not None:  # sharper conditionals
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim >= 2:
+                    p.normal_(0, init_std)
+    return model
+
+
+ARCHS = ["gpt2", "gptj", "llama", "qwen2", "gpt_neox"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The exact-posterior toy: a tiny LM with sharp conditionals, latents of 1-3 tokens over a 4-token alphabet (84 latents)
+
+
+TOY_WORDS = ["x", "y", "a", "b", "c", "d"]
+TOY_LATENT_WORDS = ["a", "b", "c", "d"]
+
+
+def exact_posterior_toy(reward_kind: str = "suffix", seed: int = 0, init_std: float = 0.5, arch: str = "gpt2"):
+    """Everything the exact-posterior check needs.
+
+    Returns a dict with: tokenizer, model (the frozen LM, also the policy's start), dataset (one prompt; with a
+    `suffix` column for the fixed-suffix reward), vocab_mask (latents use a, b, c, d only), latents (all of them),
+    min_length / max_length.
+    """
+    from datasets import Dataset
+
+    tok = tiny_tokenizer(TOY_WORDS)
+    model = tiny_model(arch, len(tok), seed=seed, hidden=32, init_std=init_std)
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    latent_ids = tok.convert_tokens_to_ids(TOY_LATENT_WORDS)
+    allowed[latent_ids] = True
+    rows = {"prompt": ["x y x"]}
+    if reward_kind == "suffix":
+        rows["suffix"] = ["y x y"]
+    elif reward_kind != "stop":
+        raise ValueError("reward_kind is 'suffix' or 'stop'")
+    from .exact import enumerate_latents
+
+    return {
+        "tokenizer": tok,
+        "model": model,
+        "dataset": Dataset.from_dict(rows),
+        "vocab_mask": allowed,
+        "latents": enumerate_latents(latent_ids, 1, 3),
+        "min_length": 1,
+        "max_length": 3,
+    }
+
+
+def exact_target_and_policy(trainer, toy) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-masses (unnormalised target log R(Z), policy log q(Z ⊤)) over every latent of the toy."""
+    from .exact import exact_log_rewards, exact_policy_log_probs
+
+    tok = toy["tokenizer"]
+    row = toy["dataset"][0]
+    prompt_ids = tok(row["prompt"])["input_ids"]
+    suffix_ids = tok(row["suffix"], add_special_tokens=False)["input_ids"] if "suffix" in row else None
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    scorer, ctx = trainer._reward_context(unwrapped)
+    was = unwrapped.training
+    unwrapped.eval()
+    with ctx:
+        log_r = exact_log_rewards(scorer, prompt_ids, toy["latents"], trainer.constraints.stop_token_id, tok.pad_token_id, suffix_ids)
+    log_q = exact_policy_log_probs(unwrapped, prompt_ids, toy["latents"], trainer.constraints, tok.pad_token_id)
+    unwrapped.train(was)
+    return log_r, log_q

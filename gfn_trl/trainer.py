@@ -1,0 +1,506 @@
+"""GFlowNetTrainer: GFlowNet fine-tuning of a causal LM on TRL's trainer base.
+
+One batch, end to end (`_prepare_inputs` then `compute_loss`):
+
+1. the dataloader yields `per_device_train_batch_size` prompts; each is repeated `num_generations` times;
+2. the behaviour source is drawn for the micro-batch: on-policy, tempered, or replay;
+3. fresh latents are sampled without gradients (KV cache) from the constrained policy;
+4. the frozen reward LM scores log R(s_k ⊤) for every prefix k (one pass; packed for a fixed suffix) and the
+   untempered values go into the replay buffer;
+5. one teacher-forced pass of the policy, with gradients, gives log q(z_k|·) and log q(⊤|·) at temperature 1
+   under the same constraints;
+6. the loss (modified SubTB by default) is computed on log R / T_R, with T_R on a linear schedule in optimizer steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import textwrap
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.trainer.base_trainer import _BaseTrainer
+
+from .config import GFlowNetConfig
+from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
+from .models import check_lora_targets, load_causal_lm, load_tokenizer, lora_target_modules
+from .replay import ReplayBuffer
+from .rewards import prefix_log_rewards
+from .sampling import LatentConstraints, left_pad, policy_log_probs, right_pad, sample_latents
+
+try:
+    from peft import PeftConfig, PeftModel, get_peft_model
+except ImportError:  # peft is a dependency, but keep the import error readable
+    PeftConfig = PeftModel = get_peft_model = None
+
+
+def _identity(rows):
+    return rows
+
+
+class LogZHead(nn.Module):
+    """Prompt-conditioned log Z: a linear map of the (normalised, detached) hidden state at the last prompt token.
+
+    The features are layer-normalised and scaled by 1/sqrt(H) so that one Adam step moves log Z by about the
+    learning rate whatever the width; the bias starts at the first batch's per-prompt estimate (`initialized`).
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B,)
+        return self.linear(self.norm(hidden) / hidden.shape[-1] ** 0.5).squeeze(-1)
+
+
+class GFlowNetTrainer(_BaseTrainer):
+    """Trains a policy q(Z | prompt) so that q(Z) ∝ R(Z), R being a frozen LM's likelihood of the latent.
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`): the policy's starting point.  A string is a hub id, a local
+            directory or a `.gguf` file.
+        args (`GFlowNetConfig`, *optional*): the settings.
+        train_dataset (`datasets.Dataset`): rows with a `prompt` column (the text the policy conditions on), and
+            optionally `reward_prompt` (the text the reward LM conditions on; default `prompt`) and `suffix`
+            (a fixed Y scored after the latent: log R = log p(Z Y | reward_prompt); without it the reward is
+            log p(Z ⊤ | reward_prompt) with ⊤ the stop token).
+        processing_class (`PreTrainedTokenizerBase`, *optional*): the tokenizer (loaded from `model` by default).
+        peft_config (`peft.PeftConfig`, *optional*): LoRA settings; target modules are found automatically when unset.
+        reward_model (`PreTrainedModel`, *optional*): a separate frozen reward LM sharing the tokenizer.  By default
+            the reward is the policy's base with the adapter disabled (PEFT), or a frozen copy of the initial model.
+        vocab_mask (`torch.Tensor` or callable, *optional*): (V,) bool mask of the tokens a latent may use, or a
+            function tokenizer -> mask.  Applied identically when sampling and in the loss.
+    """
+
+    _tag_names = ["trl", "gflownet", "gfn_trl"]
+    _name = "GFlowNet"
+    _paper = {
+        "title": "Amortizing Intractable Inference in Large Language Models",
+        "id": "2310.04363",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{hu2024amortizing,
+                title     = {{Amortizing Intractable Inference in Large Language Models}},
+                author    = {Edward J. Hu and Moksh Jain and Eric Elmoznino and Younesse Kaddar and Guillaume Lajoie and Yoshua Bengio and Nikolay Malkin},
+                year      = 2024,
+                booktitle = {The Twelfth International Conference on Learning Representations, {ICLR} 2024},
+            }"""),
+    }
+    # `compute_loss` returns a per-micro-batch mean; the HF Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: GFlowNetConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: "PeftConfig | None" = None,
+        reward_model: PreTrainedModel | None = None,
+        vocab_mask: torch.Tensor | Callable | None = None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        # Args
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = GFlowNetConfig(f"{str(name).split('/')[-1] or 'model'}-GFlowNet")
+        if train_dataset is None:
+            raise ValueError("GFlowNetTrainer needs a train_dataset with a 'prompt' column.")
+
+        # Model
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if isinstance(model, str):
+            name_or_path = model
+            model = load_causal_lm(name_or_path, **init_kwargs)
+        else:
+            name_or_path = model.config._name_or_path
+
+        # Processing class
+        if processing_class is None:
+            processing_class = load_tokenizer(name_or_path, init_kwargs.get("gguf_file"))
+        tokenizer = processing_class
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError(
+                    "The tokenizer has neither a pad token nor an EOS token. Set one, e.g. "
+                    "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings."
+                )
+            tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out, so any id will do
+
+        # Stop token
+        if args.stop_token is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("The tokenizer has no EOS token: set `stop_token` to the token that ends a latent.")
+            stop_id = tokenizer.eos_token_id
+        else:
+            ids = tokenizer.encode(args.stop_token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(
+                    f"stop_token {args.stop_token!r} encodes to {len(ids)} tokens {ids}; it must be exactly one token. "
+                    "Pick a token from the vocabulary (e.g. '.' or the EOS token)."
+                )
+            stop_id = ids[0]
+
+        # PEFT
+        if peft_config is not None:
+            if get_peft_model is None:
+                raise ImportError("peft_config needs the `peft` package: pip install peft")
+            if PeftModel is not None and isinstance(model, PeftModel):
+                raise ValueError("model is already a PeftModel; do not pass peft_config as well.")
+            peft_config = copy.deepcopy(peft_config)
+            if getattr(peft_config, "target_modules", None) is None:
+                peft_config.target_modules = lora_target_modules(model)
+            else:
+                check_lora_targets(model, peft_config.target_modules)
+            if model.config.model_type == "gpt2":
+                peft_config.fan_in_fan_out = True  # GPT-2's Conv1D stores weights transposed
+            model = get_peft_model(model, peft_config)
+        is_peft = PeftModel is not None and isinstance(model, PeftModel)
+
+        if args.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+
+        # Reward model: the adapter-disabled base by default (no second copy of the weights)
+        if reward_model is None and args.reward_model_name_or_path is not None:
+            reward_model = load_causal_lm(args.reward_model_name_or_path, dtype=init_kwargs.get("dtype"))
+        if reward_model is None and not is_peft:
+            # Full fine-tuning: the reward must stay the *initial* LM, so keep a frozen copy.
+            reward_model = copy.deepcopy(model)
+        if reward_model is not None:
+            reward_model.eval()
+            reward_model.requires_grad_(False)
+            if reward_model.get_output_embeddings().weight.shape[0] < len(tokenizer):
+                raise ValueError("The reward model's vocabulary is smaller than the tokenizer's: they must share a tokenizer.")
+        self.reward_model = reward_model
+
+        # Constraints of the policy, shared by the sampler and the loss
+        allowed = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
+        if allowed is not None:
+            allowed = torch.as_tensor(allowed, dtype=torch.bool)
+            if allowed.ndim != 1:
+                raise ValueError(f"vocab_mask must be a 1-D bool tensor over the vocabulary, got shape {tuple(allowed.shape)}.")
+            if int(allowed.sum()) == 0:
+                raise ValueError("vocab_mask allows no token; a latent could only be empty.")
+        self.constraints = LatentConstraints(stop_id, args.max_completion_length, args.min_completion_length, allowed)
+
+        # Data: tokenise once, here, not on the hot path
+        train_dataset = self._prepare_dataset(train_dataset, tokenizer, model, args, "train")
+        if eval_dataset is not None:
+            eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, model, args, "eval")
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=_identity,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+        # State carried across steps (saved in checkpoints)
+        self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
+        self._rng = random.Random(args.seed + self.args.process_index)
+        self.needs_log_z = args.loss_type == "tb" or args.min_completion_length > 0
+        self.log_z_head = None
+        if self.needs_log_z and args.log_z == "learned":
+            hidden = model.config.get_text_config().hidden_size
+            self.log_z_head = LogZHead(hidden).to(self.accelerator.device)
+        if self.reward_model is not None:
+            self.reward_model.to(self.accelerator.device)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ data
+    @staticmethod
+    def _prepare_dataset(dataset: Dataset, tokenizer, model, args: GFlowNetConfig, split: str) -> Dataset:
+        columns = set(dataset.column_names)
+        if "prompt" not in columns:
+            raise ValueError(
+                f"The {split} dataset has no 'prompt' column (columns: {sorted(columns)}). Rename the column holding "
+                "the policy's input text to 'prompt'."
+            )
+        if len(dataset) == 0:
+            raise ValueError(f"The {split} dataset is empty.")
+        has_reward_prompt, has_suffix = "reward_prompt" in columns, "suffix" in columns
+        max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+        def tokenize(batch, indices):
+            out = {"prompt_ids": [], "reward_prompt_ids": [], "suffix_ids": [], "gfn_key": []}
+            for j, i in enumerate(indices):
+                prompt = batch["prompt"][j]
+                if not isinstance(prompt, str) or not prompt:
+                    raise ValueError(f"Row {i} of the {split} dataset has an empty or non-text 'prompt': {prompt!r}.")
+                reward_prompt = batch["reward_prompt"][j] if has_reward_prompt else prompt
+                if not isinstance(reward_prompt, str) or not reward_prompt:
+                    raise ValueError(f"Row {i} of the {split} dataset has an empty 'reward_prompt'.")
+                suffix = batch["suffix"][j] if has_suffix else None
+                p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+                r_ids = tokenizer(reward_prompt, add_special_tokens=True)["input_ids"]
+                s_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if has_suffix else []
+                if has_suffix and not s_ids:
+                    raise ValueError(
+                        f"Row {i} of the {split} dataset has a 'suffix' ({suffix!r}) that tokenizes to nothing. Give "
+                        "every row a non-empty suffix, or drop the column to use the stop-token reward."
+                    )
+                need = max(len(p_ids), len(r_ids) + len(s_ids)) + args.max_completion_length + 1
+                if max_pos is not None and need > max_pos:
+                    raise ValueError(
+                        f"Row {i} of the {split} dataset needs {need} positions (prompt {len(p_ids)}, reward prompt "
+                        f"{len(r_ids)}, suffix {len(s_ids)}, max_completion_length {args.max_completion_length}) but the "
+                        f"model's context window is {max_pos}. Shorten the text or lower max_completion_length."
+                    )
+                out["prompt_ids"].append(p_ids)
+                out["reward_prompt_ids"].append(r_ids)
+                out["suffix_ids"].append(s_ids)
+                out["gfn_key"].append("\x1f".join([prompt, reward_prompt, suffix or ""]))
+            return out
+
+        dataset = dataset.map(tokenize, batched=True, with_indices=True, desc=f"Tokenizing the {split} prompts")
+        return dataset.add_column("gfn_has_suffix", [has_suffix] * len(dataset)) if "gfn_has_suffix" not in columns else dataset
+
+    # ------------------------------------------------------------------ rollout and reward
+    def _draw_behaviour(self) -> tuple[str, float]:
+        a = self.args
+        u = self._rng.random() * (a.on_policy_prob + a.tempered_prob + a.replay_prob)
+        if u < a.on_policy_prob:
+            return "on_policy", 1.0
+        if u < a.on_policy_prob + a.tempered_prob:
+            return "tempered", self._rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)
+        return "replay", 1.0
+
+    def _reward_context(self, unwrapped):
+        if self.reward_model is not None:
+            return self.reward_model, nullcontext()
+        return unwrapped, unwrapped.disable_adapter()
+
+    @torch.no_grad()
+    def score_latents(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, S) untempered log R(s_k ⊤) for the latents `z` of `rows` (one row per latent)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        scorer, ctx = self._reward_context(unwrapped)
+        was_training = scorer.training
+        scorer.eval()
+        suffixes = [r["suffix_ids"] for r in rows] if rows[0]["gfn_has_suffix"] else None
+        with ctx, self.accelerator.autocast():
+            log_r = prefix_log_rewards(
+                scorer,
+                [r["reward_prompt_ids"] for r in rows],
+                z,
+                lengths,
+                self.constraints.stop_token_id,
+                self.processing_class.pad_token_id,
+                suffixes,
+                self.args.reward_chunk_size,
+            )
+        scorer.train(was_training)
+        return log_r.float()
+
+    @torch.no_grad()
+    def _prepare_inputs(self, rows: list[dict]) -> dict:
+        device = self.accelerator.device
+        k = self.args.num_generations
+        pad = self.processing_class.pad_token_id
+        stop = self.constraints.stop_token_id
+        mode, temperature = self._draw_behaviour()
+        expanded = [r for r in rows for _ in range(k)]
+        group = torch.arange(len(rows), device=device).repeat_interleave(k)
+        prompt_ids, prompt_mask = left_pad([r["prompt_ids"] for r in expanded], pad, device)
+
+        replayed = None
+        if mode == "replay":
+            replayed = [self.replay_buffer.sample(r["gfn_key"], k, self._rng) for r in rows]
+            if not all(replayed):  # a prompt with an empty buffer: explore instead, as the paper does
+                mode = "tempered"
+                temperature = self._rng.uniform(self.args.sampling_temperature_min, self.args.sampling_temperature_max)
+                replayed = None
+        if replayed is not None:
+            entries = [e for per_prompt in replayed for e in per_prompt]
+            z, lengths = right_pad([list(e.tokens) for e in entries], stop, device=device)
+            log_r = torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(e.log_rewards) for e in entries], batch_first=True
+            ).to(device)
+        else:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            was_training = unwrapped.training
+            unwrapped.eval()  # no dropout, and a KV cache even with activation checkpointing
+            with self.accelerator.autocast():
+                z, lengths = sample_latents(unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, pad)
+            unwrapped.train(was_training)
+            log_r = self.score_latents(expanded, z, lengths)
+            for b, r in enumerate(expanded):
+                n = int(lengths[b])
+                self.replay_buffer.add(r["gfn_key"], z[b, :n].tolist(), log_r[b, : n + 1].tolist())
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "z": z,
+            "lengths": lengths,
+            "log_r": log_r.float(),  # untempered
+            "group": group,
+            "behaviour": mode,
+            "temperature": temperature,
+            "rows": expanded,
+        }
+
+    # ------------------------------------------------------------------ loss
+    def _check_finite(self, log_r: torch.Tensor, inputs: dict) -> None:
+        """A terminal log-reward that is -inf or NaN would make the loss meaningless: name the sample."""
+        lengths = inputs["lengths"]
+        S = log_r.shape[1]
+        idx = torch.arange(S, device=log_r.device)
+        used = (idx[None, :] <= lengths[:, None]) & (idx[None, :] >= self.args.min_completion_length)
+        bad = (~torch.isfinite(log_r) & used).any(1)
+        if bad.any():
+            b = int(bad.nonzero()[0])
+            row = inputs["rows"][b]
+            text = self.processing_class.decode(inputs["z"][b, : int(lengths[b])])
+            raise FloatingPointError(
+                f"Non-finite log-reward for prompt {row['prompt']!r} and latent {text!r} (tokens "
+                f"{inputs['z'][b, : int(lengths[b])].tolist()}). The reward LM gives it probability 0 (a banned token, "
+                "or underflow in low precision): check the vocabulary mask and run the reward pass in float32."
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("GFlowNetTrainer does not return model outputs from compute_loss.")
+        args = self.args
+        want_hidden = self.log_z_head is not None
+        out = policy_log_probs(
+            model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["z"], inputs["lengths"], self.constraints, want_hidden
+        )
+        log_pf, log_pterm = out[0], out[1]
+        t_r = args.reward_temperature(self.state.global_step)
+        self._check_finite(inputs["log_r"], inputs)
+        log_r = inputs["log_r"] / t_r  # (B, S) tempered
+        lengths, group = inputs["lengths"], inputs["group"]
+
+        log_z = None
+        if self.needs_log_z:
+            windows = "tb" if args.loss_type == "tb" else "subtb"
+            if self.log_z_head is None:
+                log_z = batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows)
+            else:
+                if not bool(self.log_z_head.initialized):  # start from the data, not from 0
+                    estimate = batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows)
+                    self.log_z_head.linear.bias.data.fill_(float(self.accelerator.reduce(estimate.mean(), "mean")))
+                    self.log_z_head.initialized.fill_(True)
+                log_z = self.log_z_head(out[2].detach().float())  # (B,)
+
+        if args.loss_type == "subtb":
+            loss = modified_subtb_loss(log_pf, log_pterm, log_r, lengths, args.subtb_lambda, args.min_completion_length, log_z)
+        elif args.loss_type == "db":
+            loss = modified_db_loss(log_pf, log_pterm, log_r, lengths, args.min_completion_length, log_z)
+        else:
+            loss = tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
+
+        self._record_metrics(inputs, log_pf, log_pterm, log_r, log_z, t_r)
+        return loss
+
+    @torch.no_grad()
+    def _record_metrics(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
+        lengths, group = inputs["lengths"], inputs["group"]
+        final = inputs["log_r"].gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
+        ratio = trajectory_log_ratio(log_pf.detach(), log_pterm.detach(), log_r, lengths)  # log R/T_R - log q
+        n_groups = int(group.max()) + 1
+        centred = ratio - torch.zeros(n_groups, device=ratio.device).index_add_(0, group, ratio)[group] / torch.bincount(group)[group]
+        values = {
+            "log_reward/mean": final.mean(),
+            "log_reward/max": final.max(),
+            "completion_length/mean": lengths.float().mean(),
+            "log_ratio/within_prompt_var": centred.pow(2).mean(),  # 0 when q ∝ R exactly
+            "reward_temperature": torch.tensor(t_r),
+            "sampling_temperature": torch.tensor(inputs["temperature"]),
+            "behaviour/replay": torch.tensor(float(inputs["behaviour"] == "replay")),
+            "behaviour/tempered": torch.tensor(float(inputs["behaviour"] == "tempered")),
+            "replay_buffer/size": torch.tensor(float(len(self.replay_buffer))),
+        }
+        if log_z is not None:
+            values["log_z/mean"] = log_z.detach().mean()
+        names = list(values)
+        stacked = torch.stack([v.float().to(self.accelerator.device) for v in values.values()])
+        stacked = self.accelerator.reduce(stacked, reduction="mean")
+        for name, v in zip(names, stacked.tolist()):
+            self._metrics[name].append(v)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics:
+            prefix = "eval_" if next(iter(logs), "").startswith("eval_") else ""
+            logs = {**logs, **{prefix + k: sum(v) / len(v) for k, v in self._metrics.items()}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ optimizer and checkpoints
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.log_z_head is not None and not any(
+            p is self.log_z_head.linear.weight for g in optimizer.param_groups for p in g["params"]
+        ):
+            optimizer.add_param_group(
+                {"params": list(self.log_z_head.parameters()), "lr": self.args.log_z_learning_rate, "weight_decay": 0.0}
+            )
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.log_z_head is not None and self.accelerator.num_processes > 1:
+            for p in self.log_z_head.parameters():  # the head lives outside the DDP-wrapped model
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        return loss
+
+    def gfn_state_dict(self) -> dict:
+        """Everything the GFlowNet adds to a checkpoint: replay buffer, log Z head, behaviour RNG."""
+        return {
+            "replay_buffer": self.replay_buffer.state_dict(),
+            "log_z_head": None if self.log_z_head is None else self.log_z_head.state_dict(),
+            "behaviour_rng": self._rng.getstate(),
+        }
+
+    def load_gfn_state_dict(self, state: dict) -> None:
+        self.replay_buffer.load_state_dict(state["replay_buffer"])
+        if self.log_z_head is not None and state["log_z_head"] is not None:
+            self.log_z_head.load_state_dict(state["log_z_head"])
+        self._rng.setstate(state["behaviour_rng"])
+
+    def _gfn_state_file(self, folder: str) -> str:
+        return os.path.join(folder, f"gfn_state_rank{self.args.process_index}.pt")
+
+    def _save_checkpoint(self, model, trial):
+        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        # The GFlowNet state is written into the checkpoint folder *before* the Trainer finalises it, so a
+        # checkpoint that the Trainer considers complete always holds it.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        torch.save(self.gfn_state_dict(), self._gfn_state_file(folder))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._gfn_state_file(checkpoint)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint was not written by GFlowNetTrainer (or with another number of "
+                "processes), so the replay buffer and log Z cannot be restored."
+            )
+        self.load_gfn_state_dict(torch.load(path, weights_only=False))
