@@ -43,9 +43,9 @@ class _Track(TrainerCallback):
 
 
 def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, verbose=True, lora=True, log_z="batch",
-        scheduler="linear", log_z_lr=1e-2, output_dir=None):
+        scheduler="linear", log_z_lr=1e-2, min_length=1, output_dir=None):
     """Train on the toy; returns [(step, TV, KL, Σq)] and the trainer."""
-    toy = exact_posterior_toy(reward, seed=seed)
+    toy = exact_posterior_toy(reward, seed=seed, min_length=min_length)
     args = GFlowNetConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="gfn_exact_"),
         max_steps=steps,
@@ -94,8 +94,10 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--scheduler", default="linear", help="LR schedule (the paper: constant_with_warmup)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min_length", type=int, default=1, help="minimum latent length (0..3)")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     a = p.parse_args()
-    history, _ = run(a.reward, a.steps, a.loss, a.seed, a.lr, lora=not a.full, log_z=a.log_z, scheduler=a.scheduler)
+    history, _ = run(a.reward, a.steps, a.loss, a.seed, a.lr, lora=not a.full, log_z=a.log_z, scheduler=a.scheduler,
+                     min_length=a.min_length)
     step, tv, kl, _ = history[-1]
     print(f"final: reward={a.reward} loss={a.loss} steps={step} TV={tv:.4f} KL={kl:.4f}")

@@ -77,7 +77,10 @@ def state_potentials(
                 "min_length > 0 makes s_0 non-terminable, so its flow is log Z: pass log_z (a learned value or a "
                 "per-prompt batch estimate), or set min_length=0."
             )
-        log_flow = torch.cat([log_z.reshape(B, 1).to(log_flow.dtype), log_flow[:, 1:]], dim=1)
+        log_z = torch.as_tensor(log_z, dtype=log_flow.dtype, device=log_flow.device)
+        if log_z.ndim > 1 or (log_z.ndim == 1 and log_z.shape[0] not in (1, B)):
+            raise ValueError(f"log_z must be a scalar or have shape ({B},), got {tuple(log_z.shape)}.")
+        log_flow = torch.cat([log_z.expand(B).reshape(B, 1), log_flow[:, 1:]], dim=1)
         has_flow[:, 0] = True
     u = torch.where(has_flow, log_flow - cum_pf, torch.zeros_like(log_flow))  # (B, S)
     return u, has_flow, terminal
@@ -91,7 +94,7 @@ def modified_subtb_loss(
     subtb_lambda: float = 1.0,
     min_length: int = 0,
     log_z: Tensor | None = None,
-    max_window: int | None = None,
+    consecutive_only: bool = False,
 ) -> Tensor:
     """Modified subtrajectory balance (Hu et al. 2024, eq. 3), λ-weighted, global mean over valid windows.
 
@@ -99,17 +102,19 @@ def modified_subtb_loss(
     terminate), the squared residual (u_i - u_j)² is weighted by λ^(j-i-1).  The loss is
     Σ w·residual² / Σ w over the whole batch (the authors' normalisation: longer trajectories contribute
     more windows).  Each window is counted once (the authors' infilling code double-counts windows ending
-    at the terminal state; we do not).  `max_window=1` gives the modified detailed-balance loss.
+    at the terminal state; we do not).  `consecutive_only=True` keeps only windows between consecutive states
+    that have a flow, (i, i+1) and, when min_length > 1, (0, min_length): the modified detailed-balance loss.
 
-    Returns a scalar.  log_z: (B,) flow of s_0, required iff min_length > 0.
+    Returns a scalar.  log_z: (B,) or scalar flow of s_0, required iff min_length > 0.
     """
     u, has_flow, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, log_z)
     S = u.shape[1]
     idx = torch.arange(S, device=u.device)
     width = idx[None, :] - idx[:, None]  # (S, S): j - i for window (i, j)
     window_ok = width >= 1
-    if max_window is not None:
-        window_ok = window_ok & (width <= max_window)
+    if consecutive_only:  # the next state with a flow after s_0 is s_min_length
+        first_hop = (idx[:, None] == 0) & (idx[None, :] == min_length)
+        window_ok = window_ok & ((width == 1) | first_hop)
     valid = window_ok[None] & has_flow[:, :, None] & terminal[:, None, :]  # (B, S, S) window (i, j)
     lambda_pow = float(subtb_lambda) ** (width - 1).clamp(min=0).to(u.dtype)  # (S, S): λ^(j-i-1)
     weight = valid * lambda_pow  # (B, S, S)
@@ -121,8 +126,11 @@ def modified_subtb_loss(
 
 
 def modified_db_loss(log_pf, log_pterm, log_r, lengths, min_length: int = 0, log_z: Tensor | None = None) -> Tensor:
-    """Modified detailed balance: the length-1 windows of the modified SubTB loss, global mean."""
-    return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 1.0, min_length, log_z, max_window=1)
+    """Modified detailed balance: the SubTB windows between consecutive states with a flow, global mean.
+
+    These are the length-1 windows, plus (0, min_length) when min_length > 1 (the states in between cannot
+    terminate, so the first tokens are trained through log Z)."""
+    return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 1.0, min_length, log_z, consecutive_only=True)
 
 
 def trajectory_log_ratio(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> Tensor:
@@ -139,6 +147,8 @@ def trajectory_log_ratio(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengt
 def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor, log_z: Tensor) -> Tensor:
     """Trajectory balance: mean over trajectories of (log Z + log q(Z⊤) - log R(Z⊤))².  log_z: (B,) or scalar."""
     residual = log_z - trajectory_log_ratio(log_pf, log_pterm, log_r, lengths)  # (B,)
+    if residual.numel() == 0:
+        return residual.sum()
     return residual.pow(2).mean()
 
 
@@ -165,17 +175,29 @@ def batch_log_z(
     group: Tensor,
     min_length: int = 0,
     windows: str = "subtb",
+    subtb_lambda: float = 1.0,
 ) -> Tensor:
     """Per-prompt batch estimate of log Z (VarGrad), detached, shape (B,).
 
-    For TB it is the group mean of log R(Z⊤) - log q(Z⊤).  For SubTB it is the least-squares value of
-    u_0 over all windows (0, j): the group mean of u_j over terminable states j.  Trajectories of the
-    same prompt share `group`.
+    log Z is the flow u_0 of s_0, and every window (0, j) of the loss has residual log Z - u_j.  The estimate
+    is the value that minimises the loss's own weighted sum of those squares within each prompt's group of
+    trajectories, i.e. a weighted group mean of u_j:
+        "tb":     j = n only (then u_n = log R(Z⊤) - log q(Z⊤));
+        "subtb":  every terminable j, weighted λ^(j-1);
+        "db":     j = max(min_length, 1) only (the one window from s_0).
+    Trajectories of the same prompt share `group`.
     """
+    if windows not in ("tb", "subtb", "db"):
+        raise ValueError(f"windows must be 'tb', 'subtb' or 'db', got {windows!r}.")
     with torch.no_grad():
         if windows == "tb":
             return group_mean(trajectory_log_ratio(log_pf, log_pterm, log_r, lengths), group)
-        # u_j for terminable j does not depend on log Z; pass a dummy to get the potentials.
-        dummy = log_r.new_zeros(log_r.shape[0])
-        u, _, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, dummy if min_length > 0 else None)
-        return group_mean(torch.where(terminal, u, torch.zeros_like(u)), group, terminal)
+        # u_j for terminable j does not depend on log Z; pass a placeholder to get the potentials.
+        placeholder = log_r.new_zeros(log_r.shape[0]) if min_length > 0 else None
+        u, _, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, placeholder)
+        j = torch.arange(u.shape[1], device=u.device, dtype=u.dtype)
+        if windows == "subtb":
+            weight = terminal * float(subtb_lambda) ** (j - 1).clamp(min=0)  # (B, S)
+        else:
+            weight = terminal & (j == max(min_length, 1))
+        return group_mean(torch.where(terminal, u, torch.zeros_like(u)), group, weight)

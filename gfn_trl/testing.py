@@ -74,7 +74,9 @@ TOY_WORDS = ["x", "y", "a", "b", "c", "d"]
 TOY_LATENT_WORDS = ["a", "b", "c", "d"]
 
 
-def exact_posterior_toy(reward_kind: str = "suffix", seed: int = 0, init_std: float = 0.5, arch: str = "gpt2"):
+def exact_posterior_toy(
+    reward_kind: str = "suffix", seed: int = 0, init_std: float = 0.5, arch: str = "gpt2", min_length: int = 1
+):
     """Everything the exact-posterior check needs.
 
     Returns a dict with: tokenizer, model (the frozen LM, also the policy's start), dataset (one prompt; with a
@@ -100,8 +102,8 @@ def exact_posterior_toy(reward_kind: str = "suffix", seed: int = 0, init_std: fl
         "model": model,
         "dataset": Dataset.from_dict(rows),
         "vocab_mask": allowed,
-        "latents": enumerate_latents(latent_ids, 1, 3),
-        "min_length": 1,
+        "latents": enumerate_latents(latent_ids, min_length, 3),
+        "min_length": min_length,
         "max_length": 3,
     }
 

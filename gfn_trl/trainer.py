@@ -394,12 +394,16 @@ class GFlowNetTrainer(_BaseTrainer):
 
         log_z = None
         if self.needs_log_z:
-            windows = "tb" if args.loss_type == "tb" else "subtb"
+            windows = args.loss_type  # which windows reach s_0: "tb", "subtb" or "db"
             if self.log_z_head is None:
-                log_z = batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows)
+                log_z = batch_log_z(
+                    log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows, args.subtb_lambda
+                )
             else:
                 if not bool(self.log_z_head.initialized):  # start from the data, not from 0
-                    estimate = batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows)
+                    estimate = batch_log_z(
+                        log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows, args.subtb_lambda
+                    )
                     self.log_z_head.linear.bias.data.fill_(float(self.accelerator.reduce(estimate.mean(), "mean")))
                     self.log_z_head.initialized.fill_(True)
                 log_z = self.log_z_head(out[2].detach().float())  # (B,)

@@ -63,3 +63,12 @@ def test_the_trained_policy_differs_from_the_reward_argmax(trained):
     top = int(p.argmax())
     assert abs(q[top] - p[top]) < 0.05 and q[top] < 0.9
     assert (q > 1e-3).sum() >= (p > 2e-3).sum()  # every latent with real posterior mass keeps being sampled
+
+
+@pytest.mark.parametrize("min_length", [0, 2])
+def test_min_length_variants_match_the_exact_posterior(min_length):
+    """min_length=0: exactly the paper's eq. 3, no log Z, the empty latent allowed.  min_length=2: s_1 cannot
+    stop, s_0's flow is the batch log Z estimate."""
+    history, trainer = run("stop", steps=400, verbose=False, min_length=min_length)
+    assert trainer.needs_log_z == (min_length > 0)
+    assert history[-1][1] <= 0.05, history
