@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.trainer.base_trainer import _BaseTrainer
 
+from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import GFlowNetConfig
 from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
 from .models import check_lora_targets, load_causal_lm, load_tokenizer, lora_target_modules
@@ -469,6 +470,25 @@ class GFlowNetTrainer(_BaseTrainer):
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
         return loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """Train; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint in `output_dir`."""
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint. Start "
+                    "without resume_from_checkpoint, or point it at a checkpoint folder."
+                )
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
+            newest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete GFlowNetTrainer checkpoint (the run was probably killed "
+                f"while saving it). Resume from {newest or 'an earlier checkpoint'} instead, or pass "
+                "resume_from_checkpoint=True to pick the newest complete one."
+            )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def gfn_state_dict(self) -> dict:
         """Everything the GFlowNet adds to a checkpoint: replay buffer, log Z head, behaviour RNG."""

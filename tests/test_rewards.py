@@ -81,3 +81,49 @@ def test_left_padding_helpers():
     ids, mask = left_pad([[5, 6], [7]], 0)
     assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
     assert position_ids_from_mask(mask).tolist() == [[0, 1], [0, 0]]
+
+
+_PROPERTY_MODEL = None
+
+
+def _property_model():
+    global _PROPERTY_MODEL
+    if _PROPERTY_MODEL is None:
+        _PROPERTY_MODEL = tiny_model("qwen2", V, seed=11).eval()
+    return _PROPERTY_MODEL
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(st.integers(1, V - 1), min_size=1, max_size=6),  # prompt
+            st.lists(st.integers(1, V - 1), min_size=0, max_size=5),  # latent
+            st.lists(st.integers(1, V - 1), min_size=1, max_size=4),  # suffix
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    stop_reward=st.booleans(),
+)
+def test_reward_pass_property(rows, stop_reward):
+    """Random shapes, lengths and padding: finite per-prefix rewards, equal to the naive loop, zero past the latent."""
+    model = _property_model()
+    prompts = [r[0] for r in rows]
+    suffixes = None if stop_reward else [r[2] for r in rows]
+    lengths = torch.tensor([len(r[1]) for r in rows])
+    T = max(1, int(lengths.max()))
+    z = torch.full((len(rows), T), STOP)
+    for b, r in enumerate(rows):
+        z[b, : len(r[1])] = torch.tensor(r[1], dtype=torch.long)
+    log_r = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
+    assert torch.isfinite(log_r).all()
+    inside = torch.arange(T + 1)[None, :] <= lengths[:, None]
+    assert (log_r[inside] < 0).all() and (log_r[~inside] == 0).all()
+    if not stop_reward:
+        naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
+        torch.testing.assert_close(log_r, naive, atol=1e-4, rtol=0)

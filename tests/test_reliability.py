@@ -1,0 +1,113 @@
+"""A run killed while saving a checkpoint resumes from the last complete one and loses nothing."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from gfn_trl.checkpoints import is_complete_checkpoint, last_complete_checkpoint
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from gfn_trl import GFlowNetConfig, GFlowNetTrainer
+    from gfn_trl.testing import tiny_model, tiny_tokenizer
+
+    out, mode = sys.argv[1], sys.argv[2]
+
+    class KilledWhileSaving(GFlowNetTrainer):
+        def _save_optimizer_and_scheduler(self, output_dir):
+            if mode == "kill" and self.state.global_step == 4:
+                os.kill(os.getpid(), signal.SIGKILL)  # the adapter is written, the rest is not
+            super()._save_optimizer_and_scheduler(output_dir)
+
+    tok = tiny_tokenizer()
+    args = GFlowNetConfig(output_dir=out, max_steps=6, per_device_train_batch_size=2, num_generations=3,
+                          max_completion_length=4, learning_rate=1e-2, warmup_steps=0, logging_steps=1,
+                          save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, seed=1)
+    data = Dataset.from_dict({"prompt": ["the cat", "a dog", "the big dog"], "suffix": ["sat .", "ran .", "ate ."]})
+    trainer = KilledWhileSaving(tiny_model("gpt2", len(tok)), args, train_dataset=data, processing_class=tok,
+                                peft_config=LoraConfig(r=4))
+    trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    weights = {k: v.tolist() for k, v in trainer.model.state_dict().items() if "lora" in k}
+    import json
+    with open(os.path.join(out, f"result_{mode}.json"), "w") as f:
+        json.dump({"losses": losses, "weights": weights}, f)
+    """
+)
+
+
+def _run(script, out, mode):
+    return subprocess.run([sys.executable, str(script), str(out), mode], capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    proc = _run(script, killed, "kill")
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "checkpoint-4").is_dir() and not is_complete_checkpoint(str(killed / "checkpoint-4"))
+    assert is_complete_checkpoint(str(killed / "checkpoint-2"))
+    assert last_complete_checkpoint(str(killed)) == str(killed / "checkpoint-2")
+
+    proc = _run(script, killed, "resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _run(script, clean, "none").returncode == 0
+
+    resumed = json.loads((killed / "result_resume.json").read_text())
+    reference = json.loads((clean / "result_none.json").read_text())
+    assert resumed["losses"][2:] == reference["losses"][2:]  # steps 3..6 replayed identically
+    assert resumed["weights"] == reference["weights"]
+
+
+def test_resuming_from_an_incomplete_checkpoint_names_the_fix(tmp_path):
+    from datasets import Dataset
+
+    from gfn_trl import GFlowNetConfig, GFlowNetTrainer
+    from gfn_trl.testing import tiny_model, tiny_tokenizer
+
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"trunc')
+    tok = tiny_tokenizer()
+    args = GFlowNetConfig(output_dir=str(tmp_path), max_steps=1, num_generations=2, report_to="none", use_cpu=True)
+    trainer = GFlowNetTrainer(tiny_model("gpt2", len(tok)), args, train_dataset=Dataset.from_dict({"prompt": ["a cat"]}),
+                              processing_class=tok)
+    with pytest.raises(ValueError, match="not a complete GFlowNetTrainer checkpoint"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_non_finite_reward_names_the_sample(tmp_path):
+    """A reward LM that gives a token probability 0 makes log R = -inf: the run stops and says which sample."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from gfn_trl import GFlowNetConfig, GFlowNetTrainer
+    from gfn_trl.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    reward = tiny_model("gpt2", len(tok), seed=1)
+    head = torch.nn.Linear(reward.lm_head.in_features, reward.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(reward.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tok.convert_tokens_to_ids("ran")] = float("-inf")  # "ran" is impossible under the reward LM
+    reward.lm_head = head
+    args = GFlowNetConfig(output_dir=str(tmp_path), max_steps=1, num_generations=2, max_completion_length=3,
+                          report_to="none", use_cpu=True, disable_tqdm=True)
+    data = Dataset.from_dict({"prompt": ["the cat"], "suffix": ["ran ."]})
+    trainer = GFlowNetTrainer(tiny_model("gpt2", len(tok)), args, train_dataset=data, processing_class=tok,
+                              peft_config=LoraConfig(r=4), reward_model=reward)
+    with pytest.raises(FloatingPointError, match="Non-finite log-reward for prompt 'the cat'"):
+        trainer.train()
