@@ -111,3 +111,36 @@ def test_non_finite_reward_names_the_sample(tmp_path):
                               peft_config=LoraConfig(r=4), reward_model=reward)
     with pytest.raises(FloatingPointError, match="Non-finite log-reward for prompt 'the cat'"):
         trainer.train()
+
+
+def test_tokenizer_without_pad_or_eos(tmp_path):
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from gfn_trl import GFlowNetConfig, GFlowNetTrainer
+    from gfn_trl.testing import tiny_model
+
+    raw = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "a": 1, "cat": 2}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    args = GFlowNetConfig(output_dir=str(tmp_path), max_steps=1, num_generations=2, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
+        GFlowNetTrainer(tiny_model("gpt2", 3), args, train_dataset=Dataset.from_dict({"prompt": ["a cat"]}),
+                        processing_class=tok)
+
+
+def test_bf16_reward_pass_stays_finite_and_close_to_fp32():
+    """Low-precision reward LMs: log-softmax runs in float32, so bf16 weights cost accuracy, not finiteness."""
+    from gfn_trl.rewards import prefix_log_rewards
+    from gfn_trl.testing import tiny_model
+
+    fp32 = tiny_model("llama", 40, seed=2).eval()
+    bf16 = tiny_model("llama", 40, seed=2).eval().to(torch.bfloat16)
+    prompts = [[3, 4, 5], [6, 7]]
+    z = torch.tensor([[8, 9, 10, 11], [12, 13, 0, 0]])
+    lengths = torch.tensor([4, 2])
+    a = prefix_log_rewards(fp32, prompts, z, lengths, 0, 0, [[14, 15], [16]])
+    b = prefix_log_rewards(bf16, prompts, z, lengths, 0, 0, [[14, 15], [16]])
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert (a - b).abs().max() < 0.1 * (z.shape[1] + 2)  # a few hundredths of a nat per scored token
