@@ -71,17 +71,49 @@ class LatentConstraints:
         return out
 
 
-class _ConstrainedSampler(LogitsProcessor):
-    """Applies `LatentConstraints` then the exploration temperature, inside `generate`."""
+_MASK32 = 0xFFFFFFFF
 
-    def __init__(self, constraints: LatentConstraints, prompt_width: int, temperature: float):
+
+def hash32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (T. Mueller's), vectorised on int64 tensors without overflow."""
+    x = x & _MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    return (x >> 16) ^ x
+
+
+def gumbel_noise(row_seeds: Tensor, step: int, vocab_size: int) -> Tensor:
+    """(B, V) standard Gumbel noise that is a pure function of (row seed, step, token id).
+
+    Counter-based randomness: a latent's draws do not depend on the batch it shares, the process it runs on,
+    or the RNG state, so runs reproduce across world sizes, batch layouts and resumes.
+    """
+    token = torch.arange(vocab_size, device=row_seeds.device, dtype=torch.long)
+    h = hash32(hash32(row_seeds.long()[:, None] ^ (step * 0x9E3779B1 & _MASK32)) ^ token[None, :])
+    h = hash32(h ^ (row_seeds.long()[:, None] >> 13))
+    u = (h.double() + 0.5) / 2.0**32  # in (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+class _ConstrainedSampler(LogitsProcessor):
+    """Applies `LatentConstraints` then the exploration temperature, inside `generate`.
+
+    With `row_seeds`, it also adds counter-based Gumbel noise, so that greedy decoding of the returned scores
+    is an exact sample of softmax(constrained logits / temperature) (the Gumbel-max trick).
+    """
+
+    def __init__(self, constraints: LatentConstraints, prompt_width: int, temperature: float, row_seeds=None):
         self.constraints = constraints
         self.prompt_width = prompt_width
         self.temperature = temperature
+        self.row_seeds = row_seeds
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         step = input_ids.shape[1] - self.prompt_width
-        return self.constraints.apply(scores.float(), step) / self.temperature
+        scores = self.constraints.apply(scores.float(), step) / self.temperature
+        if self.row_seeds is not None:
+            scores = scores + gumbel_noise(self.row_seeds, step, scores.shape[-1]).to(scores.dtype)
+        return scores
 
 
 def left_pad(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[Tensor, Tensor]:
@@ -119,11 +151,14 @@ def sample_latents(
     constraints: LatentConstraints,
     temperature: float = 1.0,
     pad_token_id: int | None = None,
+    row_seeds: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample Z from the constrained policy at an exploration temperature, with the KV cache.
 
     Args:
         prompt_ids, prompt_mask: (B, P) left-padded prompts (one row per sample).
+        row_seeds: optional (B,) integers in [0, 2^32): each row's randomness is then a pure function of its
+            seed (Gumbel-max sampling); without them `generate` samples with the global torch RNG.
     Returns:
         z: (B, T) latent tokens, right-padded with the stop token; T <= max_length.
         lengths: (B,) number of latent tokens before the stop action.
@@ -132,7 +167,7 @@ def sample_latents(
         raise ValueError(f"Sampling temperature must be > 0, got {temperature}.")
     stop = constraints.stop_token_id
     config = GenerationConfig(
-        do_sample=True,
+        do_sample=row_seeds is None,  # with row seeds, the argmax of the Gumbel-perturbed scores is the sample
         temperature=1.0,  # our processor applies the exploration temperature after the constraints
         top_k=0,
         top_p=1.0,
@@ -142,7 +177,9 @@ def sample_latents(
         pad_token_id=stop if pad_token_id is None else pad_token_id,
         use_cache=True,
     )
-    processor = LogitsProcessorList([_ConstrainedSampler(constraints, prompt_ids.shape[1], temperature)])
+    if row_seeds is not None:
+        row_seeds = torch.as_tensor(row_seeds, dtype=torch.long, device=prompt_ids.device)
+    processor = LogitsProcessorList([_ConstrainedSampler(constraints, prompt_ids.shape[1], temperature, row_seeds)])
     out = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, logits_processor=processor
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import zlib
 import textwrap
 from collections import defaultdict
 from contextlib import nullcontext
@@ -219,7 +220,7 @@ class GFlowNetTrainer(_BaseTrainer):
 
         # State carried across steps (saved in checkpoints)
         self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
-        self._rng = random.Random(args.seed + self.args.process_index)
+        self._micro_step, self._micro_index = -1, 0
         self.needs_log_z = args.loss_type == "tb" or args.min_completion_length > 0
         self.log_z_head = None
         if self.needs_log_z and args.log_z == "learned":
@@ -278,14 +279,22 @@ class GFlowNetTrainer(_BaseTrainer):
         return dataset.add_column("gfn_has_suffix", [has_suffix] * len(dataset)) if "gfn_has_suffix" not in columns else dataset
 
     # ------------------------------------------------------------------ rollout and reward
+    # All randomness of a rollout is counter-based: a pure function of (seed, optimizer step, micro-batch index,
+    # prompt, sample index).  Runs therefore reproduce across resumes, world sizes and batch layouts, and every
+    # process draws the same behaviour for a micro-batch, as a single process would.
+    def _key(self, *parts) -> int:
+        text = ":".join(str(p) for p in (self.args.seed, self.state.global_step, self._micro_index, *parts))
+        return zlib.crc32(text.encode("utf-8"))
+
     def _draw_behaviour(self) -> tuple[str, float]:
         a = self.args
-        u = self._rng.random() * (a.on_policy_prob + a.tempered_prob + a.replay_prob)
+        rng = random.Random(self._key("behaviour"))
+        u = rng.random() * (a.on_policy_prob + a.tempered_prob + a.replay_prob)
         if u < a.on_policy_prob:
             return "on_policy", 1.0
         if u < a.on_policy_prob + a.tempered_prob:
-            return "tempered", self._rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)
-        return "replay", 1.0
+            return "tempered", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)
+        return "replay", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)  # fallback temperature
 
     def _reward_context(self, unwrapped):
         if self.reward_model is not None:
@@ -320,18 +329,21 @@ class GFlowNetTrainer(_BaseTrainer):
         k = self.args.num_generations
         pad = self.processing_class.pad_token_id
         stop = self.constraints.stop_token_id
+        if self.state.global_step != self._micro_step:  # first micro-batch of a new optimizer step
+            self._micro_step, self._micro_index = self.state.global_step, 0
         mode, temperature = self._draw_behaviour()
+        self._micro_index += 1
         expanded = [r for r in rows for _ in range(k)]
         group = torch.arange(len(rows), device=device).repeat_interleave(k)
         prompt_ids, prompt_mask = left_pad([r["prompt_ids"] for r in expanded], pad, device)
 
         replayed = None
         if mode == "replay":
-            replayed = [self.replay_buffer.sample(r["gfn_key"], k, self._rng) for r in rows]
+            replayed = [self.replay_buffer.sample(r["gfn_key"], k, random.Random(self._key(r["gfn_key"]))) for r in rows]
             if not all(replayed):  # a prompt with an empty buffer: explore instead, as the paper does
-                mode = "tempered"
-                temperature = self._rng.uniform(self.args.sampling_temperature_min, self.args.sampling_temperature_max)
-                replayed = None
+                mode, replayed = "tempered", None
+            else:
+                temperature = 1.0
         if replayed is not None:
             entries = [e for per_prompt in replayed for e in per_prompt]
             z, lengths = right_pad([list(e.tokens) for e in entries], stop, device=device)
@@ -343,7 +355,8 @@ class GFlowNetTrainer(_BaseTrainer):
             was_training = unwrapped.training
             unwrapped.eval()  # no dropout, and a KV cache even with activation checkpointing
             with self.accelerator.autocast():
-                z, lengths = sample_latents(unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, pad)
+                seeds = [self._key(r["gfn_key"], j % k) for j, r in enumerate(expanded)]
+                z, lengths = sample_latents(unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, pad, seeds)
             unwrapped.train(was_training)
             log_r = self.score_latents(expanded, z, lengths)
             for b, r in enumerate(expanded):
@@ -491,18 +504,18 @@ class GFlowNetTrainer(_BaseTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def gfn_state_dict(self) -> dict:
-        """Everything the GFlowNet adds to a checkpoint: replay buffer, log Z head, behaviour RNG."""
+        """Everything the GFlowNet adds to a checkpoint: the replay buffer and the log Z head.
+
+        (Rollout randomness is counter-based, a function of the step, so it needs no saved state.)"""
         return {
             "replay_buffer": self.replay_buffer.state_dict(),
             "log_z_head": None if self.log_z_head is None else self.log_z_head.state_dict(),
-            "behaviour_rng": self._rng.getstate(),
         }
 
     def load_gfn_state_dict(self, state: dict) -> None:
         self.replay_buffer.load_state_dict(state["replay_buffer"])
         if self.log_z_head is not None and state["log_z_head"] is not None:
             self.log_z_head.load_state_dict(state["log_z_head"])
-        self._rng.setstate(state["behaviour_rng"])
 
     def _gfn_state_file(self, folder: str) -> str:
         return os.path.join(folder, f"gfn_state_rank{self.args.process_index}.pt")
