@@ -70,6 +70,12 @@ def load_causal_lm(
         raise FileNotFoundError(f"Model path {name_or_path} does not exist; check the path or pass a hub id.")
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
+        # transformers de-quantises GGUF weights to dense tensors, but for some architectures it leaves the GGUF
+        # quantizer attached, and the Trainer then refuses to train the model; say explicitly that it is dense.
+        if "quantization_config" not in kwargs:
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32, **kwargs)
 
 

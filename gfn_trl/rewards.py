@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from contextlib import nullcontext
+
 from .sampling import left_pad, position_ids_from_mask, right_pad
 
 
@@ -184,3 +186,44 @@ def prefix_log_rewards(
             s_ids, s_len = right_pad(suffix_ids[lo:hi], pad_token_id, device=device)
             parts.append(suffix_log_rewards_packed(model, p_ids, p_mask, z_c, n_c, s_ids, s_len))
     return torch.cat(parts, 0)
+
+
+class LikelihoodReward:
+    """log R(s_k ⊤) for every prefix, from the frozen reward LM: the one reward path of every trainer and evaluation.
+
+    Args:
+        policy: the policy model.  With no `reward_model` it must be a PEFT model: the reward is then its base
+            with the adapter disabled (no second copy of the weights).
+        reward_model: a separate frozen LM sharing the tokenizer.
+        stop_token_id, pad_token_id: ids of the stop action and of padding.
+        chunk_size: rows scored at once (bounds the memory of the logits).
+        autocast: optional context-manager factory for mixed precision (e.g. `accelerator.autocast`).
+    """
+
+    def __init__(self, policy, reward_model, stop_token_id: int, pad_token_id: int, chunk_size=None, autocast=None):
+        if reward_model is None and not hasattr(policy, "disable_adapter"):
+            raise ValueError("Without a PEFT adapter to disable, pass a separate frozen reward_model.")
+        self.policy, self.reward_model = policy, reward_model
+        self.stop_token_id, self.pad_token_id, self.chunk_size = stop_token_id, pad_token_id, chunk_size
+        self.autocast = autocast or nullcontext
+
+    def scorer(self):
+        """(model, context) that computes the reward: the separate model, or the policy with its adapter off."""
+        if self.reward_model is not None:
+            return self.reward_model, nullcontext()
+        return self.policy, self.policy.disable_adapter()
+
+    @torch.no_grad()
+    def __call__(self, rows: list[dict], z: Tensor, lengths: Tensor) -> Tensor:
+        """(B, S) untempered per-prefix log-rewards for the latents `z` of tokenized `rows` (one row per latent)."""
+        model, ctx = self.scorer()
+        was_training = model.training
+        model.eval()
+        suffixes = [r["suffix_ids"] for r in rows] if rows[0]["gfn_has_suffix"] else None
+        with ctx, self.autocast():
+            log_r = prefix_log_rewards(
+                model, [r["reward_prompt_ids"] for r in rows], z, lengths, self.stop_token_id, self.pad_token_id,
+                suffixes, self.chunk_size,
+            )
+        model.train(was_training)
+        return log_r.float()

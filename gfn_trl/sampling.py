@@ -168,9 +168,8 @@ def sample_latents(
     stop = constraints.stop_token_id
     config = GenerationConfig(
         do_sample=row_seeds is None,  # with row seeds, the argmax of the Gumbel-perturbed scores is the sample
-        temperature=1.0,  # our processor applies the exploration temperature after the constraints
-        top_k=0,
-        top_p=1.0,
+        # our processor applies the temperature after the constraints; no top-k/top-p truncation (HF's default is 50)
+        **({"temperature": 1.0, "top_k": 0, "top_p": 1.0} if row_seeds is None else {}),
         max_new_tokens=constraints.max_length + 1,
         min_new_tokens=0,
         eos_token_id=stop,

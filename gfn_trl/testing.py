@@ -117,7 +117,7 @@ def exact_target_and_policy(trainer, toy) -> tuple[torch.Tensor, torch.Tensor]:
     prompt_ids = tok(row["prompt"])["input_ids"]
     suffix_ids = tok(row["suffix"], add_special_tokens=False)["input_ids"] if "suffix" in row else None
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    scorer, ctx = trainer._reward_context(unwrapped)
+    scorer, ctx = trainer.reward.scorer()
     was = unwrapped.training
     unwrapped.eval()
     with ctx:

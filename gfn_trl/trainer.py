@@ -33,10 +33,11 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import GFlowNetConfig
+from .data import tokenize_dataset
 from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
 from .models import check_lora_targets, load_causal_lm, load_tokenizer, lora_target_modules
 from .replay import ReplayBuffer
-from .rewards import prefix_log_rewards
+from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, policy_log_probs, right_pad, sample_latents
 
 try:
@@ -203,9 +204,9 @@ class GFlowNetTrainer(_BaseTrainer):
         self.constraints = LatentConstraints(stop_id, args.max_completion_length, args.min_completion_length, allowed)
 
         # Data: tokenise once, here, not on the hot path
-        train_dataset = self._prepare_dataset(train_dataset, tokenizer, model, args, "train")
+        train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train")
         if eval_dataset is not None:
-            eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, model, args, "eval")
+            eval_dataset = tokenize_dataset(eval_dataset, tokenizer, model.config, args.max_completion_length, "eval")
 
         super().__init__(
             model=model,
@@ -228,55 +229,11 @@ class GFlowNetTrainer(_BaseTrainer):
             self.log_z_head = LogZHead(hidden).to(self.accelerator.device)
         if self.reward_model is not None:
             self.reward_model.to(self.accelerator.device)
+        self.reward = LikelihoodReward(
+            self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
+            args.reward_chunk_size, self.accelerator.autocast,
+        )
         self._metrics: dict[str, list[float]] = defaultdict(list)
-
-    # ------------------------------------------------------------------ data
-    @staticmethod
-    def _prepare_dataset(dataset: Dataset, tokenizer, model, args: GFlowNetConfig, split: str) -> Dataset:
-        columns = set(dataset.column_names)
-        if "prompt" not in columns:
-            raise ValueError(
-                f"The {split} dataset has no 'prompt' column (columns: {sorted(columns)}). Rename the column holding "
-                "the policy's input text to 'prompt'."
-            )
-        if len(dataset) == 0:
-            raise ValueError(f"The {split} dataset is empty.")
-        has_reward_prompt, has_suffix = "reward_prompt" in columns, "suffix" in columns
-        max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-
-        def tokenize(batch, indices):
-            out = {"prompt_ids": [], "reward_prompt_ids": [], "suffix_ids": [], "gfn_key": []}
-            for j, i in enumerate(indices):
-                prompt = batch["prompt"][j]
-                if not isinstance(prompt, str) or not prompt:
-                    raise ValueError(f"Row {i} of the {split} dataset has an empty or non-text 'prompt': {prompt!r}.")
-                reward_prompt = batch["reward_prompt"][j] if has_reward_prompt else prompt
-                if not isinstance(reward_prompt, str) or not reward_prompt:
-                    raise ValueError(f"Row {i} of the {split} dataset has an empty 'reward_prompt'.")
-                suffix = batch["suffix"][j] if has_suffix else None
-                p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-                r_ids = tokenizer(reward_prompt, add_special_tokens=True)["input_ids"]
-                s_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if has_suffix else []
-                if has_suffix and not s_ids:
-                    raise ValueError(
-                        f"Row {i} of the {split} dataset has a 'suffix' ({suffix!r}) that tokenizes to nothing. Give "
-                        "every row a non-empty suffix, or drop the column to use the stop-token reward."
-                    )
-                need = max(len(p_ids), len(r_ids) + len(s_ids)) + args.max_completion_length + 1
-                if max_pos is not None and need > max_pos:
-                    raise ValueError(
-                        f"Row {i} of the {split} dataset needs {need} positions (prompt {len(p_ids)}, reward prompt "
-                        f"{len(r_ids)}, suffix {len(s_ids)}, max_completion_length {args.max_completion_length}) but the "
-                        f"model's context window is {max_pos}. Shorten the text or lower max_completion_length."
-                    )
-                out["prompt_ids"].append(p_ids)
-                out["reward_prompt_ids"].append(r_ids)
-                out["suffix_ids"].append(s_ids)
-                out["gfn_key"].append("\x1f".join([prompt, reward_prompt, suffix or ""]))
-            return out
-
-        dataset = dataset.map(tokenize, batched=True, with_indices=True, desc=f"Tokenizing the {split} prompts")
-        return dataset.add_column("gfn_has_suffix", [has_suffix] * len(dataset)) if "gfn_has_suffix" not in columns else dataset
 
     # ------------------------------------------------------------------ rollout and reward
     # All randomness of a rollout is counter-based: a pure function of (seed, optimizer step, micro-batch index,
@@ -296,32 +253,9 @@ class GFlowNetTrainer(_BaseTrainer):
             return "tempered", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)
         return "replay", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)  # fallback temperature
 
-    def _reward_context(self, unwrapped):
-        if self.reward_model is not None:
-            return self.reward_model, nullcontext()
-        return unwrapped, unwrapped.disable_adapter()
-
-    @torch.no_grad()
     def score_latents(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, S) untempered log R(s_k ⊤) for the latents `z` of `rows` (one row per latent)."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        scorer, ctx = self._reward_context(unwrapped)
-        was_training = scorer.training
-        scorer.eval()
-        suffixes = [r["suffix_ids"] for r in rows] if rows[0]["gfn_has_suffix"] else None
-        with ctx, self.accelerator.autocast():
-            log_r = prefix_log_rewards(
-                scorer,
-                [r["reward_prompt_ids"] for r in rows],
-                z,
-                lengths,
-                self.constraints.stop_token_id,
-                self.processing_class.pad_token_id,
-                suffixes,
-                self.args.reward_chunk_size,
-            )
-        scorer.train(was_training)
-        return log_r.float()
+        """(B, S) untempered log R(s_k ⊤) for the latents `z` of tokenized `rows` (one row per latent)."""
+        return self.reward(rows, z, lengths)
 
     @torch.no_grad()
     def _prepare_inputs(self, rows: list[dict]) -> dict:
