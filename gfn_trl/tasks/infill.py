@@ -1,0 +1,83 @@
+"""Story infilling (paper §4.2): given sentences 1-3 (X) and 5 (Y) of a five-sentence story, sample sentence 4 (Z).
+
+Data: ROCStories' column format (`sentence1` .. `sentence5`), from a CSV file, a hub dataset id, or the embedded
+`tasks/data/stories.csv` (120 stories written for this project).  The paper trains on rows 100-999 and evaluates on
+rows 0-99 (with 1,000 or more rows we do the same; smaller sets hold out their first `num_eval` rows).
+
+Data contract (the paper's p(X Z Y), as in its `main_infill.py`):
+    prompt         "Beginning: {s1} {s2} {s3}\\nEnding: {s5}\\nMiddle:"   (the policy sees X and Y)
+    reward_prompt  "{s1} {s2} {s3}"                                        (the reward LM sees untemplated X ...)
+    suffix         " {s5}"                                                  (... then Z, then Y)
+    gold           " {s4}"
+Deviation: the authors tokenised Y without its leading space, so Z's final period was glued to Y's first word; we
+keep natural spacing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from datasets import Dataset, load_dataset
+
+from ..evaluation import Scored, likelihood_summary
+from ..metrics import infill_scores
+from . import DATA_DIR
+
+SENTENCES = [f"sentence{i}" for i in range(1, 6)]
+EMBEDDED = DATA_DIR / "stories.csv"
+
+
+def load_stories(source: str | None = None) -> Dataset:
+    """Stories with columns sentence1..sentence5: the embedded CSV (None), a local CSV file, or a hub dataset id."""
+    if source is None:
+        source = str(EMBEDDED)
+    if source.endswith(".csv"):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"Story file {source} does not exist.")
+        ds = load_dataset("csv", data_files=source, split="train")
+    else:
+        ds = load_dataset(source, split="train")
+    missing = [c for c in SENTENCES if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"{source} lacks the ROCStories columns {missing} (has {ds.column_names}). The infilling task needs "
+            "sentence1 .. sentence5, one story per row."
+        )
+    for i, row in enumerate(ds):
+        for c in SENTENCES:
+            if not isinstance(row[c], str) or not row[c].strip():
+                raise ValueError(f"Row {i} of {source} has an empty {c}: every story needs five non-empty sentences.")
+    return ds
+
+
+def split(stories: Dataset, num_eval: int = 100) -> tuple[Dataset, Dataset]:
+    """The paper's split: evaluation rows 0-99, training rows 100-999; smaller sets hold out their first rows."""
+    if len(stories) >= 1000:
+        return stories.select(range(100, 1000)), stories.select(range(100))
+    if len(stories) <= num_eval:
+        raise ValueError(f"{len(stories)} stories cannot give {num_eval} evaluation stories and a training set.")
+    return stories.select(range(num_eval, len(stories))), stories.select(range(num_eval))
+
+
+def to_contract(stories: Dataset) -> Dataset:
+    """ROCStories rows -> the trainer's columns (prompt, reward_prompt, suffix) plus the gold infill."""
+
+    def row(r):
+        beginning = " ".join(r[c].strip() for c in SENTENCES[:3])
+        return {
+            "prompt": f"Beginning: {beginning}\nEnding: {r['sentence5'].strip()}\nMiddle:",
+            "reward_prompt": beginning,
+            "suffix": " " + r["sentence5"].strip(),
+            "gold": " " + r["sentence4"].strip(),
+        }
+
+    return stories.map(row, remove_columns=stories.column_names)
+
+
+def evaluate(scored: list[Scored], encoder=None) -> dict[str, float]:
+    """Base-LM log-likelihood of the infills (log p(Z Y | X)) and BLEU-4 / GLEU-4 / BERTScore against the gold s4."""
+    metrics = likelihood_summary(scored)
+    per_story = [infill_scores(s.texts, s.row["gold"], encoder) for s in scored]
+    for key in per_story[0]:
+        metrics[key] = sum(p[key] for p in per_story) / len(per_story)
+    return metrics
