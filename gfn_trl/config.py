@@ -65,6 +65,9 @@ class GFlowNetConfig(_BaseConfig):
         the policy's base model with the LoRA adapter disabled (no second copy of the weights).
     reward_chunk_size (`int`, *optional*):
         Rows scored at once by the reward LM (bounds the memory of its logits).  Defaults to the whole batch.
+    contrast_penalty (`float`, *optional*, defaults to `-50.0`):
+        Added to the untempered log R of every prefix after which a row's `contrast_suffix` column (e.g. the wrong
+        label) is more likely than its `suffix`.  The paper's subjectivity reward; no effect without the column.
 
     > Parameters that control the replay buffer
 
@@ -143,6 +146,11 @@ class GFlowNetConfig(_BaseConfig):
         metadata={"help": "Separate frozen reward LM. Default: the policy's base with the LoRA adapter disabled."},
     )
     reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
+    contrast_penalty: float = field(
+        default=-50.0,
+        metadata={"help": "Added to the untempered log R of a prefix after which the row's contrast_suffix (e.g. the "
+                  "wrong label) is more likely than its suffix. -50 in the paper's subjectivity task."},
+    )
 
     # Replay
     replay_buffer_size: int = field(default=50, metadata={"help": "Latents kept per prompt in the replay buffer."})

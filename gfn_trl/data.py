@@ -1,4 +1,8 @@
-"""The data contract: validating and tokenising `prompt` / `reward_prompt` / `suffix` rows, once, before training."""
+"""The data contract: validating and tokenising `prompt` / `reward_prompt` / `suffix` rows, once, before training.
+
+Optional `contrast_suffix` (with `suffix`): a wrong alternative Y' (e.g. the other label).  When the reward LM
+prefers Y' to Y after a prefix, that prefix's log-reward gets `contrast_penalty` (the paper's subjectivity reward).
+"""
 
 from __future__ import annotations
 
@@ -21,10 +25,17 @@ def tokenize_dataset(dataset: Dataset, tokenizer, model_config, max_completion_l
     if len(dataset) == 0:
         raise ValueError(f"The {split} dataset is empty.")
     has_reward_prompt, has_suffix = "reward_prompt" in columns, "suffix" in columns
+    has_contrast = "contrast_suffix" in columns
+    if has_contrast and not has_suffix:
+        raise ValueError(
+            f"The {split} dataset has a 'contrast_suffix' column but no 'suffix': a contrast suffix is a wrong "
+            "alternative to the suffix (e.g. the wrong label). Add the 'suffix' column or drop 'contrast_suffix'."
+        )
     max_pos = getattr(model_config.get_text_config(), "max_position_embeddings", None)
 
     def tokenize(batch, indices):
-        out = {"prompt_ids": [], "reward_prompt_ids": [], "suffix_ids": [], "gfn_key": [], "gfn_has_suffix": []}
+        out = {"prompt_ids": [], "reward_prompt_ids": [], "suffix_ids": [], "contrast_suffix_ids": [], "gfn_key": [],
+               "gfn_has_suffix": []}
         for j, i in enumerate(indices):
             prompt = batch["prompt"][j]
             if not isinstance(prompt, str) or not prompt:
@@ -41,7 +52,10 @@ def tokenize_dataset(dataset: Dataset, tokenizer, model_config, max_completion_l
                     f"Row {i} of the {split} dataset has a 'suffix' ({suffix!r}) that tokenizes to nothing. Give "
                     "every row a non-empty suffix, or drop the column to use the stop-token reward."
                 )
-            need = max(len(p_ids), len(r_ids) + len(s_ids)) + max_completion_length + 1
+            c_ids = tokenizer(batch["contrast_suffix"][j], add_special_tokens=False)["input_ids"] if has_contrast else []
+            if has_contrast and not c_ids:
+                raise ValueError(f"Row {i} of the {split} dataset has a 'contrast_suffix' that tokenizes to nothing.")
+            need = max(len(p_ids), len(r_ids) + max(len(s_ids), len(c_ids))) + max_completion_length + 1
             if max_pos is not None and need > max_pos:
                 raise ValueError(
                     f"Row {i} of the {split} dataset needs {need} positions (prompt {len(p_ids)}, reward prompt "
@@ -51,6 +65,7 @@ def tokenize_dataset(dataset: Dataset, tokenizer, model_config, max_completion_l
             out["prompt_ids"].append(p_ids)
             out["reward_prompt_ids"].append(r_ids)
             out["suffix_ids"].append(s_ids)
+            out["contrast_suffix_ids"].append(c_ids)
             out["gfn_key"].append("\x1f".join([prompt, reward_prompt, suffix or ""]))
             out["gfn_has_suffix"].append(has_suffix)
         return out

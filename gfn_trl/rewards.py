@@ -198,14 +198,25 @@ class LikelihoodReward:
         stop_token_id, pad_token_id: ids of the stop action and of padding.
         chunk_size: rows scored at once (bounds the memory of the logits).
         autocast: optional context-manager factory for mixed precision (e.g. `accelerator.autocast`).
+        contrast_penalty: added to log R(s_k ⊤) (untempered) when a row's `contrast_suffix` is more likely than
+            its suffix after s_k.
     """
 
-    def __init__(self, policy, reward_model, stop_token_id: int, pad_token_id: int, chunk_size=None, autocast=None):
+    def __init__(
+        self, policy, reward_model, stop_token_id: int, pad_token_id: int, chunk_size=None, autocast=None,
+        contrast_penalty: float = -50.0,
+    ):
         if reward_model is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("Without a PEFT adapter to disable, pass a separate frozen reward_model.")
         self.policy, self.reward_model = policy, reward_model
         self.stop_token_id, self.pad_token_id, self.chunk_size = stop_token_id, pad_token_id, chunk_size
         self.autocast = autocast or nullcontext
+        self.contrast_penalty = contrast_penalty
+
+    @property
+    def device(self):
+        model = self.reward_model if self.reward_model is not None else self.policy
+        return next(model.parameters()).device
 
     def scorer(self):
         """(model, context) that computes the reward: the separate model, or the policy with its adapter off."""
@@ -220,10 +231,19 @@ class LikelihoodReward:
         was_training = model.training
         model.eval()
         suffixes = [r["suffix_ids"] for r in rows] if rows[0]["gfn_has_suffix"] else None
+        contrasts = [r.get("contrast_suffix_ids") or [] for r in rows]
+        prompts = [r["reward_prompt_ids"] for r in rows]
         with ctx, self.autocast():
             log_r = prefix_log_rewards(
-                model, [r["reward_prompt_ids"] for r in rows], z, lengths, self.stop_token_id, self.pad_token_id,
-                suffixes, self.chunk_size,
+                model, prompts, z, lengths, self.stop_token_id, self.pad_token_id, suffixes, self.chunk_size
             )
+            if suffixes is not None and any(contrasts):
+                # the paper's wrong-label penalty: a prefix after which the LM prefers the wrong suffix is penalised
+                wrong = prefix_log_rewards(
+                    model, prompts, z, lengths, self.stop_token_id, self.pad_token_id,
+                    [c or s for c, s in zip(contrasts, suffixes)], self.chunk_size,
+                )
+                has = torch.tensor([bool(c) for c in contrasts], device=log_r.device)[:, None]
+                log_r = log_r + self.contrast_penalty * ((wrong > log_r) & has)
         model.train(was_training)
         return log_r.float()

@@ -231,7 +231,7 @@ class GFlowNetTrainer(_BaseTrainer):
             self.reward_model.to(self.accelerator.device)
         self.reward = LikelihoodReward(
             self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
-            args.reward_chunk_size, self.accelerator.autocast,
+            args.reward_chunk_size, self.accelerator.autocast, args.contrast_penalty,
         )
         self._metrics: dict[str, list[float]] = defaultdict(list)
 

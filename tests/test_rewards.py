@@ -127,3 +127,21 @@ def test_reward_pass_property(rows, stop_reward):
     if not stop_reward:
         naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
         torch.testing.assert_close(log_r, naive, atol=1e-4, rtol=0)
+
+
+def test_contrast_suffix_penalises_prefixes_that_prefer_the_wrong_suffix():
+    from gfn_trl.rewards import LikelihoodReward
+
+    model = tiny_model("gpt2", V, seed=12).eval()
+    rows = [{"reward_prompt_ids": [3, 4], "suffix_ids": [5, 6], "contrast_suffix_ids": [7, 8], "gfn_has_suffix": True},
+            {"reward_prompt_ids": [3, 4], "suffix_ids": [5, 6], "contrast_suffix_ids": [], "gfn_has_suffix": True}]
+    z = torch.tensor([[9, 10, 11], [9, 10, 11]])
+    lengths = torch.tensor([3, 3])
+    reward = LikelihoodReward(None, model, STOP, STOP, contrast_penalty=-50.0)
+    got = reward(rows, z, lengths)
+    right = prefix_log_rewards(model, [[3, 4]] * 2, z, lengths, STOP, STOP, [[5, 6]] * 2)
+    wrong = prefix_log_rewards(model, [[3, 4]] * 2, z, lengths, STOP, STOP, [[7, 8]] * 2)
+    prefers_wrong = wrong[0] > right[0]
+    assert 0 < int(prefers_wrong.sum()) < 4  # this seed gives a mix of both cases
+    torch.testing.assert_close(got[0], right[0] - 50.0 * prefers_wrong)
+    torch.testing.assert_close(got[1], right[1])  # no contrast suffix, no penalty
