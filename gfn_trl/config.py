@@ -63,6 +63,9 @@ class GFlowNetConfig(_BaseConfig):
     reward_model_name_or_path (`str`, *optional*):
         A separate frozen reward LM (hub id or path; must share the policy's tokenizer).  By default the reward is
         the policy's base model with the LoRA adapter disabled (no second copy of the weights).
+    reward_model_quantization (`str`, *optional*):
+        `"8bit"` or `"4bit"`: load the separate reward LM (`reward_model_name_or_path`) quantized with bitsandbytes,
+        on this process's device and outside the DeepSpeed/FSDP engine.  Needs a GPU and `pip install bitsandbytes`.
     reward_chunk_size (`int`, *optional*):
         Rows scored at once by the reward LM (bounds the memory of its logits).  Defaults to the whole batch.
     contrast_penalty (`float`, *optional*, defaults to `-50.0`):
@@ -146,6 +149,11 @@ class GFlowNetConfig(_BaseConfig):
         metadata={"help": "Separate frozen reward LM. Default: the policy's base with the LoRA adapter disabled."},
     )
     reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
+    reward_model_quantization: str | None = field(
+        default=None,
+        metadata={"help": "Load the separate reward LM in '8bit' or '4bit' (bitsandbytes, GPU), outside any "
+                  "DeepSpeed/FSDP engine."},
+    )
     contrast_penalty: float = field(
         default=-50.0,
         metadata={"help": "Added to the untempered log R of a prefix after which the row's contrast_suffix (e.g. the "
@@ -200,6 +208,10 @@ class GFlowNetConfig(_BaseConfig):
             )
         if min(self.reward_temperature_start, self.reward_temperature_end) <= 0:
             raise ValueError("Reward temperatures must be > 0.")
+        if self.reward_model_quantization not in (None, "8bit", "4bit"):
+            raise ValueError(f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}.")
+        if self.reward_model_quantization and not self.reward_model_name_or_path:
+            raise ValueError("reward_model_quantization applies to a separate reward LM: set reward_model_name_or_path too.")
         if isinstance(self.model_init_kwargs, str):
             import json
 

@@ -79,6 +79,21 @@ def load_causal_lm(
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32, **kwargs)
 
 
+def load_quantized_reward_model(name_or_path: str, bits: str, device) -> PreTrainedModel:
+    """A frozen reward LM in 8 or 4 bits (bitsandbytes), placed on `device`, never wrapped by DeepSpeed/FSDP."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ImportError("reward_model_quantization needs bitsandbytes: pip install -e '.[bitsandbytes]'") from e
+    from transformers import BitsAndBytesConfig
+
+    if bits == "8bit":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, quantization_config=quant, device_map={"": device})
+
+
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
     if name_or_path.endswith(".gguf") and gguf_file is None:
         name_or_path, gguf_file = os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)

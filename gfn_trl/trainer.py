@@ -35,7 +35,13 @@ from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import GFlowNetConfig
 from .data import tokenize_dataset
 from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
-from .models import check_lora_targets, load_causal_lm, load_tokenizer, lora_target_modules
+from .models import (
+    check_lora_targets,
+    load_causal_lm,
+    load_quantized_reward_model,
+    load_tokenizer,
+    lora_target_modules,
+)
 from .replay import ReplayBuffer
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, policy_log_probs, right_pad, sample_latents
@@ -182,7 +188,12 @@ class GFlowNetTrainer(_BaseTrainer):
 
         # Reward model: the adapter-disabled base by default (no second copy of the weights)
         if reward_model is None and args.reward_model_name_or_path is not None:
-            reward_model = load_causal_lm(args.reward_model_name_or_path, dtype=init_kwargs.get("dtype"))
+            if args.reward_model_quantization:
+                reward_model = load_quantized_reward_model(
+                    args.reward_model_name_or_path, args.reward_model_quantization, args.device
+                )
+            else:
+                reward_model = load_causal_lm(args.reward_model_name_or_path, dtype=init_kwargs.get("dtype"))
         if reward_model is None and not is_peft:
             # Full fine-tuning: the reward must stay the *initial* LM, so keep a frozen copy.
             reward_model = copy.deepcopy(model)
@@ -227,8 +238,8 @@ class GFlowNetTrainer(_BaseTrainer):
         if self.needs_log_z and args.log_z == "learned":
             hidden = model.config.get_text_config().hidden_size
             self.log_z_head = LogZHead(hidden).to(self.accelerator.device)
-        if self.reward_model is not None:
-            self.reward_model.to(self.accelerator.device)
+        if self.reward_model is not None and not getattr(self.reward_model, "is_quantized", False):
+            self.reward_model.to(self.accelerator.device)  # (a quantized model was placed when loaded)
         self.reward = LikelihoodReward(
             self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
             args.reward_chunk_size, self.accelerator.autocast, args.contrast_penalty,

@@ -172,6 +172,10 @@ def test_config_combinations_that_cannot_work(tmp_path):
         _config(tmp_path, min_completion_length=5, max_completion_length=3)
     with pytest.raises(ValueError, match="not all 0"):
         _config(tmp_path, on_policy_prob=0, tempered_prob=0, replay_prob=0)
+    with pytest.raises(ValueError, match="set reward_model_name_or_path too"):
+        _config(tmp_path, reward_model_quantization="8bit")
+    with pytest.raises(ValueError, match="'8bit', '4bit' or unset"):
+        _config(tmp_path, reward_model_quantization="3bit", reward_model_name_or_path="x")
 
 
 def test_missing_model_path(tmp_path):

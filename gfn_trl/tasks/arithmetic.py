@@ -1,0 +1,397 @@
+"""Integer arithmetic with a latent rationale (paper §4.4): X a question, Z a chain of partial results, Y the answer.
+
+    X = "Question: 6 - 0 - 4 - 8 = ? Answer:"
+    Z = " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6"
+    Y = ". The answer is -6."
+
+Operands are 1-digit (0-9), operators + and -, evaluated left to right.  Training problems have 3 or 4 operands;
+the tests have 3 and 4 operands (in distribution) and 5 operands (out of distribution).
+
+Data contract (the paper's `FrozenModelWithPrompt` reward; reward_prompt != prompt):
+    prompt         "Question: 6 - 0 - 4 - 8 = ? Answer:"                 (the policy sees the query only, no shots)
+    reward_prompt  few_shot_prompt(shots) + prompt                       (k-shot demonstrations with gold rationales)
+    suffix         ". The answer is -6."
+    answer         -6                                                     (int)
+    gold           " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6"                   (gold_rationale)
+The few-shot demonstrations follow the paper's format exactly: "\\n".join(query + " " + rationale + solution) + "\\n".
+
+**The calculator tool of the paper is NOT implemented.**  In the paper, whenever the policy emits "=" a Python
+calculator appends the result of the last two-term expression to the *state* (not as a policy action), so the
+policy only writes "6 - 0 =, 6 - 4 =, 2 - 8 =".  That needs sampler support that gfn_trl does not have.  Here the
+policy writes the results itself, in the same format as the paper's reward-prompt demonstrations; latents are
+therefore longer (each result is policy tokens) and accuracy measures the LM's own arithmetic.  For the same reason
+we do not reproduce the paper's defect 3 (replayed latents re-scored without the tool outputs): states and replays
+are always the policy's own tokens.
+
+Deliberate fixes of the authors' code (paper.md §7):
+* defect 4: `gold_rationale` evaluates every operand left to right (their `get_limited_expr` dropped one);
+* defect 5: the tests never overlap the training problems (`make_splits` and `load_splits` assert it).
+
+Loading real data (`load_problems`, `load_splits`): a JSON list or a JSONL file of objects, in either format
+    the paper's:   {"str_query": "Question: 6 - 0 - 4 - 8 = ? Answer:", "num_sol": -6,
+                    "str_rationale": "...", "str_sol": ". The answer is -6."}      (str_rationale, str_sol optional)
+    plain:         {"question": "6 - 0 - 4 - 8", "answer": -6, "rationale": "..."}  (rationale optional)
+The question may be the bare expression or the full query.  Operands must be non-negative integers and operators
++ or -; `answer` must equal the left-to-right value.  A given rationale is checked to be text and then ignored:
+the paper's files hold tool-style rationales without results ("6 - 0 =, 6 - 4 =, 2 - 8 =") that only make sense
+with the calculator, so gold rationales always come from `gold_rationale`.  `load_splits` also reads a directory
+holding the paper's files (`1digit_34_op+-_train_50.json`, `1digit_34_op+-_hw.json`, `1digit_{3,4,5}_op+-_test.json`).
+
+Evaluation (`evaluate`): the paper's protocol, 10 samples per question at temperature 0.1, the prediction of each
+sample extracted from its rationale (`extract_answer`: the integer after the last "=", else the last integer in the
+text), majority vote; plus the base-LM log-likelihood log p(Z Y | reward_prompt) of the samples, which is the same
+likelihood for every method (the §7 warning about evaluating methods under their own likelihoods).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from datasets import Dataset
+
+from ..evaluation import Scored, likelihood_summary
+from ..metrics import majority_vote_accuracy
+
+OPERATORS = ("+", "-")
+TRAIN_OPERANDS = (3, 4)
+TEST_OPERANDS = (3, 4)
+OOD_OPERANDS = 5
+# The paper's vocabulary constraint: tokens made only of these characters ('▁' and 'Ġ' are how SentencePiece and
+# byte-level BPE vocabularies write a space; we test decoded text, so a space stands for both), plus the stop token.
+ALLOWED_CHARS = frozenset(" ,.0123456789=+-")
+# The paper's file names (GFNOrg/gfn-lm-tuning, infill_subj_arithmetic/data/arithmetic_with_tool/).
+PAPER_TRAIN_FILES = ("1digit_34_op+-_train_50.json", "1digit_34_op+-_hw.json")
+PAPER_TEST_FILES = {3: "1digit_3_op+-_test.json", 4: "1digit_4_op+-_test.json", 5: "1digit_5_op+-_test.json"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """operands[0] ops[0] operands[1] ops[1] ... evaluated left to right."""
+
+    operands: tuple[int, ...]
+    operators: tuple[str, ...]
+
+    def __post_init__(self):
+        if len(self.operands) < 2:
+            raise ValueError(f"A problem needs at least 2 operands, got {self.operands}.")
+        if len(self.operators) != len(self.operands) - 1:
+            raise ValueError(f"{len(self.operands)} operands need {len(self.operands) - 1} operators, got {self.operators}.")
+        if any(op not in OPERATORS for op in self.operators):
+            raise ValueError(f"Operators must be '+' or '-', got {self.operators}.")
+        if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in self.operands):
+            raise ValueError(f"Operands must be non-negative integers, got {self.operands}.")
+
+    @property
+    def n_operands(self) -> int:
+        return len(self.operands)
+
+    @property
+    def expression(self) -> str:
+        """'6 - 0 - 4 - 8'"""
+        parts = [str(self.operands[0])]
+        for op, x in zip(self.operators, self.operands[1:]):
+            parts += [op, str(x)]
+        return " ".join(parts)
+
+    @property
+    def query(self) -> str:
+        """'Question: 6 - 0 - 4 - 8 = ? Answer:' (the paper's X)."""
+        return f"Question: {self.expression} = ? Answer:"
+
+    def partial_results(self) -> list[int]:
+        """The value after each operator, left to right (the last one is the answer)."""
+        acc, out = self.operands[0], []
+        for op, x in zip(self.operators, self.operands[1:]):
+            acc = acc + x if op == "+" else acc - x
+            out.append(acc)
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.partial_results()[-1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation and splits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def random_problem(rng: random.Random, n_operands: int) -> Problem:
+    """1-digit operands 0-9, operators + and - drawn uniformly."""
+    return Problem(tuple(rng.randrange(10) for _ in range(n_operands)),
+                   tuple(rng.choice(OPERATORS) for _ in range(n_operands - 1)))
+
+
+def _space_size(n_operands: int) -> int:
+    return 10**n_operands * 2 ** (n_operands - 1)
+
+
+def generate_problems(rng: random.Random, n: int, operand_counts: Sequence[int], exclude: Iterable[Problem] = ()) -> list[Problem]:
+    """`n` distinct 1-digit problems, each with a number of operands drawn uniformly from `operand_counts`, none of
+    them in `exclude`.  Raises ValueError when the problem space is too small."""
+    excluded = set(exclude)
+    room = sum(_space_size(k) for k in set(operand_counts)) - sum(1 for p in excluded if p.n_operands in set(operand_counts))
+    if n > room:
+        raise ValueError(f"Cannot draw {n} distinct problems with {list(operand_counts)} operands: only {room} exist "
+                         "outside the excluded ones.")
+    out, seen = [], set(excluded)
+    while len(out) < n:
+        p = random_problem(rng, rng.choice(list(operand_counts)))
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def check_disjoint(splits: dict[str, list[Problem]]) -> None:
+    """Assert that no test problem (keys starting with 'test') is a training or demonstration problem (the paper's
+    defect 5: its in-training test set was made of training queries)."""
+    seen = set(splits.get("train", [])) | set(splits.get("shots", []))
+    for name, problems in splits.items():
+        if name.startswith("test"):
+            overlap = seen & set(problems)
+            assert not overlap, f"{len(overlap)} problems of {name} are also training/demonstration problems, e.g. {next(iter(overlap)).expression}"
+
+
+def make_splits(seed: int, n_train: int, n_test_per_length: int, n_shots: int = 0) -> dict[str, list[Problem]]:
+    """Seeded splits: 'test_3', 'test_4' (in distribution), 'test_5' (OOD), each `n_test_per_length` distinct
+    problems, then 'shots' (`n_shots` few-shot demonstrations) and 'train' (`n_train` problems), both with 3-4
+    operands, distinct, and disjoint from every test (asserted)."""
+    rng = random.Random(f"arithmetic:{seed}")
+    splits = {f"test_{k}": generate_problems(rng, n_test_per_length, [k]) for k in (*TEST_OPERANDS, OOD_OPERANDS)}
+    tests = [p for k in splits for p in splits[k]]
+    pool = generate_problems(rng, n_shots + n_train, TRAIN_OPERANDS, exclude=tests)
+    splits["shots"], splits["train"] = pool[:n_shots], pool[n_shots:]
+    check_disjoint(splits)
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gold_rationale(problem: Problem) -> str:
+    """' 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6': every step of the left-to-right evaluation, results written out."""
+    steps, left = [], problem.operands[0]
+    for op, x, result in zip(problem.operators, problem.operands[1:], problem.partial_results()):
+        steps.append(f"{left} {op} {x} = {result}")
+        left = result
+    return " " + ", ".join(steps)
+
+
+def solution(answer: int) -> str:
+    """Y: '. The answer is -6.'"""
+    return f". The answer is {answer}."
+
+
+def few_shot_prompt(examples: Sequence[Problem]) -> str:
+    """The paper's reward-prompt demonstrations: "\\n".join(query + " " + rationale + solution) + "\\n" ('' for none)."""
+    if not examples:
+        return ""
+    return "\n".join(p.query + " " + gold_rationale(p).strip() + solution(p.answer) for p in examples) + "\n"
+
+
+def to_contract(problems: Sequence[Problem], shots: Sequence[Problem], prompt_shots: Sequence[Problem] = ()) -> Dataset:
+    """Problems -> the trainer's columns.  The reward prompt holds the `shots` demonstrations; the policy prompt holds
+    `prompt_shots` (none by default, as in the paper; the k-shot prompting baseline passes the shots)."""
+    demos, policy_demos = few_shot_prompt(shots), few_shot_prompt(prompt_shots)
+    return Dataset.from_dict({
+        "prompt": [policy_demos + p.query for p in problems],
+        "reward_prompt": [demos + p.query for p in problems],
+        "suffix": [solution(p.answer) for p in problems],
+        "answer": [p.answer for p in problems],
+        "gold": [gold_rationale(p) for p in problems],
+        "question": [p.expression for p in problems],
+        "n_operands": [p.n_operands for p in problems],
+    })
+
+
+_QUERY = re.compile(r"^\s*(?:Question:)?\s*(?P<expr>.*?)\s*(?:=\s*\?\s*(?:Answer:)?)?\s*$", re.DOTALL)
+_EXPR = re.compile(r"^\d+(?:\s*[+-]\s*\d+)+$")
+_INT = re.compile(r"-?\d+")
+
+
+def parse_question(question: str) -> Problem:
+    """'6 - 0 - 4 - 8' or 'Question: 6 - 0 - 4 - 8 = ? Answer:' -> Problem.  Raises ValueError otherwise."""
+    if not isinstance(question, str):
+        raise ValueError(f"question must be text, got {type(question).__name__} {question!r}")
+    expr = _QUERY.match(question).group("expr").replace("\u2212", "-")
+    if not _EXPR.match(expr):
+        raise ValueError(f"question {question!r} is not an expression of non-negative integers joined by + and - "
+                         "(e.g. '6 - 0 - 4 - 8' or 'Question: 6 - 0 - 4 - 8 = ? Answer:')")
+    tokens = re.findall(r"\d+|[+-]", expr)
+    return Problem(tuple(int(t) for t in tokens[0::2]), tuple(tokens[1::2]))
+
+
+def extract_answer(text: str) -> int | None:
+    """The sample's prediction: the integer right after the last '=' (' 2 - 8 = -6' -> -6); if none follows it, the
+    last integer in the text; None when the text holds no integer."""
+    if "=" in text:
+        m = re.match(r"\s*(-?\d+)", text.rsplit("=", 1)[1])
+        if m:
+            return int(m.group(1))
+    found = _INT.findall(text)
+    return int(found[-1]) if found else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _answer(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{where}: 'answer' must be an integer, got {value!r}")
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*-?\d+\s*", value):
+            raise ValueError(f"{where}: 'answer' must be an integer, got {value!r}")
+        value = int(value)
+    return value
+
+
+def load_problems(path: str | os.PathLike) -> list[Problem]:
+    """Problems from a JSON list or a JSONL file (formats in the module docstring).  Raises FileNotFoundError or
+    ValueError naming the file, the row and the fix."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Arithmetic data file {path} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    rows.append((f"{path} line {i + 1}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {i + 1} is not valid JSON: {e.msg}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); a .json file must hold a list "
+                             "of problems, a .jsonl file one problem per line.") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path} must hold a JSON list of problems, got a {type(data).__name__}.")
+        rows = [(f"{path} row {i}", r) for i, r in enumerate(data)]
+    if not rows:
+        raise ValueError(f"{path} holds no problems.")
+    problems = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object like {{\"question\": \"6 - 0 - 4 - 8\", \"answer\": -6}}, got {row!r}")
+        q_key = "question" if "question" in row else "str_query" if "str_query" in row else None
+        a_key = "answer" if "answer" in row else "num_sol" if "num_sol" in row else None
+        if q_key is None or a_key is None:
+            raise ValueError(f"{where}: needs a 'question' (or 'str_query') and an 'answer' (or 'num_sol'); has "
+                             f"{sorted(row)}")
+        try:
+            problem = parse_question(row[q_key])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        answer = _answer(row[a_key], where)
+        if answer != problem.answer:
+            raise ValueError(f"{where}: answer {answer} but {problem.expression} evaluates left to right to "
+                             f"{problem.answer}.")
+        for key in ("rationale", "str_rationale", "str_sol"):
+            if key in row and not isinstance(row[key], str):
+                raise ValueError(f"{where}: '{key}' must be text, got {row[key]!r}")
+        problems.append(problem)
+    return problems
+
+
+def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+def load_splits(source: str | None, seed: int, n_train: int | None, n_test_per_length: int, n_shots: int = 0) -> dict[str, list[Problem]]:
+    """Train / shots / test_3 / test_4 / test_5 problems, disjoint (asserted).
+
+    * None: `make_splits` (generated, seeded);
+    * a directory with the paper's files: tests from `1digit_{3,4,5}_op+-_test.json` (the first `n_test_per_length`
+      of each present), shots then train from `1digit_34_op+-_train_50.json` and `1digit_34_op+-_hw.json`, with every
+      test problem removed from them (the paper's test files overlap its training pool);
+    * one JSON/JSONL file: the first `n_test_per_length` distinct problems with 3, 4 and 5 operands are the tests;
+      of the other 3- and 4-operand problems the first `n_shots` are the demonstrations and the rest the train set.
+    """
+    if source is None:
+        return make_splits(seed, n_train if n_train is not None else 1000, n_test_per_length, n_shots)
+    if os.path.isdir(source):
+        tests = {f"test_{k}": _dedupe(load_problems(Path(source, name)))[:n_test_per_length]
+                 for k, name in PAPER_TEST_FILES.items() if Path(source, name).exists()}
+        train_files = [Path(source, name) for name in PAPER_TRAIN_FILES if Path(source, name).exists()]
+        if not tests or not train_files:
+            raise FileNotFoundError(f"{source} must hold the paper's files: at least one of {list(PAPER_TRAIN_FILES)} "
+                                    f"and at least one of {list(PAPER_TEST_FILES.values())}.")
+        held_out = {p for t in tests.values() for p in t}
+        pool = [p for p in _dedupe(p for f in train_files for p in load_problems(f)) if p not in held_out]
+    else:
+        problems = _dedupe(load_problems(source))
+        tests = {f"test_{k}": [p for p in problems if p.n_operands == k][:n_test_per_length]
+                 for k in (*TEST_OPERANDS, OOD_OPERANDS)}
+        tests = {k: v for k, v in tests.items() if v}
+        held_out = {p for t in tests.values() for p in t}
+        pool = [p for p in problems if p not in held_out and p.n_operands in TRAIN_OPERANDS]
+    if len(pool) <= n_shots:
+        raise ValueError(f"{source} leaves {len(pool)} training problems after holding out the tests; need more than "
+                         f"the {n_shots} demonstrations.")
+    splits = {**tests, "shots": pool[:n_shots], "train": pool[n_shots:][:n_train] if n_train else pool[n_shots:]}
+    check_disjoint(splits)
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokens
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def vocab_mask(tokenizer) -> torch.Tensor:
+    """(V,) bool: tokens whose text is made only of digits, space, ',', '.', '=', '+', '-' (the paper's
+    `▁Ġ,.1234567890=+-`), plus EOS; special tokens are excluded."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+    allowed = torch.tensor([bool(t) and set(t) <= ALLOWED_CHARS for t in texts], dtype=torch.bool)
+    allowed[list(tokenizer.all_special_ids)] = False
+    if tokenizer.eos_token_id is not None:
+        allowed[tokenizer.eos_token_id] = True
+    return allowed
+
+
+def rationale_token_budget(tokenizer, n_operands: int) -> int:
+    """Tokens that the longest gold rationale of an `n_operands` problem takes: the latent length a policy needs to
+    write a complete rationale (results included, since there is no calculator).  Two-digit partial results are
+    the longest, so the maximum is taken over all-'+' and all-'-' extremes and a seeded sample of problems."""
+    rng = random.Random(f"budget:{n_operands}")
+    candidates = [Problem((9,) * n_operands, ("+",) * (n_operands - 1)),
+                  Problem((0,) + (9,) * (n_operands - 1), ("-",) * (n_operands - 1))]
+    candidates += [random_problem(rng, n_operands) for _ in range(200)]
+    ids = tokenizer([gold_rationale(p) for p in candidates], add_special_tokens=False)["input_ids"]
+    return max(len(x) for x in ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(scored: list[Scored]) -> dict[str, float]:
+    """Majority-vote accuracy over each question's samples (the prediction of a sample is `extract_answer` of its
+    rationale), the accuracy of single samples, the fraction of samples holding a number, and the base-LM
+    log-likelihood summary (log p(Z Y | reward_prompt), the same likelihood for every method)."""
+    predictions = [[extract_answer(t) for t in s.texts] for s in scored]
+    gold = [int(s.row["answer"]) for s in scored]
+    n = sum(len(p) for p in predictions)
+    metrics = {
+        "accuracy": majority_vote_accuracy(predictions, gold),
+        "sample_accuracy": sum(x == g for p, g in zip(predictions, gold) for x in p) / max(n, 1),
+        "parsed": sum(x is not None for p in predictions for x in p) / max(n, 1),
+    }
+    metrics.update(likelihood_summary(scored))
+    return metrics

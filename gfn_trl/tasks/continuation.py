@@ -1,0 +1,205 @@
+"""Sentence continuation (paper §4.1): given a prompt X of 1-3 sentences, sample the next sentence Z so that
+q(Z) ∝ p_LM(Z "." | X)^(1/T).
+
+Data: the paper's prompts are 1-3 OpenWebText sentences (each 5-30 GPT-2 tokens, characters `[a-zA-Z0-9,.!? ]`),
+joined by spaces and **ending with one trailing space**; the authors train on the first 950 of their 10,000 prompts
+and validate on the next 50 (prompts 950-999).  Sources: the embedded `tasks/data/prompts.txt` (120 prompts written
+for this project, in the same format), a `.txt` file with one prompt per line (the authors' `prompts.txt` format:
+only the line break is removed, so the trailing space stays), a `.jsonl` file, or a hub dataset id, with a `text`
+column.  Text is never modified: a prompt without a trailing space keeps none.
+
+Data contract: `prompt` = the raw text X, and nothing else.  No `suffix` column, so the trainer uses the stop-token
+reward log R(s_k ⊤) = log p_LM(z_1..z_k "." | X), with `stop_token="."`.
+
+Vocabulary (`vocab_mask`).  The authors ban a list of GPT-2 tokens (their `illegal_tokens`): <|endoftext|>,
+newlines, tab, double quotes, http/https/://, www, "Â", runs of `$@#%^&|~!?.*-=_` (including single "!" and "?", so
+only "." can end a sentence), the single capital letters A-Z and "US", "Mr", "Mrs", "M", "Ms", "Dr", "Prof", "Jr",
+"St", "Av" (so that no abbreviation's period can end a sentence).  A token list written for GPT-2 does not carry
+over to another tokenizer, so we ban by the token's decoded text instead:
+
+* a token is allowed only if its text is non-empty and made of the characters of the paper's prompts minus the
+  banned punctuation, i.e. ASCII letters, digits, "," and " " (`ALLOWED_CHARS`).  This covers the newline, tab,
+  quote, symbol-run, "!", "?", ".." and "Â" bans, and bans *every* other token containing "." — so "." is reachable
+  only as the stop action;
+* special and added tokens are banned;
+* tokens whose stripped text is one of `BANNED_WORDS` (the single capital letters, the abbreviations, http, https,
+  www) are banned.  The paper's list holds GPT-2's *no-space* spellings ("A", "Mr"); we ban those and also the
+  space-prefixed ones (" Mr", " J"), which the paper's list left open although they end abbreviations just the same,
+  except " A" and " I", which are words (`SPACE_PREFIXED_WORDS`).  As in the paper (whose prompts end with a space,
+  so the first latent token has no leading space), a continuation therefore cannot begin with the words "A" or "I";
+* the stop token (".") is allowed.
+
+Deviations, all stricter than the paper: tokens with characters outside `ALLOWED_CHARS` that the paper's list left
+open are banned (apostrophes as in "'s", hyphens, colons, brackets, non-ASCII letters, ...), and so are tokens with
+a run of two or more spaces (formatting, like the banned tab).  Digits are allowed, as in the paper.  The paper also
+applied its mask (as a -50 logit penalty) to the reward LM; here the mask constrains the policy only and the reward
+is the unmasked base LM's log p(Z "." | X).
+
+Evaluation (the paper's §6): for each held-out prompt, `eval_samples` continuations, scored by the base LM's
+log p(Z "." | X) (mean and max over the samples, averaged over prompts), and the embedding diversity of the samples
+(1 - mean pairwise cosine similarity, "." removed), averaged over prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+
+import torch
+from datasets import Dataset, load_dataset
+
+from ..evaluation import Scored, likelihood_summary
+from ..metrics import diversity
+from . import DATA_DIR
+
+EMBEDDED = DATA_DIR / "prompts.txt"
+
+ALLOWED_CHARS = frozenset(string.ascii_letters + string.digits + ", ")
+"""Characters a latent token may contain: the paper's prompt alphabet [a-zA-Z0-9,.!? ] without the banned "!", "?"
+and ".", which is only the stop action."""
+
+ABBREVIATIONS = ("US", "Mr", "Mrs", "M", "Ms", "Dr", "Prof", "Jr", "St", "Av")
+"""The paper's abbreviations (its list banned them so that their period cannot end a sentence)."""
+
+BANNED_WORDS = frozenset(string.ascii_uppercase) | frozenset(ABBREVIATIONS) | {"http", "https", "www"}
+"""Token texts (leading space stripped) banned in both spellings, except `SPACE_PREFIXED_WORDS`."""
+
+SPACE_PREFIXED_WORDS = frozenset({" A", " I"})
+"""Space-prefixed tokens of `BANNED_WORDS` that stay allowed: the words "a" and "I"."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _read_txt(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not text.strip():
+        raise ValueError(f"Prompt file {path} is empty: it needs one prompt per line.")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the final line break
+        lines = lines[:-1]
+    prompts = []
+    for i, line in enumerate(lines, start=1):
+        line = line[:-1] if line.endswith("\r") else line  # only the line break goes: the trailing space stays
+        if not line.strip():
+            raise ValueError(
+                f"Line {i} of {path} is empty: every line must hold one prompt (remove blank lines)."
+            )
+        prompts.append(line)
+    return prompts
+
+
+def _read_jsonl(path: str) -> list[str]:
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                raise ValueError(f"Line {i} of {path} is empty: JSON Lines needs one JSON object per line.")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"Line {i} of {path} is not valid JSON ({e.msg}).") from None
+            if not isinstance(record, dict) or "text" not in record:
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"Line {i} of {path} has no 'text' field ({keys}): each line needs the prompt in 'text'.")
+            prompts.append(record["text"])
+    if not prompts:
+        raise ValueError(f"Prompt file {path} is empty: it needs one JSON object with a 'text' field per line.")
+    return prompts
+
+
+def load_prompts(source: str | None = None) -> Dataset:
+    """Prompts as a Dataset with one column, `text`.
+
+    Args:
+        source: None (the embedded `tasks/data/prompts.txt`), a `.txt` file (one prompt per line; only the line break
+            is removed, so the paper's trailing space is kept), a `.jsonl` file or a hub dataset id (its `train` split)
+            with a `text` column.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the line/row for an empty file, an empty prompt,
+    a missing `text` column or invalid JSON.
+    """
+    if source is None:
+        source = str(EMBEDDED)
+    if source.endswith((".txt", ".jsonl")):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"Prompt file {source} does not exist.")
+        texts = _read_txt(source) if source.endswith(".txt") else _read_jsonl(source)
+    else:
+        ds = load_dataset(source, split="train")
+        if "text" not in ds.column_names:
+            raise ValueError(
+                f"{source} has no 'text' column (has {ds.column_names}). The continuation task needs the prompts "
+                "(1-3 sentences each) in a 'text' column."
+            )
+        if len(ds) == 0:
+            raise ValueError(f"{source} has no rows.")
+        texts = ds["text"]
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"Prompt {i} of {source} is empty or not text ({t!r}): every prompt needs some text.")
+    return Dataset.from_dict({"text": list(texts)})
+
+
+def split(prompts: Dataset, num_eval: int = 50) -> tuple[Dataset, Dataset]:
+    """(train, validation).  The paper's split: of the first 1,000 prompts, 0-949 train and 950-999 validate.
+    Smaller sets hold out their last `num_eval` prompts."""
+    if len(prompts) >= 1000:
+        return prompts.select(range(950)), prompts.select(range(950, 1000))
+    if len(prompts) <= num_eval:
+        raise ValueError(f"{len(prompts)} prompts cannot give {num_eval} evaluation prompts and a training set.")
+    n = len(prompts) - num_eval
+    return prompts.select(range(n)), prompts.select(range(n, len(prompts)))
+
+
+def to_contract(prompts: Dataset) -> Dataset:
+    """`text` rows -> the trainer's single column `prompt` (the raw text; stop-token reward, so no suffix)."""
+    return prompts.map(lambda r: {"prompt": r["text"]}, remove_columns=prompts.column_names)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Vocabulary
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _token_allowed(text: str) -> bool:
+    if not text or not set(text) <= ALLOWED_CHARS or "  " in text:
+        return False
+    return text.lstrip(" ") not in BANNED_WORDS or text in SPACE_PREFIXED_WORDS
+
+
+def vocab_mask(tokenizer, stop_token: str = ".") -> torch.Tensor:
+    """(V,) bool over `len(tokenizer)`: the tokens a continuation may use (the paper's ban list, see the module
+    docstring).  The stop token is allowed; every other token containing "." is banned."""
+    stop_ids = tokenizer.encode(stop_token, add_special_tokens=False)
+    if len(stop_ids) != 1:
+        raise ValueError(f"stop_token {stop_token!r} encodes to {len(stop_ids)} tokens {stop_ids}; it must be one token.")
+    V = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(V)], clean_up_tokenization_spaces=False)
+    allowed = torch.tensor([_token_allowed(t) for t in texts], dtype=torch.bool)
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    allowed[[i for i in special if i < V]] = False
+    allowed[stop_ids[0]] = True
+    return allowed
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(scored: list[Scored], encoder=None) -> dict[str, float]:
+    """Base-LM log p(Z "." | X) (`log_likelihood/mean`, `log_likelihood/max`), the mean number of tokens before the
+    stop (`length/mean`) and, with an encoder, `diversity`: the mean over prompts of `gfn_trl.metrics.diversity` of
+    the prompt's samples (the paper's embedding diversity)."""
+    if not scored:
+        raise ValueError("evaluate needs at least one scored prompt.")
+    metrics = likelihood_summary(scored)
+    metrics["length/mean"] = sum(sum(map(len, s.tokens)) / len(s.tokens) for s in scored) / len(scored)
+    if encoder is not None:
+        metrics["diversity"] = sum(diversity(s.texts, encoder) for s in scored) / len(scored)
+    return metrics

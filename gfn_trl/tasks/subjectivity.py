@@ -1,0 +1,315 @@
+"""Subjectivity classification with a latent rationale (paper §4.3, the authors' `Subj_obj_GFN_FT_E_step.ipynb`).
+
+X is a movie-review sentence, Z a short rationale (1 to 5 tokens in the paper), Y the label sentence:
+
+    prompt = reward_prompt   'Classify this movie review as objective or subjective: "{text}" This review is'
+    suffix                   ", so it is {label}."
+    contrast_suffix          ", so it is {other label}."
+
+The reward is log p_LM(Z Y | X), with the paper's wrong-label penalty: a prefix after which the frozen LM prefers
+the other label's Y gets `contrast_penalty` (-50).  The trainer does that from the `contrast_suffix` column.
+
+Data.  Rows are {"text", "label"}.  A label is the string "objective" / "subjective" (any case), or an integer:
+**0 = objective, 1 = subjective**, the class order of `SetFit/subj` (the 8,000 / 2,000 SUBJ copy whose sizes match the
+paper's `data/subj/train.jsonl` / `test.jsonl`, rows `{"text", "label", "label_text"}`).  Beware: SentEval's own SUBJ
+loader numbers the classes the other way round.  When a row also has a string `label_text` (as the authors' files
+and SetFit/subj do), `label_text` is used, and an integer `label` that contradicts it under 0 = objective is an
+error, so an inverted copy cannot pass silently.  The embedded `tasks/data/subj.jsonl` holds 240 rows written for
+this project (120 per label, all shorter than 25 words, shuffled).
+
+Low-data training sets (the paper's 10 / 20 / 50 labelled examples): the authors' `train.{10,20,50}.jsonl` were taken
+from the training list filtered to texts of fewer than 25 words and shuffled with seed 0 (paper.md §3.3; whether
+they were balanced by label is not recorded).  `low_data_subset` does the same filtering and seeded shuffle, then
+takes the first k//2 rows of each label in shuffled order (balanced; the odd one and any shortfall of one label go
+to the next rows of the shuffled order), or, with `balanced=False`, simply the first k rows.  Subsets of one seed
+are nested (k=10 is inside k=20 for the same seed).
+
+Evaluation (the paper's M-step notebook): sample 10 rationales per test review at temperature 1; for each, the
+predicted label is the one whose Y the *base* LM scores higher after X Z; the review's prediction is the majority
+vote.  We compare the full suffixes ", so it is objective." / ", so it is subjective." (the comparison the training
+reward makes); the authors' test code compared log p(" objective") and log p(" subjective") after ", so it is", i.e.
+without the final period.  Ties between the two scores go to "subjective", as in the authors' `obj > sub` test.
+The zero-shot baseline is the same procedure with an empty rationale (Z = nothing, so the LM reads
+"... This review is, so it is {label}.").  The paper's zero-shot row used a different template ('... " It is'
+followed by the label); ours keeps X and Y identical for every method, so the only difference is Z.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import zlib
+from collections.abc import Sequence
+
+import torch
+from datasets import Dataset, load_dataset
+
+from ..evaluation import Scored, score_texts
+from ..metrics import majority_vote_accuracy
+from ..sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from . import DATA_DIR
+
+EMBEDDED = DATA_DIR / "subj.jsonl"
+LABELS = ("objective", "subjective")
+INT_LABELS = {0: "objective", 1: "subjective"}
+QUERY = 'Classify this movie review as objective or subjective: "{text}" This review is'
+SUFFIX = ", so it is {label}."
+PAPER_MAX_WORDS = 25  # the low-data subsets keep texts of fewer than 25 words
+PAPER_EVAL_SAMPLES = 10
+
+
+def other_label(label: str) -> str:
+    return LABELS[1 - LABELS.index(label)]
+
+
+def _label_of(value, i: int, source: str, column: str) -> str:
+    if isinstance(value, str):
+        label = value.strip().lower()
+        if label in LABELS:
+            return label
+    elif isinstance(value, int) and not isinstance(value, bool) and value in INT_LABELS:
+        return INT_LABELS[value]
+    raise ValueError(
+        f"Row {i} of {source} has an unknown {column} {value!r}: expected 'objective' or 'subjective', or an integer "
+        "0 (objective) / 1 (subjective)."
+    )
+
+
+def _normalise_row(row, i: int, source: str) -> dict:
+    if not isinstance(row, dict):
+        raise ValueError(f"Row {i} of {source} is not a JSON object with 'text' and 'label': {row!r}.")
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"Row {i} of {source} has an empty or missing 'text': every row needs the review text.")
+    has_label_text = isinstance(row.get("label_text"), str)
+    if row.get("label") is None and not has_label_text:
+        raise ValueError(
+            f"Row {i} of {source} has no 'label': every row needs 'objective'/'subjective' or 0/1 (0 = objective)."
+        )
+    if has_label_text:
+        label = _label_of(row["label_text"], i, source, "label_text")
+        if isinstance(row.get("label"), int) and _label_of(row["label"], i, source, "label") != label:
+            raise ValueError(
+                f"Row {i} of {source} has label {row['label']!r} but label_text {row['label_text']!r}: this loader "
+                "reads integer labels as 0 = objective, 1 = subjective (SetFit/subj); this file numbers them the "
+                "other way. Drop the integer column or give string labels."
+            )
+    else:
+        label = _label_of(row["label"], i, source, "label")
+    return {"text": text.strip(), "label": label}
+
+
+def load_subj(source: str | None = None, split: str = "train") -> Dataset:
+    """SUBJ rows as a Dataset with columns `text` and `label` ("objective" / "subjective").
+
+    `source`: None for the embedded `tasks/data/subj.jsonl`; a local `.jsonl` file (one JSON object per line with
+    `text` and `label`, optionally `label_text`); or a hub dataset id (its `split`).  Raises a ValueError naming the
+    row for a line that is not JSON, a missing or unknown label, or an empty text.
+    """
+    if source is None:
+        source = str(EMBEDDED)
+    if source.endswith((".jsonl", ".json")):
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"SUBJ file {source} does not exist.")
+        raw = []
+        with open(source, encoding="utf-8") as f:
+            for line_no, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"Row {len(raw)} (line {line_no + 1}) of {source} is not valid JSON: {e}.") from e
+    else:
+        raw = load_dataset(source, split=split)
+    rows = [_normalise_row(r, i, source) for i, r in enumerate(raw)]
+    if not rows:
+        raise ValueError(f"{source} holds no rows.")
+    return Dataset.from_dict({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
+
+
+def split(ds: Dataset, num_eval: int) -> tuple[Dataset, Dataset]:
+    """(train, test): the first `num_eval` rows are held out (the embedded rows are already shuffled); training rows
+    whose text also occurs in the test rows are dropped, so the two never overlap.  With a separate test file (the
+    paper's 8,000 / 2,000 split), load it with `load_subj(path, split="test")` instead."""
+    if num_eval < 1 or len(ds) <= num_eval:
+        raise ValueError(f"{len(ds)} rows cannot give {num_eval} test rows and a training set.")
+    test = ds.select(range(num_eval))
+    held_out = set(test["text"])
+    train = ds.select([i for i in range(num_eval, len(ds)) if ds[i]["text"] not in held_out])
+    assert held_out.isdisjoint(train["text"]), "train and test overlap"
+    if len(train) == 0:
+        raise ValueError("Every training row duplicates a test row.")
+    return train, test
+
+
+def low_data_subset(
+    ds: Dataset, k: int, seed: int = 0, max_words: int = PAPER_MAX_WORDS, balanced: bool = True
+) -> Dataset:
+    """The paper's low-data training set of `k` examples (10, 20 or 50): texts of fewer than `max_words` words,
+    shuffled with `seed`, then the first k//2 of each label in shuffled order (`balanced`) or the first k."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}.")
+    pool = [i for i, t in enumerate(ds["text"]) if len(t.split()) < max_words]
+    if len(pool) < k:
+        raise ValueError(f"Only {len(pool)} rows have fewer than {max_words} words; cannot draw {k} examples.")
+    random.Random(seed).shuffle(pool)
+    if not balanced:
+        return ds.select(pool[:k])
+    labels = ds["label"]
+    chosen, counts = set(), dict.fromkeys(LABELS, 0)
+    for i in pool:  # k//2 of each label, in shuffled order
+        if counts[labels[i]] < k // 2:
+            chosen.add(i)
+            counts[labels[i]] += 1
+    for i in pool:  # the odd one out, and any shortfall of one label, from the next rows in shuffled order
+        if len(chosen) == k:
+            break
+        chosen.add(i)
+    return ds.select([i for i in pool if i in chosen])
+
+
+def to_contract(ds: Dataset) -> Dataset:
+    """SUBJ rows -> the trainer's columns (prompt, reward_prompt, suffix, contrast_suffix) plus `label` and `text`."""
+
+    def row(r):
+        query = QUERY.format(text=r["text"])
+        return {
+            "prompt": query,
+            "reward_prompt": query,
+            "suffix": SUFFIX.format(label=r["label"]),
+            "contrast_suffix": SUFFIX.format(label=other_label(r["label"])),
+        }
+
+    return ds.map(row)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prediction and evaluation: every method's rationales are judged by the same frozen LM, the same way.
+
+
+def _label_suffix_ids(row: dict, tokenizer=None) -> dict[str, list[int]]:
+    if tokenizer is not None:
+        return {lab: tokenizer(SUFFIX.format(label=lab), add_special_tokens=False)["input_ids"] for lab in LABELS}
+    if not row.get("suffix_ids") or not row.get("contrast_suffix_ids"):
+        raise ValueError("The row has no suffix_ids / contrast_suffix_ids (tokenize it first) and no tokenizer was given.")
+    return {row["label"]: row["suffix_ids"], other_label(row["label"]): row["contrast_suffix_ids"]}
+
+
+@torch.no_grad()
+def label_log_likelihoods(
+    reward, rows: Sequence[dict], latents: Sequence[Sequence[Sequence[int]]], tokenizer=None, batch_size: int = 64
+) -> list[dict[str, list[float]]]:
+    """For each tokenized row and each of its latents (token ids, possibly empty): log p(Z Y_label | X) under the
+    frozen reward LM for both labels, with no wrong-label penalty.  Returns one {label: [per latent]} per row."""
+    if len(rows) != len(latents):
+        raise ValueError(f"{len(rows)} rows but {len(latents)} lists of latents.")
+    # Each distinct (row, label, latent) is scored once.  Z is folded into the suffix (suffix = Z Y, empty latent):
+    # LikelihoodReward's state 0 is then log p(Z Y | X) itself, in one pass over X Z Y instead of a packed pass over
+    # X Z and len(Z) + 1 copies of Y (the same number, computed more cheaply).
+    jobs: dict[tuple, dict] = {}
+    for i, (row, zs) in enumerate(zip(rows, latents)):
+        ids = _label_suffix_ids(row, tokenizer)
+        for lab in LABELS:
+            for z in zs:
+                key = (i, lab, tuple(int(t) for t in z))
+                if key not in jobs:
+                    jobs[key] = {"reward_prompt_ids": row["reward_prompt_ids"], "suffix_ids": list(key[2]) + ids[lab],
+                                 "contrast_suffix_ids": [], "gfn_has_suffix": True}
+    keys = list(jobs)
+    scores: dict[tuple, float] = {}
+    for lo in range(0, len(keys), batch_size):
+        chunk = keys[lo : lo + batch_size]
+        z = torch.empty((len(chunk), 0), dtype=torch.long, device=reward.device)
+        lengths = torch.zeros(len(chunk), dtype=torch.long, device=reward.device)
+        log_r = reward([jobs[k] for k in chunk], z, lengths)
+        scores.update(zip(chunk, log_r[:, 0].tolist()))
+    return [
+        {lab: [scores[(i, lab, tuple(int(t) for t in z))] for z in zs] for lab in LABELS}
+        for i, zs in enumerate(latents)
+    ]
+
+
+def _predictions(lls: list[dict[str, list[float]]]) -> list[list[str]]:
+    # the authors' test: objective iff its score is strictly higher
+    return [["objective" if o > s else "subjective" for o, s in zip(ll["objective"], ll["subjective"])] for ll in lls]
+
+
+def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=None) -> list[list[str]]:
+    """For each tokenized row and each of its sampled rationales (`scored[i].tokens`), the label whose Y the base LM
+    scores higher after X Z.  Without `tokenizer`, the labels' Y are read from the row's suffix_ids and
+    contrast_suffix_ids."""
+    if len(rows) != len(scored):
+        raise ValueError(f"{len(rows)} rows but {len(scored)} scored rows.")
+    return _predictions(label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer))
+
+
+def evaluate(scored: Sequence[Scored], reward, tokenizer=None) -> dict[str, float]:
+    """Majority-vote accuracy over each review's sampled rationales (the paper: 10), the fraction of single rationales
+    that lead to the right label, and the base-LM log p(Z Y_true | X) of the rationales (mean over reviews of the mean
+    and of the max over samples; no wrong-label penalty)."""
+    rows = [s.row for s in scored]
+    lls = label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer)
+    preds = _predictions(lls)
+    gold = [r["label"] for r in rows]
+    true_ll = [ll[g] for ll, g in zip(lls, gold)]
+    n_samples = sum(len(p) for p in preds)
+    return {
+        "accuracy": majority_vote_accuracy(preds, gold),
+        "accuracy/per_sample": sum(p == g for ps, g in zip(preds, gold) for p in ps) / n_samples,
+        "log_likelihood/mean": sum(sum(t) / len(t) for t in true_ll) / len(true_ll),
+        "log_likelihood/max": sum(max(t) for t in true_ll) / len(true_ll),
+    }
+
+
+def zero_shot(reward, tokenizer, rows: Sequence[dict]) -> list[Scored]:
+    """The zero-shot baseline: one empty rationale per row (Z = nothing), scored like any latent."""
+    return score_texts(reward, tokenizer, list(rows), [[""] for _ in rows])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The paper's replay-buffer seeding with "wishful" rationales.
+
+
+def _symbol_ids(tokenizer) -> torch.Tensor:
+    """(V,) bool: tokens that are not alphanumeric once stripped (the authors' `list_of_symbols`)."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([not p.strip().isalnum() for p in pieces])
+
+
+@torch.no_grad()
+def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
+    """Fill the trainer's replay buffer as the authors did: for each training review, sample `n_per_example`
+    continuations of `prompt + " {true label} because it is"` from the base LM (adapter off) at temperature 1,
+    cut each at its first non-alphanumeric token, and add the non-empty ones (at least `min_completion_length`
+    tokens) with their reward (wrong-label penalty included).  Returns the number of latents added."""
+    if n_per_example <= 0:
+        return 0
+    tokenizer = trainer.processing_class
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    c = trainer.constraints
+    sampler = LatentConstraints(c.stop_token_id, c.max_length, 0, c.allowed)
+    symbols = _symbol_ids(tokenizer)
+    added, was_training = 0, policy.training
+    policy.eval()
+    for r_i, row in enumerate(trainer.train_dataset):
+        wishful = tokenizer(f"{row['prompt']} {row['label']} because it is", add_special_tokens=True)["input_ids"]
+        ids, mask = left_pad([wishful] * n_per_example, tokenizer.pad_token_id, trainer.reward.device)
+        seeds = [zlib.crc32(f"wishful:{seed}:{r_i}:{j}".encode()) for j in range(n_per_example)]
+        with policy.disable_adapter():
+            z, lengths = sample_latents(policy, ids, mask, sampler, 1.0, tokenizer.pad_token_id, seeds)
+        kept = []
+        for b in range(n_per_example):
+            toks = z[b, : int(lengths[b])].tolist()
+            cut = next((k for k, t in enumerate(toks) if symbols[t]), len(toks))
+            if cut >= max(1, c.min_length):
+                kept.append(toks[:cut])
+        if not kept:
+            continue
+        zk, lk = right_pad(kept, c.stop_token_id, device=trainer.reward.device)
+        log_r = trainer.reward([row] * len(kept), zk, lk)
+        for b, toks in enumerate(kept):
+            added += trainer.replay_buffer.add(row["gfn_key"], toks, log_r[b, : len(toks) + 1].tolist())
+    policy.train(was_training)
+    return added
