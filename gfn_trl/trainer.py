@@ -180,6 +180,8 @@ class GFlowNetTrainer(_BaseTrainer):
                 peft_config.fan_in_fan_out = True  # GPT-2's Conv1D stores weights transposed
             model = get_peft_model(model, peft_config)
         is_peft = PeftModel is not None and isinstance(model, PeftModel)
+        if is_peft and args.activation_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
 
         if args.disable_dropout:
             for module in model.modules():

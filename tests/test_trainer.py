@@ -197,3 +197,10 @@ def test_config_parses_from_the_command_line_and_help_renders(capsys):
         parser.parse_args_into_dataclasses(["--help"])
     out = capsys.readouterr().out
     assert "--loss_type" in out and "modified SubTB" in out and "--reward_temperature_horizon" in out
+
+
+def test_activation_checkpointing_with_lora_trains(tmp_path):
+    trainer = _trainer(tmp_path, arch="llama", activation_checkpointing=True, max_steps=2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if "lora_B" in n)
