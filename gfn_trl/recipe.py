@@ -38,6 +38,11 @@ class RecipeArguments:
         metadata={"help": "Ban tokens that contain a newline (and special tokens) from latents, so that they stay on "
                   "one line. The paper's GPT-2 runs had no such mask."},
     )
+    strip_trailing_space: bool = field(
+        default=False,
+        metadata={"help": "Remove the trailing space of prompts (continuation). The paper's GPT-2 prompts end with a "
+                  "space; tokenizers that split ' 2' into ' ' + '2' (SmolLM2) then steer the latent to digits."},
+    )
     trainer: str = field(default="gfn", metadata={"help": "Training algorithm: gfn."})
     skip_baseline: bool = field(default=False, metadata={"help": "Do not evaluate the untuned policy first."})
 
