@@ -51,7 +51,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--n-embd", type=int, default=None, help="override the preset's hidden size")
     p.add_argument("--n-layer", type=int, default=None, help="override the preset's number of layers")
@@ -96,6 +98,10 @@ def build_model(args):
     names = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head, "vocab_size": args.vocab}
     kw.update({k: v for k, v in names.items() if v is not None})
     vocab = kw.get("vocab_size", cls().vocab_size)
+    if cls is GPTJConfig:  # rotary dims cannot exceed the head dim when the shape is overridden
+        default = GPTJConfig()
+        head_dim = kw.get("n_embd", default.n_embd) // kw.get("n_head", default.n_head)
+        kw["rotary_dim"] = min(default.rotary_dim, head_dim)
     cfg = cls(**kw, bos_token_id=vocab - 1, eos_token_id=vocab - 1, pad_token_id=vocab - 1)  # stop = pad = last id
     torch.manual_seed(args.seed)
     with torch.device(args.device):
@@ -150,16 +156,19 @@ def timed(fn, args):
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times, faults = [], [], []
     for _ in range(max(1, args.repeats)):
         sync()
-        t0 = time.perf_counter()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn()
         sync()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB); process-wide peak
-    return out, times, peak, rss
+    return out, times, cpu_times, int(statistics.median(faults)), peak, rss
 
 
 def gib(x):
@@ -187,14 +196,20 @@ def main(argv=None) -> dict:
     s_lens = [len(s) for s in suffixes]
     print("packed vs naive fixed-suffix per-prefix log-rewards")
     print(f"  device        : {args.device}  {device_name}")
-    print(f"  torch         : {torch.__version__}, threads={torch.get_num_threads()}, dtype={args.dtype}, attn={args.attn}")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
+    print(
+        f"  torch         : {torch.__version__}, threads={torch.get_num_threads()}, dtype={args.dtype}, "
+        f"attn={args.attn}, THP_MEM_ALLOC_ENABLE={thp}"
+    )
     print(f"  model         : preset={args.preset}  {shape}  ({n_params / 1e6:.1f}M params, random init)")
     print(
         f"  batch         : B={args.batch}  prompt {min(p_lens)}-{max(p_lens)} tok (left-padded to {max(p_lens)}), "
         f"latent {int(lengths.min())}-{int(lengths.max())} tok (T={T}, S={T + 1} states), "
         f"suffix {min(s_lens)}-{max(s_lens)} tok"
     )
-    print(f"  packed layout : L = P + T + (T+1)·W = {packed_tok['layout']} positions/row, chunk_size={args.chunk_size}")
+    print(
+        f"  packed layout : L = P + T + (T+1)·W = {packed_tok['layout']} positions/row, chunk_size={args.chunk_size}"
+    )
     sys.stdout.flush()
 
     def run_packed():
@@ -204,44 +219,61 @@ def main(argv=None) -> dict:
         return suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, pad)
 
     with torch.no_grad():
-        packed, t_packed, peak_packed, rss_packed = timed(run_packed, args)
+        packed, t_packed, c_packed, f_packed, peak_packed, rss_packed = timed(run_packed, args)
         if not args.skip_naive:
-            naive, t_naive, peak_naive, rss_naive = timed(run_naive, args)
+            naive, t_naive, c_naive, f_naive, peak_naive, rss_naive = timed(run_naive, args)
 
-    s_packed = statistics.median(t_packed)
+    s_packed, cpu_packed = statistics.median(t_packed), statistics.median(c_packed)
     res = dict(
         device=args.device, device_name=device_name, threads=torch.get_num_threads(), dtype=args.dtype, attn=args.attn,
         preset=args.preset, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, vocab=cfg.vocab_size,
         n_params=n_params, batch=args.batch, T=T, layout=packed_tok["layout"], real_tokens=real_tok,
         packed_tokens=packed_tok["fed"], packed_logit_positions=packed_tok["logits"], packed_seconds=s_packed,
-        packed_times=t_packed, packed_peak_bytes=peak_packed, packed_peak_rss_bytes=rss_packed,
+        packed_times=t_packed, packed_cpu_seconds=cpu_packed, packed_page_faults=f_packed,
+        packed_peak_bytes=peak_packed, packed_peak_rss_bytes=rss_packed,
     )
-    rows = [("", "passes", "tokens fed", "logit rows", "median s", "runs (s)", "peak mem")]
+    rows = [("", "passes", "tokens fed", "logit rows", "median s", "runs (s)", "CPU s", "page faults", "peak mem")]
     mem_packed = gib(peak_packed) if peak_packed is not None else f"RSS {gib(rss_packed)}"
     rows.append(("packed", packed_tok["passes"], packed_tok["fed"], packed_tok["logits"], f"{s_packed:.3f}",
-                 " ".join(f"{t:.2f}" for t in t_packed), mem_packed))
+                 " ".join(f"{t:.2f}" for t in t_packed), f"{cpu_packed:.2f}", f_packed, mem_packed))
     if not args.skip_naive:
-        s_naive = statistics.median(t_naive)
+        s_naive, cpu_naive = statistics.median(t_naive), statistics.median(c_naive)
         diff = (packed.float() - naive.float()).abs().max().item()
         ratio = s_naive / s_packed
         mem_naive = gib(peak_naive) if peak_naive is not None else f"RSS {gib(rss_naive)}"
         rows.append(("naive", naive_tok["passes"], naive_tok["fed"], naive_tok["logits"], f"{s_naive:.3f}",
-                     " ".join(f"{t:.2f}" for t in t_naive), mem_naive))
+                     " ".join(f"{t:.2f}" for t in t_naive), f"{cpu_naive:.2f}", f_naive, mem_naive))
         res.update(naive_tokens=naive_tok["fed"], naive_logit_positions=naive_tok["logits"], naive_seconds=s_naive,
-                   naive_times=t_naive, naive_peak_bytes=peak_naive, naive_peak_rss_bytes=rss_naive,
-                   max_abs_diff=diff, ratio=ratio)
+                   naive_times=t_naive, naive_cpu_seconds=cpu_naive, naive_page_faults=f_naive,
+                   naive_peak_bytes=peak_naive, naive_peak_rss_bytes=rss_naive,
+                   max_abs_diff=diff, ratio=ratio, cpu_ratio=cpu_naive / cpu_packed)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     print()
     for r in rows:
         print("  " + "  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
-    print(f"  (real tokens in the batch, prompt + latent + suffix: {real_tok}; 'logit rows' = positions with V-wide logits;")
-    print("   CPU 'peak mem' is the process-wide peak RSS so far, so naive's includes packed's)")
+    print(f"  (real tokens in the batch, prompt + latent + suffix: {real_tok};")
+    print("   'logit rows' = positions whose V-wide logits are computed;")
+    print("   'CPU s' = median process CPU time (user+sys, all threads), less sensitive than wall time to other load;")
+    print("   'page faults' = median minor page faults per run (first touches of freshly allocated memory);")
+    if dev.type == "cuda":
+        print("   'peak mem' = torch.cuda.max_memory_allocated over the timed runs, weights included)")
+    else:
+        print("   on CPU 'peak mem' is the process-wide peak RSS so far, so naive's includes packed's)")
     print()
     if not args.skip_naive:
         print(f"  max |packed - naive| = {diff:.3e}  (over {args.batch}×{T + 1} per-prefix log-rewards)")
-        print(f"  packed is {ratio:.2f}× faster than naive  ({s_naive:.3f} s / {s_packed:.3f} s)")
+        verdict = f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× SLOWER"
+        print(f"  packed is {verdict} than naive  ({s_naive:.3f} s / {s_packed:.3f} s wall clock)")
+        cpu_ratio = cpu_naive / cpu_packed
+        print(f"  CPU-time ratio naive/packed = {cpu_ratio:.2f}×  ({cpu_naive:.2f} s / {cpu_packed:.2f} s)")
         if args.dtype == "float32":
             assert diff < args.atol, f"packed and naive disagree: max abs diff {diff:.3e} >= {args.atol}"
+        else:
+            print(f"  ({args.dtype}: no tolerance asserted; the fp32 run is the correctness check)")
+    load = os.getloadavg()[0]
+    res["load_average"] = load
+    if dev.type == "cpu" and load > torch.get_num_threads() + 0.5:
+        print(f"  WARNING: load average {load:.1f} > {torch.get_num_threads()} threads: other processes share the CPU")
     res["total_seconds"] = time.perf_counter() - t_start
     print(f"  total runtime {res['total_seconds']:.1f} s (incl. model build and warm-up)")
     return res
