@@ -1,0 +1,196 @@
+"""Integer arithmetic with a latent rationale, GFlowNet fine-tuning (Hu et al. 2024, §4.4).
+
+    accelerate launch recipes/arithmetic.py                                       # offline default: SmolLM2-135M on CPU
+    accelerate launch recipes/arithmetic.py --config recipes/configs/arithmetic_gpt-j.yaml   # the paper's setting
+
+Trains q(Z | X) so that q(Z) ∝ p_LM(Z Y | k-shot demonstrations, X), where X is "Question: 6 - 0 - 4 - 8 = ? Answer:",
+Z a rationale " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6" and Y ". The answer is -6.".  The policy sees X alone; the reward
+LM (the policy's base, adapter off) sees 3 gold demonstrations, then X.  Latents use only digit/operator tokens.
+THE PAPER'S CALCULATOR TOOL IS NOT IMPLEMENTED: the policy writes the partial results itself (see
+gfn_trl/tasks/arithmetic.py), so latents are longer than the paper's (max_completion_length must hold a complete
+4-operand rationale with its results; the recipe warns when it does not).
+
+Problems are generated (seeded; 1-digit operands, + and -): training problems have 3-4 operands, the tests 3 and 4
+(in distribution) and 5 (out of distribution), disjoint from training (asserted).  `--dataset` takes the paper's
+data directory or a JSON/JSONL file instead.  The first 10 training problems (the paper's `num_train: 10`) have
+their gold rationales put in the replay buffer before training, as the paper does.
+
+Before and after training it samples `eval_samples` rationales (the paper: 10 at temperature 0.1) for each of the
+`num_eval` problems of each test and reports the majority-vote accuracy of the answers read from the rationales,
+and the base-LM log p(Z Y | reward prompt) of the samples, for:
+    prompting  the untuned LM (adapter disabled), the same zero-shot prompt and sampler as the GFlowNet policy;
+    3-shot     the untuned LM prompted with the 3 demonstrations of the reward prompt (k-shot CoT);
+    gfn        the trained policy.
+Each test gets a latent budget that holds its longest gold rationale (the paper: 18 tokens in training, 21 in
+evaluation).  Writes, under --output_dir: the adapter, metrics.json, samples.jsonl (rationales next to the gold).
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+from trl import TrlParser  # noqa: E402
+
+from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
+from gfn_trl.data import tokenize_dataset  # noqa: E402
+from gfn_trl.evaluation import sample_and_score  # noqa: E402
+from gfn_trl.recipe import (  # noqa: E402
+    RecipeArguments,
+    load_model_and_tokenizer,
+    peft_config,
+    print_summary,
+    write_outputs,
+)
+from gfn_trl.sampling import LatentConstraints, left_pad, position_ids_from_mask, right_pad  # noqa: E402
+from gfn_trl.tasks import arithmetic  # noqa: E402
+
+N_SHOTS = 3  # demonstrations in the reward prompt (the paper's `num_points: 3`)
+N_GOLD = 10  # training problems whose gold rationale seeds the replay buffer (the paper's `num_train: 10`)
+SPLITS = {"test3": "test_3", "test4": "test_4", "ood5": "test_5"}
+
+# The offline CPU default: a few minutes on 2 idle cores (the reward pass dominates: 3-shot prompt + Z + one copy of
+# Y per prefix, ~440 tokens a latent). The paper's values are in recipes/configs/arithmetic_gpt-j.yaml.
+# * max_completion_length 31 (the paper: 18): without the calculator the policy writes the results too, and SmolLM2
+#   spends two tokens on " 6" ("Ġ", "6"), so the longest 4-operand gold rationale is 31 tokens;
+# * reward temperature 1.1 -> 0.5 as in the paper, over 12 steps instead of 150;
+# * 4 latents per question instead of 16, 16 training problems (10 with a gold rationale in the buffer);
+# * evaluation at the paper's temperature 0.1 but with 3 samples per question instead of 10 (at T = 0.1 they
+#   rarely differ) and 6 questions per test instead of 500.
+CPU_DEFAULTS = dict(
+    output_dir="runs/arithmetic", max_steps=16, per_device_train_batch_size=1, num_generations=4, learning_rate=5e-4,
+    warmup_steps=2, max_completion_length=31, min_completion_length=5, reward_temperature_start=1.1,
+    reward_temperature_end=0.5, reward_temperature_horizon=12, logging_steps=4, save_strategy="no", report_to="none",
+    num_train=16, num_eval=6, eval_samples=3, eval_temperature=0.1, seed=0,
+)
+
+
+class FinalLikelihood:
+    """The reward LM's log p(Z Y | reward_prompt) of whole latents, as a drop-in for `trainer.reward` in
+    `sample_and_score`: evaluation needs only the final state's value, so this scores `reward_prompt + Z + Y` once
+    (one copy of Y) instead of the packed per-prefix pass of training (n + 1 copies of Y, 2-3x the tokens here).
+    Same model, same token ids, same numbers (tested against LikelihoodReward); the other states get 0."""
+
+    def __init__(self, reward):
+        self.reward = reward
+        self.stop_token_id = reward.stop_token_id
+
+    @property
+    def device(self):
+        return self.reward.device
+
+    @torch.no_grad()
+    def __call__(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not all(r["gfn_has_suffix"] for r in rows):
+            raise ValueError("FinalLikelihood scores fixed-suffix rows only.")
+        tails = [z[b, : int(lengths[b])].tolist() + list(r["suffix_ids"]) for b, r in enumerate(rows)]
+        ids, mask = left_pad([list(r["reward_prompt_ids"]) + t for r, t in zip(rows, tails)], self.reward.pad_token_id,
+                             self.device)
+        W = max(len(t) for t in tails)
+        model, ctx = self.reward.scorer()
+        was_training = model.training
+        model.eval()
+        with ctx, self.reward.autocast():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           logits_to_keep=W + 1, use_cache=False).logits[:, :W].float()  # predict the last W tokens
+        model.train(was_training)
+        targets = ids[:, -W:]
+        lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)  # (B, W)
+        scored = torch.arange(W, device=ids.device)[None, :] >= W - torch.tensor([len(t) for t in tails], device=ids.device)[:, None]
+        out = torch.zeros(len(rows), z.shape[1] + 1, device=ids.device)
+        out[torch.arange(len(rows), device=ids.device), lengths.to(ids.device)] = torch.where(scored, lp, 0.0).sum(1)
+        return out
+
+
+@torch.no_grad()
+def seed_replay_buffer(trainer: GFlowNetTrainer, gold_texts: list[str]) -> int:
+    """Put the gold rationales of the first training prompts into the replay buffer with their per-prefix rewards
+    (the paper seeds its buffer with its 10 gold rationales).  Rationales that break the constraints are skipped.
+    Returns how many were added."""
+    c, tok = trainer.constraints, trainer.processing_class
+    rows, latents = [], []
+    for row, text in zip(trainer.train_dataset, gold_texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if c.min_length <= len(ids) <= c.max_length and (c.allowed is None or bool(c.allowed[ids].all())):
+            rows.append(row)
+            latents.append(ids)
+    if not rows:
+        return 0
+    z, lengths = right_pad(latents, c.stop_token_id, device=trainer.accelerator.device)
+    log_r = trainer.score_latents(rows, z, lengths)
+    return sum(trainer.replay_buffer.add(r["gfn_key"], ids, log_r[b, : len(ids) + 1].tolist())
+               for b, (r, ids) in enumerate(zip(rows, latents)))
+
+
+def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
+    if recipe.trainer != "gfn":
+        raise ValueError(f"--trainer {recipe.trainer} is not available yet for this recipe; use --trainer gfn.")
+    model, tokenizer = load_model_and_tokenizer(recipe)
+    splits = arithmetic.load_splits(recipe.dataset, args.seed, recipe.num_train, recipe.num_eval, N_SHOTS)
+    shots, train = splits["shots"], splits["train"]
+    tests = {name: splits[key] for name, key in SPLITS.items() if splits.get(key)}
+
+    too_long = sum(len(ids) > args.max_completion_length for ids in
+                   tokenizer([arithmetic.gold_rationale(p) for p in train], add_special_tokens=False)["input_ids"])
+    if too_long:
+        print(f"Warning: {too_long} of {len(train)} training problems have a gold rationale longer than "
+              f"max_completion_length={args.max_completion_length} tokens; the policy cannot write it in full.")
+
+    trainer = GFlowNetTrainer(model, args, train_dataset=arithmetic.to_contract(train, shots), processing_class=tokenizer,
+                              peft_config=peft_config(recipe), vocab_mask=arithmetic.vocab_mask)
+    seeded = seed_replay_buffer(trainer, [arithmetic.gold_rationale(p) for p in train[:N_GOLD]])
+    print(f"Replay buffer seeded with {seeded} gold rationales.")
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    final_likelihood = FinalLikelihood(trainer.reward)  # the base LM's log p(Z Y | reward prompt), every method
+    c = trainer.constraints
+    eval_sets = {}
+    for name, problems in tests.items():
+        n_operands = max(p.n_operands for p in problems)
+        budget = max(args.max_completion_length, arithmetic.rationale_token_budget(tokenizer, n_operands))
+        rows = {prompting: list(tokenize_dataset(
+            arithmetic.to_contract(problems, shots, prompt_shots=shots if prompting == "3-shot" else ()),
+            tokenizer, model.config, budget, "eval")) for prompting in ("zero-shot", "3-shot")}
+        eval_sets[name] = (LatentConstraints(c.stop_token_id, budget, c.min_length, c.allowed), rows)
+
+    def run_eval(prompting, disable_adapter):
+        return {name: sample_and_score(policy, final_likelihood, tokenizer, constraints, rows[prompting],
+                                       recipe.eval_samples, recipe.eval_temperature, seed=args.seed,
+                                       disable_adapter=disable_adapter)
+                for name, (constraints, rows) in eval_sets.items()}
+
+    scored = {}
+    if not recipe.skip_baseline:
+        scored["prompting"] = run_eval("zero-shot", disable_adapter=True)  # the untuned LM, same prompt and sampler
+        scored["3-shot"] = run_eval("3-shot", disable_adapter=True)  # the untuned LM with the demonstrations
+    trainer.train()
+    scored["gfn"] = run_eval("zero-shot", disable_adapter=False)
+    metrics = {method: {f"{name}/{k}": v for name, s in per_split.items() for k, v in arithmetic.evaluate(s).items()}
+               for method, per_split in scored.items()}
+
+    samples = [
+        {"method": method, "split": name, "question": s.row["question"], "answer": s.row["answer"],
+         "gold": s.row["gold"], "samples": s.texts, "predictions": [arithmetic.extract_answer(t) for t in s.texts],
+         "log_likelihood": s.log_likelihood}
+        for method, per_split in scored.items() for name, rows in per_split.items() for s in rows
+    ]
+    if trainer.accelerator.is_main_process:
+        trainer.save_model(args.output_dir)
+        write_outputs(args.output_dir, metrics, samples, recipe, args)
+        examples = [{"question": s.row["question"], "answer": s.row["answer"], "gold": s.row["gold"],
+                     **{f"{m} sample": scored[m][name][i].texts[0] for m in scored}}
+                    for name in tests for i, s in enumerate(scored["gfn"][name][:1])]
+        print_summary("integer arithmetic (no calculator tool)", metrics, examples)
+    trainer.end()
+    return metrics
+
+
+def make_parser():
+    parser = TrlParser((RecipeArguments, GFlowNetConfig))
+    parser.set_defaults(**CPU_DEFAULTS)
+    return parser
+
+
+if __name__ == "__main__":
+    recipe_args, train_args = make_parser().parse_args_and_config()
+    main(recipe_args, train_args)
