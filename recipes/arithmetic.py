@@ -96,7 +96,8 @@ class FinalLikelihood:
         model.train(was_training)
         targets = ids[:, -W:]
         lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)  # (B, W)
-        scored = torch.arange(W, device=ids.device)[None, :] >= W - torch.tensor([len(t) for t in tails], device=ids.device)[:, None]
+        n_scored = torch.tensor([len(t) for t in tails], device=ids.device)
+        scored = torch.arange(W, device=ids.device)[None, :] >= W - n_scored[:, None]  # the row's own Z and Y
         out = torch.zeros(len(rows), z.shape[1] + 1, device=ids.device)
         out[torch.arange(len(rows), device=ids.device), lengths.to(ids.device)] = torch.where(scored, lp, 0.0).sum(1)
         return out
@@ -136,8 +137,9 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
         print(f"Warning: {too_long} of {len(train)} training problems have a gold rationale longer than "
               f"max_completion_length={args.max_completion_length} tokens; the policy cannot write it in full.")
 
-    trainer = GFlowNetTrainer(model, args, train_dataset=arithmetic.to_contract(train, shots), processing_class=tokenizer,
-                              peft_config=peft_config(recipe), vocab_mask=arithmetic.vocab_mask)
+    trainer = GFlowNetTrainer(model, args, train_dataset=arithmetic.to_contract(train, shots),
+                              processing_class=tokenizer, peft_config=peft_config(recipe),
+                              vocab_mask=arithmetic.vocab_mask)
     seeded = seed_replay_buffer(trainer, [arithmetic.gold_rationale(p) for p in train[:N_GOLD]])
     print(f"Replay buffer seeded with {seeded} gold rationales.")
 

@@ -120,7 +120,8 @@ def test_evaluate_majority_vote_from_rationales():
     ]
     m = A.evaluate(scored)
     assert m["accuracy"] == 0.5 and m["sample_accuracy"] == pytest.approx(2 / 6) and m["parsed"] == pytest.approx(5 / 6)
-    assert m["log_likelihood/mean"] == pytest.approx((-2.0 - 5.0) / 2) and m["log_likelihood/max"] == pytest.approx(-2.5)
+    assert m["log_likelihood/mean"] == pytest.approx((-2.0 - 5.0) / 2)
+    assert m["log_likelihood/max"] == pytest.approx((-1.0 - 4.0) / 2)
 
 
 # ------------------------------------------------------------------ tokenizer
@@ -157,7 +158,8 @@ def test_load_json_and_jsonl(tmp_path):
              {"str_query": "Question: 9 + 4 - 8 = ? Answer:", "num_sol": 5, "str_rationale": "9 + 4 =, 13 - 8 ="}]
     (tmp_path / "paper.json").write_text(json.dumps(paper))
     assert [p.expression for p in A.load_problems(tmp_path / "paper.json")] == ["6 - 0 - 4 - 8", "9 + 4 - 8"]
-    lines = ['{"question": "6 - 0 - 4 - 8", "answer": -6}', "", '{"question": "1+2", "answer": "3", "rationale": " 1 + 2 = 3"}']
+    lines = ['{"question": "6 - 0 - 4 - 8", "answer": -6}', "",
+             '{"question": "1+2", "answer": "3", "rationale": " 1 + 2 = 3"}']
     (tmp_path / "plain.jsonl").write_text("\n".join(lines))
     problems = A.load_problems(tmp_path / "plain.jsonl")
     assert [p.answer for p in problems] == [-6, 3] and problems[1].expression == "1 + 2"
@@ -228,7 +230,8 @@ def test_configs_parse(config, monkeypatch):
         assert (r.lora_r, r.lora_alpha, r.lora_dropout) == (64, 16, 0.1)
         assert r.lora_target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
         assert (a.learning_rate, a.warmup_steps, a.lr_scheduler_type.value) == (1e-4, 20, "constant_with_warmup")
-        assert (a.num_generations, a.per_device_train_batch_size, a.gradient_accumulation_steps, a.max_steps) == (16, 1, 32, 2000)
+        assert (a.num_generations, a.per_device_train_batch_size) == (16, 1)
+        assert (a.gradient_accumulation_steps, a.max_steps) == (32, 2000)
         assert a.reward_temperature_horizon == 150 and (r.num_eval, r.eval_samples) == (500, 10)
         assert (a.on_policy_prob, a.replay_prob, a.tempered_prob) == (0.25, 0.25, 0.5)
         assert (a.sampling_temperature_min, a.sampling_temperature_max) == (0.5, 2.0)

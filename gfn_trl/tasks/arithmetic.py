@@ -82,7 +82,9 @@ class Problem:
         if len(self.operands) < 2:
             raise ValueError(f"A problem needs at least 2 operands, got {self.operands}.")
         if len(self.operators) != len(self.operands) - 1:
-            raise ValueError(f"{len(self.operands)} operands need {len(self.operands) - 1} operators, got {self.operators}.")
+            raise ValueError(
+                f"{len(self.operands)} operands need {len(self.operands) - 1} operators, got {self.operators}."
+            )
         if any(op not in OPERATORS for op in self.operators):
             raise ValueError(f"Operators must be '+' or '-', got {self.operators}.")
         if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in self.operands):
@@ -133,11 +135,14 @@ def _space_size(n_operands: int) -> int:
     return 10**n_operands * 2 ** (n_operands - 1)
 
 
-def generate_problems(rng: random.Random, n: int, operand_counts: Sequence[int], exclude: Iterable[Problem] = ()) -> list[Problem]:
+def generate_problems(
+    rng: random.Random, n: int, operand_counts: Sequence[int], exclude: Iterable[Problem] = ()
+) -> list[Problem]:
     """`n` distinct 1-digit problems, each with a number of operands drawn uniformly from `operand_counts`, none of
     them in `exclude`.  Raises ValueError when the problem space is too small."""
     excluded = set(exclude)
-    room = sum(_space_size(k) for k in set(operand_counts)) - sum(1 for p in excluded if p.n_operands in set(operand_counts))
+    counts = set(operand_counts)
+    room = sum(_space_size(k) for k in counts) - sum(1 for p in excluded if p.n_operands in counts)
     if n > room:
         raise ValueError(f"Cannot draw {n} distinct problems with {list(operand_counts)} operands: only {room} exist "
                          "outside the excluded ones.")
@@ -157,7 +162,10 @@ def check_disjoint(splits: dict[str, list[Problem]]) -> None:
     for name, problems in splits.items():
         if name.startswith("test"):
             overlap = seen & set(problems)
-            assert not overlap, f"{len(overlap)} problems of {name} are also training/demonstration problems, e.g. {next(iter(overlap)).expression}"
+            assert not overlap, (
+                f"{len(overlap)} problems of {name} are also training/demonstration problems, e.g. "
+                f"{next(iter(overlap)).expression}"
+            )
 
 
 def make_splits(seed: int, n_train: int, n_test_per_length: int, n_shots: int = 0) -> dict[str, list[Problem]]:
@@ -193,7 +201,7 @@ def solution(answer: int) -> str:
 
 
 def few_shot_prompt(examples: Sequence[Problem]) -> str:
-    """The paper's reward-prompt demonstrations: "\\n".join(query + " " + rationale + solution) + "\\n" ('' for none)."""
+    """The paper's reward-prompt demonstrations, "\\n".join(query + " " + rationale + solution) + "\\n"; '' for none."""
     if not examples:
         return ""
     return "\n".join(p.query + " " + gold_rationale(p).strip() + solution(p.answer) for p in examples) + "\n"
@@ -287,7 +295,9 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
     problems = []
     for where, row in rows:
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object like {{\"question\": \"6 - 0 - 4 - 8\", \"answer\": -6}}, got {row!r}")
+            raise ValueError(
+                f"{where}: expected an object like {{\"question\": \"6 - 0 - 4 - 8\", \"answer\": -6}}, got {row!r}"
+            )
         q_key = "question" if "question" in row else "str_query" if "str_query" in row else None
         a_key = "answer" if "answer" in row else "num_sol" if "num_sol" in row else None
         if q_key is None or a_key is None:
@@ -312,7 +322,9 @@ def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
     return list(dict.fromkeys(problems))
 
 
-def load_splits(source: str | None, seed: int, n_train: int | None, n_test_per_length: int, n_shots: int = 0) -> dict[str, list[Problem]]:
+def load_splits(
+    source: str | None, seed: int, n_train: int | None, n_test_per_length: int, n_shots: int = 0
+) -> dict[str, list[Problem]]:
     """Train / shots / test_3 / test_4 / test_5 problems, disjoint (asserted).
 
     * None: `make_splits` (generated, seeded);
