@@ -29,18 +29,22 @@ from contextlib import nullcontext
 from .sampling import left_pad, position_ids_from_mask, right_pad
 
 
-def _token_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
-    """log softmax(logits)[targets] without materialising the full log-softmax: (..., V), (...) -> (...)."""
+def _token_log_probs(logits: Tensor, targets: Tensor, lse: Tensor | None = None) -> Tensor:
+    """log softmax(logits)[targets] without materialising the full log-softmax: (..., V), (...) -> (...).
+
+    `lse` (...), the logits' logsumexp, may be passed when several targets are read from the same logits."""
     logits = logits.float()
-    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if lse is None:
+        lse = torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - lse
 
 
-def _latent_terms(logits_states: Tensor, z: Tensor, lengths: Tensor) -> Tensor:
-    """(B, S) Σ_{k<=i} log p(z_k | s_{k-1}) from the (B, S, V) logits at the states."""
+def _latent_terms(logits_states: Tensor, z: Tensor, lengths: Tensor, lse: Tensor) -> Tensor:
+    """(B, S) Σ_{k<=i} log p(z_k | s_{k-1}) from the (B, S, V) logits at the states and their (B, S) logsumexp."""
     T = z.shape[1]
     if T == 0:
         return logits_states.new_zeros(z.shape[0], 1, dtype=torch.float32)
-    lp = _token_log_probs(logits_states[:, :T], z)  # (B, T)
+    lp = _token_log_probs(logits_states[:, :T], z, lse[:, :T])  # (B, T)
     taken = torch.arange(1, T + 1, device=z.device)[None, :] <= lengths[:, None]
     lp = torch.where(taken, lp, torch.zeros_like(lp))
     return torch.cat([lp.new_zeros(z.shape[0], 1), lp.cumsum(1)], dim=1)  # (B, S)
@@ -64,8 +68,9 @@ def stop_token_log_rewards(
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), logits_to_keep=T + 1, use_cache=False
     ).logits[:, -(T + 1) :]  # (B, S, V)
-    stop = _token_log_probs(logits, torch.full(logits.shape[:2], stop_token_id, device=z.device))  # (B, S)
-    return _mask_states(_latent_terms(logits, z, lengths) + stop, lengths)
+    lse = torch.logsumexp(logits.float(), dim=-1)  # (B, S), shared by the latent and the stop terms
+    stop = _token_log_probs(logits, torch.full(logits.shape[:2], stop_token_id, device=z.device), lse)  # (B, S)
+    return _mask_states(_latent_terms(logits, z, lengths, lse) + stop, lengths)
 
 
 def packed_layout(P: int, T: int, W: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,8 +129,9 @@ def suffix_log_rewards_packed(
         input_ids=ids, attention_mask=mask4d, position_ids=position_ids, logits_to_keep=L - P + 1, use_cache=False
     ).logits  # (B, L - P + 1, V): positions P-1 .. L-1
     states = logits[:, : T + 1]  # (B, S, V): next-token logits after the prompt and after each z_k
-    latent = _latent_terms(states, z, lengths)  # (B, S)
-    first = _token_log_probs(states, suffix_ids[:, :1].expand(B, T + 1))  # (B, S): log p(y_1 | s_k)
+    lse = torch.logsumexp(states.float(), dim=-1)  # (B, S), shared by the latent and first-suffix terms
+    latent = _latent_terms(states, z, lengths, lse)  # (B, S)
+    first = _token_log_probs(states, suffix_ids[:, :1].expand(B, T + 1), lse)  # (B, S): log p(y_1 | s_k)
     # inside copy k, the token at index t predicts y_{t+1}
     copies = logits[:, T + 1 :].reshape(B, T + 1, W, -1)[:, :, : W - 1]  # (B, S, W-1, V)
     rest = _token_log_probs(copies, suffix_ids[:, None, 1:].expand(B, T + 1, W - 1))  # (B, S, W-1)

@@ -34,7 +34,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import GFlowNetConfig
 from .data import tokenize_dataset
-from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
+from .losses import batch_log_z, group_mean, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
 from .models import (
     check_lora_targets,
     load_causal_lm,
@@ -384,8 +384,7 @@ class GFlowNetTrainer(_BaseTrainer):
         lengths, group = inputs["lengths"], inputs["group"]
         final = inputs["log_r"].gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
         ratio = trajectory_log_ratio(log_pf.detach(), log_pterm.detach(), log_r, lengths)  # log R/T_R - log q
-        n_groups = int(group.max()) + 1
-        centred = ratio - torch.zeros(n_groups, device=ratio.device).index_add_(0, group, ratio)[group] / torch.bincount(group)[group]
+        centred = ratio - group_mean(ratio, group)
         values = {
             "log_reward/mean": final.mean(),
             "log_reward/max": final.max(),
