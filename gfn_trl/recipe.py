@@ -85,6 +85,15 @@ def write_outputs(output_dir: str, metrics: dict, samples: list[dict], recipe_ar
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
 
 
+def save_run(trainer, recipe_args, train_args, metrics: dict, samples: list[dict]) -> None:
+    """Save the adapter (or model) and, on the main process, metrics.json and samples.jsonl.
+
+    `trainer.save_model` runs on every process: under DeepSpeed ZeRO-3 or FSDP each rank holds a shard to gather."""
+    trainer.save_model(train_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        write_outputs(train_args.output_dir, metrics, samples, recipe_args, train_args)
+
+
 def print_summary(title: str, metrics: dict[str, dict[str, float]], examples: list[dict]) -> None:
     methods = list(metrics)
     keys = sorted({k for m in metrics.values() for k in m})

@@ -20,7 +20,6 @@ import random
 import zlib
 import textwrap
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 

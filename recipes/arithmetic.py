@@ -40,7 +40,7 @@ from gfn_trl.recipe import (  # noqa: E402
     load_model_and_tokenizer,
     peft_config,
     print_summary,
-    write_outputs,
+    save_run,
 )
 from gfn_trl.sampling import LatentConstraints, left_pad, position_ids_from_mask, right_pad  # noqa: E402
 from gfn_trl.tasks import arithmetic  # noqa: E402
@@ -176,9 +176,8 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
          "log_likelihood": s.log_likelihood}
         for method, per_split in scored.items() for name, rows in per_split.items() for s in rows
     ]
+    save_run(trainer, recipe, args, metrics, samples)
     if trainer.accelerator.is_main_process:
-        trainer.save_model(args.output_dir)
-        write_outputs(args.output_dir, metrics, samples, recipe, args)
         examples = [{"question": s.row["question"], "answer": s.row["answer"], "gold": s.row["gold"],
                      **{f"{m} sample": scored[m][name][i].texts[0] for m in scored}}
                     for name in tests for i, s in enumerate(scored["gfn"][name][:1])]

@@ -28,7 +28,7 @@ from gfn_trl.recipe import (  # noqa: E402
     load_model_and_tokenizer,
     peft_config,
     print_summary,
-    write_outputs,
+    save_run,
 )
 from gfn_trl.tasks import continuation  # noqa: E402
 
@@ -83,9 +83,8 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
         {"method": method, "prompt": s.row["prompt"], "samples": s.texts, "log_likelihood": s.log_likelihood}
         for method, rows in scored.items() for s in rows
     ]
+    save_run(trainer, recipe, args, metrics, samples)
     if trainer.accelerator.is_main_process:
-        trainer.save_model(args.output_dir)
-        write_outputs(args.output_dir, metrics, samples, recipe, args)
         examples = [{"prompt": s.row["prompt"],
                      **{f"{m} samples": " | ".join(t + "." for t in scored[m][i].texts[:3]) for m in scored}}
                     for i, s in enumerate(scored["gfn"][:3])]

@@ -25,7 +25,7 @@ from gfn_trl.recipe import (  # noqa: E402
     peft_config,
     print_summary,
     single_line_mask,
-    write_outputs,
+    save_run,
 )
 from gfn_trl.tasks import infill  # noqa: E402
 
@@ -73,9 +73,8 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
          "log_likelihood": s.log_likelihood}
         for method, rows in scored.items() for s in rows
     ]
+    save_run(trainer, recipe, args, metrics, samples)
     if trainer.accelerator.is_main_process:
-        trainer.save_model(args.output_dir)
-        write_outputs(args.output_dir, metrics, samples, recipe, args)
         examples = [{"story": s.row["prompt"].replace("\n", " | "), "gold": s.row["gold"],
                      **{f"{m} sample": scored[m][i].texts[0] for m in scored}} for i, s in enumerate(scored["gfn"][:3])]
         print_summary("story infilling", metrics, examples)

@@ -33,7 +33,7 @@ from gfn_trl.recipe import (  # noqa: E402
     peft_config,
     print_summary,
     single_line_mask,
-    write_outputs,
+    save_run,
 )
 from gfn_trl.tasks import subjectivity  # noqa: E402
 
@@ -125,9 +125,8 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig, task: SubjectivityArgume
          "predictions": d["predictions"], "log_likelihood": d["log_likelihood"]}
         for method in scored for s, d in zip(scored[method], details[method])
     ]
+    save_run(trainer, recipe, args, metrics, samples)
     if trainer.accelerator.is_main_process:
-        trainer.save_model(args.output_dir)
-        write_outputs(args.output_dir, metrics, samples, recipe, args)
         print(f"\n{len(train)} labelled reviews ({sum(lab == 'objective' for lab in train['label'])} objective), "
               f"{len(test)} test reviews, {seeded} wishful rationales in the replay buffer before training")
         examples = [
