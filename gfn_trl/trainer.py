@@ -429,6 +429,17 @@ class GFlowNetTrainer(_BaseTrainer):
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
         return loss
 
+    def end(self):
+        """Finish trackers and close the process group, after every rank has arrived.
+
+        Without the barrier a rank that finishes early tears down its gloo/NCCL threads while a peer still works
+        (e.g. the main process writing results); the early rank then aborts at exit ("terminate called without an
+        active exception") and the launcher reports the whole run as failed.
+        """
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+        super().end()
+
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """Train; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint in `output_dir`."""
         if resume_from_checkpoint is True:
