@@ -1,10 +1,12 @@
 """gfn_trl: GFlowNet fine-tuning of language models on Hugging Face TRL (Hu et al., ICLR 2024)."""
 
-from .config import GFlowNetConfig
+from .config import GFlowNetConfig, PPOConfig, RolloutConfig
 from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss
 from .replay import ReplayBuffer
 from .rewards import prefix_log_rewards
 from .sampling import LatentConstraints
+from .ppo_trainer import PPOTrainer
+from .rollout import RolloutTrainer
 from .trainer import GFlowNetTrainer
 
 __version__ = "0.1.0"
@@ -13,7 +15,11 @@ __all__ = [
     "GFlowNetConfig",
     "GFlowNetTrainer",
     "LatentConstraints",
+    "PPOConfig",
+    "PPOTrainer",
     "ReplayBuffer",
+    "RolloutConfig",
+    "RolloutTrainer",
     "batch_log_z",
     "modified_db_loss",
     "modified_subtb_loss",

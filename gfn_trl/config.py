@@ -10,25 +10,11 @@ from trl.trainer.base_config import _BaseConfig
 
 
 @dataclass
-class GFlowNetConfig(_BaseConfig):
+class RolloutConfig(_BaseConfig):
     r"""
-    Configuration for [`GFlowNetTrainer`]: GFlowNet fine-tuning of a causal LM (Hu et al., "Amortizing Intractable
-    Inference in Large Language Models", ICLR 2024).  The defaults follow the paper's story-infilling run, except
-    where noted.
-
-    > Parameters that control the objective
-
-    loss_type (`str`, *optional*, defaults to `"subtb"`):
-        `"subtb"`: the paper's modified subtrajectory balance (eq. 3); `"tb"`: trajectory balance; `"db"`: modified
-        detailed balance (the length-1 windows of `"subtb"`).
-    subtb_lambda (`float`, *optional*, defaults to `1.0`):
-        Weight λ^(j-i-1) of a window (i, j) in the SubTB loss.  The paper uses 1 everywhere.
-    log_z (`str`, *optional*, defaults to `"batch"`):
-        How log Z (the flow of the empty latent, needed by TB, and by SubTB/DB when `min_completion_length > 0`) is
-        obtained: `"batch"`, a per-prompt estimate from the prompt's `num_generations` samples (VarGrad); or
-        `"learned"`, a linear head on the policy's hidden state at the last prompt token.
-    log_z_learning_rate (`float`, *optional*, defaults to `1e-2`):
-        Learning rate of the learned log Z head.
+    Settings shared by every gfn_trl trainer that samples latents from the policy and scores them with the frozen
+    LM's likelihood ([`GFlowNetTrainer`], [`PPOTrainer`]): the latent's constraints, the reward LM, and the training
+    defaults of the paper.
 
     > Parameters that control the latent and its sampling
 
@@ -40,26 +26,9 @@ class GFlowNetConfig(_BaseConfig):
         The token that ends the latent, ⊤.  Defaults to the tokenizer's EOS token.  Must encode to one token.
     num_generations (`int`, *optional*, defaults to `8`):
         Latents sampled per prompt in each micro-batch (`per_device_train_batch_size` counts prompts).
-    on_policy_prob (`float`, *optional*, defaults to `0.25`):
-        Probability that a micro-batch is sampled from the policy at temperature 1.
-    tempered_prob (`float`, *optional*, defaults to `0.5`):
-        Probability that a micro-batch is sampled at a temperature drawn from U[`sampling_temperature_min`,
-        `sampling_temperature_max`].
-    replay_prob (`float`, *optional*, defaults to `0.25`):
-        Probability that a micro-batch is drawn from the replay buffer (tempered sampling when a prompt has none).
-    sampling_temperature_min (`float`, *optional*, defaults to `0.5`):
-        Lower end of the exploration temperature range.
-    sampling_temperature_max (`float`, *optional*, defaults to `2.0`):
-        Upper end of the exploration temperature range.
 
     > Parameters that control the reward
 
-    reward_temperature_start (`float`, *optional*, defaults to `1.1`):
-        Reward temperature T_R at step 0 (log R is divided by T_R).
-    reward_temperature_end (`float`, *optional*, defaults to `0.85`):
-        Reward temperature after `reward_temperature_horizon` optimizer steps (linear in between).
-    reward_temperature_horizon (`int`, *optional*, defaults to `100`):
-        Optimizer steps over which T_R moves from start to end.
     reward_model_name_or_path (`str`, *optional*):
         A separate frozen reward LM (hub id or path; must share the policy's tokenizer).  By default the reward is
         the policy's base model with the LoRA adapter disabled (no second copy of the weights).
@@ -71,16 +40,6 @@ class GFlowNetConfig(_BaseConfig):
     contrast_penalty (`float`, *optional*, defaults to `-50.0`):
         Added to the untempered log R of every prefix after which a row's `contrast_suffix` column (e.g. the wrong
         label) is more likely than its `suffix`.  The paper's subjectivity reward; no effect without the column.
-
-    > Parameters that control the replay buffer
-
-    replay_buffer_size (`int`, *optional*, defaults to `50`):
-        Latents kept per prompt (the highest-reward distinct ones).
-    replay_prioritized (`bool`, *optional*, defaults to `True`):
-        Sample replayed latents with probability ∝ R (untempered) rather than uniformly.
-    replay_sim_tolerance (`float`, *optional*, defaults to `0.0`):
-        Latents within token edit distance `tol * (len_a + len_b)` count as duplicates (0: exact duplicates only;
-        the paper used 0.25).
 
     > Other parameters
 
@@ -112,17 +71,6 @@ class GFlowNetConfig(_BaseConfig):
         metadata={"help": "Use bf16 mixed precision. Defaults to True only on a CUDA device that supports it."},
     )
 
-    # Objective
-    loss_type: str = field(
-        default="subtb", metadata={"help": "Loss: 'subtb' (modified SubTB, paper eq. 3), 'tb' or 'db' (modified DB)."}
-    )
-    subtb_lambda: float = field(default=1.0, metadata={"help": "Window weight lambda^(j-i-1) in SubTB; 1 in the paper."})
-    log_z: str = field(
-        default="batch",
-        metadata={"help": "log Z source when needed: 'batch' (per-prompt VarGrad estimate) or 'learned' (a head)."},
-    )
-    log_z_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the learned log Z head."})
-
     # Latent and sampling
     max_completion_length: int = field(default=25, metadata={"help": "Maximum latent tokens; the stop is forced there."})
     min_completion_length: int = field(default=1, metadata={"help": "Minimum latent tokens; no stop below it."})
@@ -130,20 +78,8 @@ class GFlowNetConfig(_BaseConfig):
         default=None, metadata={"help": "Token that ends the latent (default: the tokenizer's EOS). One token."}
     )
     num_generations: int = field(default=8, metadata={"help": "Latents sampled per prompt in each micro-batch."})
-    on_policy_prob: float = field(default=0.25, metadata={"help": "Probability of sampling a batch at temperature 1."})
-    tempered_prob: float = field(
-        default=0.5, metadata={"help": "Probability of sampling a batch at a temperature from U[min, max]."}
-    )
-    replay_prob: float = field(default=0.25, metadata={"help": "Probability of drawing a batch from the replay buffer."})
-    sampling_temperature_min: float = field(default=0.5, metadata={"help": "Lowest exploration temperature."})
-    sampling_temperature_max: float = field(default=2.0, metadata={"help": "Highest exploration temperature."})
 
     # Reward
-    reward_temperature_start: float = field(default=1.1, metadata={"help": "Reward temperature T_R at step 0."})
-    reward_temperature_end: float = field(default=0.85, metadata={"help": "Reward temperature after the horizon."})
-    reward_temperature_horizon: int = field(
-        default=100, metadata={"help": "Optimizer steps over which T_R moves linearly from start to end."}
-    )
     reward_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Separate frozen reward LM. Default: the policy's base with the LoRA adapter disabled."},
@@ -160,13 +96,6 @@ class GFlowNetConfig(_BaseConfig):
                   "wrong label) is more likely than its suffix. -50 in the paper's subjectivity task."},
     )
 
-    # Replay
-    replay_buffer_size: int = field(default=50, metadata={"help": "Latents kept per prompt in the replay buffer."})
-    replay_prioritized: bool = field(default=True, metadata={"help": "Sample replayed latents with probability ∝ R."})
-    replay_sim_tolerance: float = field(
-        default=0.0, metadata={"help": "Edit-distance tolerance for duplicates (0: exact duplicates only)."}
-    )
-
     # Other
     disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
     model_init_kwargs: dict[str, Any] | str | None = field(
@@ -177,10 +106,6 @@ class GFlowNetConfig(_BaseConfig):
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         super().__post_init__()
-        if self.loss_type not in ("subtb", "tb", "db"):
-            raise ValueError(f"loss_type must be 'subtb', 'tb' or 'db', got {self.loss_type!r}.")
-        if self.log_z not in ("batch", "learned"):
-            raise ValueError(f"log_z must be 'batch' or 'learned', got {self.log_z!r}.")
         if self.max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}.")
         if not 0 <= self.min_completion_length <= self.max_completion_length:
@@ -190,6 +115,111 @@ class GFlowNetConfig(_BaseConfig):
             )
         if self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
+        if self.reward_model_quantization not in (None, "8bit", "4bit"):
+            raise ValueError(f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}.")
+        if self.reward_model_quantization and not self.reward_model_name_or_path:
+            raise ValueError("reward_model_quantization applies to a separate reward LM: set reward_model_name_or_path too.")
+        if isinstance(self.model_init_kwargs, str):
+            import json
+
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+
+
+@dataclass
+class GFlowNetConfig(RolloutConfig):
+    r"""
+    Configuration for [`GFlowNetTrainer`]: GFlowNet fine-tuning of a causal LM (Hu et al., "Amortizing Intractable
+    Inference in Large Language Models", ICLR 2024).  The defaults follow the paper's story-infilling run, except
+    where noted.
+
+    > Parameters that control the objective
+
+    loss_type (`str`, *optional*, defaults to `"subtb"`):
+        `"subtb"`: the paper's modified subtrajectory balance (eq. 3); `"tb"`: trajectory balance; `"db"`: modified
+        detailed balance (the length-1 windows of `"subtb"`).
+    subtb_lambda (`float`, *optional*, defaults to `1.0`):
+        Weight λ^(j-i-1) of a window (i, j) in the SubTB loss.  The paper uses 1 everywhere.
+    log_z (`str`, *optional*, defaults to `"batch"`):
+        How log Z (the flow of the empty latent, needed by TB, and by SubTB/DB when `min_completion_length > 0`) is
+        obtained: `"batch"`, a per-prompt estimate from the prompt's `num_generations` samples (VarGrad); or
+        `"learned"`, a linear head on the policy's hidden state at the last prompt token.
+    log_z_learning_rate (`float`, *optional*, defaults to `1e-2`):
+        Learning rate of the learned log Z head.
+
+    > Parameters that control exploration (the latent's constraints and the reward LM: [`RolloutConfig`])
+
+    on_policy_prob (`float`, *optional*, defaults to `0.25`):
+        Probability that a micro-batch is sampled from the policy at temperature 1.
+    tempered_prob (`float`, *optional*, defaults to `0.5`):
+        Probability that a micro-batch is sampled at a temperature drawn from U[`sampling_temperature_min`,
+        `sampling_temperature_max`].
+    replay_prob (`float`, *optional*, defaults to `0.25`):
+        Probability that a micro-batch is drawn from the replay buffer (tempered sampling when a prompt has none).
+    sampling_temperature_min (`float`, *optional*, defaults to `0.5`):
+        Lower end of the exploration temperature range.
+    sampling_temperature_max (`float`, *optional*, defaults to `2.0`):
+        Upper end of the exploration temperature range.
+
+    > Parameters that control the reward
+
+    reward_temperature_start (`float`, *optional*, defaults to `1.1`):
+        Reward temperature T_R at step 0 (log R is divided by T_R).
+    reward_temperature_end (`float`, *optional*, defaults to `0.85`):
+        Reward temperature after `reward_temperature_horizon` optimizer steps (linear in between).
+    reward_temperature_horizon (`int`, *optional*, defaults to `100`):
+        Optimizer steps over which T_R moves from start to end.
+
+    > Parameters that control the replay buffer
+
+    replay_buffer_size (`int`, *optional*, defaults to `50`):
+        Latents kept per prompt (the highest-reward distinct ones).
+    replay_prioritized (`bool`, *optional*, defaults to `True`):
+        Sample replayed latents with probability ∝ R (untempered) rather than uniformly.
+    replay_sim_tolerance (`float`, *optional*, defaults to `0.0`):
+        Latents within token edit distance `tol * (len_a + len_b)` count as duplicates (0: exact duplicates only;
+        the paper used 0.25).
+    """
+
+    # Objective
+    loss_type: str = field(
+        default="subtb", metadata={"help": "Loss: 'subtb' (modified SubTB, paper eq. 3), 'tb' or 'db' (modified DB)."}
+    )
+    subtb_lambda: float = field(default=1.0, metadata={"help": "Window weight lambda^(j-i-1) in SubTB; 1 in the paper."})
+    log_z: str = field(
+        default="batch",
+        metadata={"help": "log Z source when needed: 'batch' (per-prompt VarGrad estimate) or 'learned' (a head)."},
+    )
+    log_z_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the learned log Z head."})
+
+    # Exploration
+    on_policy_prob: float = field(default=0.25, metadata={"help": "Probability of sampling a batch at temperature 1."})
+    tempered_prob: float = field(
+        default=0.5, metadata={"help": "Probability of sampling a batch at a temperature from U[min, max]."}
+    )
+    replay_prob: float = field(default=0.25, metadata={"help": "Probability of drawing a batch from the replay buffer."})
+    sampling_temperature_min: float = field(default=0.5, metadata={"help": "Lowest exploration temperature."})
+    sampling_temperature_max: float = field(default=2.0, metadata={"help": "Highest exploration temperature."})
+
+    # Reward
+    reward_temperature_start: float = field(default=1.1, metadata={"help": "Reward temperature T_R at step 0."})
+    reward_temperature_end: float = field(default=0.85, metadata={"help": "Reward temperature after the horizon."})
+    reward_temperature_horizon: int = field(
+        default=100, metadata={"help": "Optimizer steps over which T_R moves linearly from start to end."}
+    )
+
+    # Replay
+    replay_buffer_size: int = field(default=50, metadata={"help": "Latents kept per prompt in the replay buffer."})
+    replay_prioritized: bool = field(default=True, metadata={"help": "Sample replayed latents with probability ∝ R."})
+    replay_sim_tolerance: float = field(
+        default=0.0, metadata={"help": "Edit-distance tolerance for duplicates (0: exact duplicates only)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in ("subtb", "tb", "db"):
+            raise ValueError(f"loss_type must be 'subtb', 'tb' or 'db', got {self.loss_type!r}.")
+        if self.log_z not in ("batch", "learned"):
+            raise ValueError(f"log_z must be 'batch' or 'learned', got {self.log_z!r}.")
         needs_log_z = self.loss_type == "tb" or self.min_completion_length > 0
         if needs_log_z and self.log_z == "batch" and self.num_generations < 2:
             raise ValueError(
@@ -208,14 +238,6 @@ class GFlowNetConfig(_BaseConfig):
             )
         if min(self.reward_temperature_start, self.reward_temperature_end) <= 0:
             raise ValueError("Reward temperatures must be > 0.")
-        if self.reward_model_quantization not in (None, "8bit", "4bit"):
-            raise ValueError(f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}.")
-        if self.reward_model_quantization and not self.reward_model_name_or_path:
-            raise ValueError("reward_model_quantization applies to a separate reward LM: set reward_model_name_or_path too.")
-        if isinstance(self.model_init_kwargs, str):
-            import json
-
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
 
     def reward_temperature(self, step: int) -> float:
         """T_R after `step` optimizer steps: linear from start to end over the horizon, then constant."""
@@ -223,3 +245,73 @@ class GFlowNetConfig(_BaseConfig):
             return self.reward_temperature_end
         frac = min(1.0, step / self.reward_temperature_horizon)
         return self.reward_temperature_start + frac * (self.reward_temperature_end - self.reward_temperature_start)
+
+
+@dataclass
+class PPOConfig(RolloutConfig):
+    r"""
+    Configuration for [`PPOTrainer`]: the paper's reward-maximising baseline.  PPO (Schulman et al., 2017) with a
+    value head, generalised advantage estimation, the clipped surrogate, value clipping and a per-token KL penalty
+    to the reference policy (the adapter-disabled base with PEFT), fixed or adaptive (Ziegler et al., 2019).  The
+    latent, its constraints and the reward LM are those of [`GFlowNetTrainer`] ([`RolloutConfig`]); the reward is
+    the final-state log R(Z) / `reward_temperature`, as in the paper's comparison.
+
+    > Parameters that control the objective
+
+    num_ppo_epochs (`int`, *optional*, defaults to `4`):
+        Optimizer steps taken on each batch of rollouts before new ones are sampled (the first is on-policy).
+    cliprange (`float`, *optional*, defaults to `0.2`):
+        ε of the clipped surrogate: the probability ratio is clipped to [1 - ε, 1 + ε].
+    cliprange_value (`float`, *optional*, defaults to `0.2`):
+        Value predictions are clipped to within this distance of the rollout's values.
+    vf_coef (`float`, *optional*, defaults to `0.1`):
+        Weight of the value loss.
+    gamma (`float`, *optional*, defaults to `1.0`):
+        Discount factor.
+    lam (`float`, *optional*, defaults to `0.95`):
+        λ of generalised advantage estimation.
+    whiten_advantages (`bool`, *optional*, defaults to `True`):
+        Normalise the advantages of a micro-batch to mean 0 and variance 1.
+    kl_coef (`float`, *optional*, defaults to `0.05`):
+        β of the per-token penalty -β (log q(a|s) - log q_ref(a|s)) added to the reward (its start with `adaptive_kl`).
+    adaptive_kl (`bool`, *optional*, defaults to `False`):
+        Adapt β towards `kl_target` (Ziegler et al.'s proportional controller).
+    kl_target (`float`, *optional*, defaults to `6.0`):
+        Target KL per sequence of the adaptive controller.
+    kl_horizon (`int`, *optional*, defaults to `10000`):
+        Horizon (in sequences) of the adaptive controller.
+    reward_temperature (`float`, *optional*, defaults to `1.0`):
+        The reward is log R(Z) / `reward_temperature`.
+    value_learning_rate (`float`, *optional*, defaults to `1e-2`):
+        Learning rate of the value head (a linear map of the policy's normalised, detached hidden states).
+    sampling_temperature (`float`, *optional*, defaults to `1.0`):
+        Temperature of the rollouts.  PPO is on-policy: anything else biases the surrogate.
+    """
+
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Optimizer steps taken on each batch of rollouts."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the probability ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value predictions."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of generalised advantage estimation."})
+    whiten_advantages: bool = field(default=True, metadata={"help": "Normalise advantages per micro-batch."})
+    kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty coefficient (initial if adaptive)."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt the KL coefficient towards kl_target."})
+    kl_target: float = field(default=6.0, metadata={"help": "Target KL per sequence of the adaptive controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller (sequences)."})
+    reward_temperature: float = field(default=1.0, metadata={"help": "The reward is log R(Z) / reward_temperature."})
+    value_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the value head."})
+    sampling_temperature: float = field(default=1.0, metadata={"help": "Temperature of the rollouts (1: on-policy)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_ppo_epochs < 1:
+            raise ValueError(f"num_ppo_epochs must be >= 1, got {self.num_ppo_epochs}.")
+        if self.cliprange <= 0 or self.cliprange_value <= 0:
+            raise ValueError("cliprange and cliprange_value must be > 0.")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"gamma and lam must lie in [0, 1], got {self.gamma} and {self.lam}.")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
+        if self.reward_temperature <= 0 or self.sampling_temperature <= 0:
+            raise ValueError("reward_temperature and sampling_temperature must be > 0.")

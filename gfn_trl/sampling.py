@@ -205,7 +205,8 @@ def policy_log_probs(
     Returns:
         log_pf: (B, T) log q(z_k | s_{k-1}) (meaningful for k <= n)
         log_pterm: (B, S) log q(⊤ | s_i) (meaningful for i <= n; 0 at s_max because the stop is forced)
-        hidden (only with return_hidden): (B, H) last-layer hidden state at the last prompt token
+        hidden (only with return_hidden): (B, S, H) last-layer hidden state of every state s_0..s_T (the hidden
+            state at the last token of s_i; s_0's is the last prompt token's)
     """
     B, P = prompt_ids.shape
     T = z.shape[1]
@@ -228,6 +229,6 @@ def policy_log_probs(
     log_pf = logp[:, :-1].gather(-1, z_safe[..., None]).squeeze(-1)  # (B, T)
     log_pf = torch.where(taken, log_pf, torch.zeros_like(log_pf))
     if return_hidden:
-        hidden = out.hidden_states[-1][:, P - 1]  # (B, H): the prompt is left-padded, so P-1 is its last token
+        hidden = out.hidden_states[-1][:, P - 1 :]  # (B, S, H): the prompt is left-padded, so P-1 is its last token
         return log_pf, log_pterm, hidden
     return log_pf, log_pterm

@@ -52,6 +52,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert len(one["losses"]) == len(two["losses"]) == 6
     assert _close(one["log_reward"], two["log_reward"])  # the same latents were drawn
+    # the replay buffer is shared across ranks: same size as one process's, and replay steps happen on both
+    assert one["replay"] == two["replay"] and 1.0 in one["replay"]
+    assert one["buffer_size"] == two["buffer_size"]
     assert _close(one["losses"], two["losses"]), (one["losses"], two["losses"])
     for k in one["weights"]:
         assert _close(one["weights"][k], two["weights"][k]), k

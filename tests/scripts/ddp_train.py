@@ -36,6 +36,8 @@ if trainer.accelerator.is_main_process:
         "world_size": trainer.accelerator.num_processes,
         "losses": [h["loss"] for h in logs],
         "log_reward": [h["log_reward/mean"] for h in logs],
+        "replay": [h["behaviour/replay"] for h in logs],
+        "buffer_size": [h["replay_buffer/size"] for h in logs],
         "weights": {k: v.flatten().tolist() for k, v in trainer.model.state_dict().items() if "lora" in k},
     }
     with open(os.path.join(out, "result_resume.json" if resume else "result.json"), "w") as f:
