@@ -197,7 +197,8 @@ def constrained_generation_kwargs(constraints: LatentConstraints, vocab_size: in
     """`generation_kwargs` that make HF `generate` sample exactly the constrained latent space:
 
     * `suppress_tokens`: every token the vocabulary mask does not allow (never the stop token), plus any other
-      end-of-sequence id TRL would stop at (`other_eos_ids`, e.g. the tokenizer's EOS when the stop is ".");
+      end-of-sequence id TRL would stop at (`other_eos_ids`: TRL always stops at the tokenizer's EOS, so when the
+      stop is another token, e.g. ".", the EOS leaves the latent vocabulary even if the mask allows it);
     * `min_new_tokens = min_length`: no stop before `min_length` latent tokens;
     * `forced_eos_token_id = stop`: with `max_new_tokens = max_length + 1` (set `max_completion_length` so) the
       stop is forced after `max_length` latent tokens, as `LatentConstraints` forces it.
@@ -241,9 +242,8 @@ def _build_online_rl_trainer(
         tokenizer.pad_token = tokenizer.eos_token
     stop = constraints.stop_token_id
     # TRL ends a completion at the tokenizer's EOS and at every id of `model.generation_config.eos_token_id`, and
-    # cuts the completion after the first of them: the stop token must be one of them.
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+    # cuts the completion after the first of them: make the stop the model's only one (the tokenizer's EOS, if it
+    # is not the stop, is suppressed below).
     model.generation_config.eos_token_id = [stop]
 
     if reward_model is None and peft_config is None:
@@ -252,7 +252,7 @@ def _build_online_rl_trainer(
 
     args.max_completion_length = constraints.max_length + 1
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    ours = constrained_generation_kwargs(constraints, vocab_size, [tokenizer.eos_token_id, *eos_ids])
+    ours = constrained_generation_kwargs(constraints, vocab_size, [tokenizer.eos_token_id])
     args.generation_kwargs = {**(args.generation_kwargs or {}), **ours}
     dataset = tokenize_dataset(train_dataset, tokenizer, model.config, constraints.max_length, "train")
     trainer = trainer_cls(
@@ -291,7 +291,9 @@ def build_grpo_trainer(
         args (`trl.GRPOConfig`): set here: `max_completion_length = max_length + 1` and `generation_kwargs`
             (`constrained_generation_kwargs`, merged over yours).  Keep TRL's sampling defaults (temperature 1,
             top_p 1, top_k 0) for the sampler to be the constrained policy; set `disable_dropout=True` for
-            generation to sample the eval-mode policy.
+            generation to sample the eval-mode policy.  TRL's configs default to `bf16=True` (autocast, on CPU too);
+            the reward pass then runs under the trainer's autocast, as the GFlowNet's does (GFlowNetConfig's
+            default is float32: set `bf16=False` to compare like with like).
         train_dataset: the GFlowNet data contract (`prompt`, optional `reward_prompt`, `suffix`, `contrast_suffix`);
             tokenized here with `tokenize_dataset`, whose columns reach the reward function.
         constraints: the latent space (`latent_constraints`, or a GFlowNet trainer's `.constraints`).
