@@ -1,7 +1,9 @@
 """The non-GFlowNet baselines: same reward, same latent space, real TRL trainers on real tiny models."""
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +31,7 @@ from gfn_trl.rewards import LikelihoodReward  # noqa: E402
 from gfn_trl.sampling import right_pad  # noqa: E402
 from gfn_trl.testing import exact_posterior_toy, tiny_model, tiny_tokenizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _toy(reward="suffix", min_length=1):
@@ -313,3 +316,20 @@ def test_diverse_beam_search_spreads_over_first_tokens():
     # a huge Hamming penalty makes the 4 one-beam groups start with 4 different tokens
     assert len({z[0] for z in diverse}) == 4
     assert len({z[0] for z in diverse}) >= len({z[0] for z in plain})
+
+
+# ------------------------------------------------------------------------------------------------- the comparison
+
+
+def test_ci_sized_comparison_table_has_every_method():
+    from exact_posterior_compare import TRAINERS, run
+
+    rows, table = run(steps=2, verbose=False)
+    names = [r["method"] for r in rows]
+    assert {"gfn", "grpo", "rloo", "sft"} <= set(TRAINERS) and set(TRAINERS) <= set(names)
+    for name in ["posterior p (target)", "start (untuned LM)", *TRAINERS]:
+        assert f"| {name} |" in table
+    target = rows[0]
+    assert target["tv"] < 1e-12 and abs(target["kl"]) < 1e-9
+    for r in rows:
+        assert 0 <= r["tv"] <= 1 and r["entropy"] > 0 and 0 < r["distinct"] <= 1
