@@ -1,8 +1,15 @@
-"""Per-prefix rewards: the packed fixed-suffix pass equals the naive loop; the stop-token pass equals direct scoring."""
+"""Per-prefix rewards: the packed fixed-suffix pass equals the naive loop; the stop-token pass equals direct scoring.
+
+Every path of the packed scorer is checked against the naive loop: prompts shared by several rows (read-only
+prompt cache) or not, 1..S suffix copies per row of the copies pass, chunked output layer and copies pass, full
+logits for LMs whose logits are not head(hidden) (soft-capping, logit scale), the one-pass layout for caches that
+cannot be shared, the per-prefix loop for sliding windows, a PEFT policy with its adapter disabled.
+"""
 
 import pytest
 import torch
 
+import gfn_trl.rewards as rewards
 from gfn_trl.rewards import prefix_log_rewards, suffix_log_rewards_naive
 from gfn_trl.sampling import left_pad, position_ids_from_mask
 from gfn_trl.testing import ARCHS, tiny_model
@@ -11,9 +18,14 @@ V = 40
 STOP = 0
 
 
-def _batch(seed, B=6, T=6):
+def _batch(seed, B=6, T=6, shared=False):
+    """Prompts of 1-8 tokens (with `shared`, rows 0, 1, 3 share one prompt and rows 2, 5 another), suffixes of 1-5,
+    latents of 0..T tokens (row 0 full, row 1 empty)."""
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(1, V, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist() for _ in range(B)]
+    if shared:
+        prompts[1] = prompts[3] = prompts[0]
+        prompts[5] = prompts[2]
     suffixes = [torch.randint(1, V, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist() for _ in range(B)]
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[0] = T  # at least one full-width latent
@@ -25,10 +37,12 @@ def _batch(seed, B=6, T=6):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_suffix_rewards_equal_naive_loop(arch, attn):
+@pytest.mark.parametrize("shared", [False, True])
+def test_packed_suffix_rewards_equal_naive_loop(arch, attn, shared):
     model = tiny_model(arch, V, seed=1).eval()
     model.config._attn_implementation = attn
-    prompts, suffixes, z, lengths = _batch(seed=2)
+    assert rewards._split_lm_head(model) is not None  # the output layer runs on the scored positions only
+    prompts, suffixes, z, lengths = _batch(seed=2, shared=shared)
     packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
     naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
     assert packed.shape == (z.shape[0], z.shape[1] + 1)
@@ -55,10 +69,11 @@ def _direct_log_prob(model, context, continuation):
     return sum(logp[len(context) - 1 + t, tok].item() for t, tok in enumerate(continuation))
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
-def test_stop_token_rewards_equal_direct_scoring(arch):
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "gpt_neox"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_stop_token_rewards_equal_direct_scoring(arch, shared):
     model = tiny_model(arch, V, seed=5).eval()
-    prompts, _, z, lengths = _batch(seed=6)
+    prompts, _, z, lengths = _batch(seed=6, shared=shared)
     log_r = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, None)
     for b in range(z.shape[0]):
         for k in range(int(lengths[b]) + 1):
@@ -101,19 +116,24 @@ from hypothesis import strategies as st  # noqa: E402
 @given(
     rows=st.lists(
         st.tuples(
-            st.lists(st.integers(1, V - 1), min_size=1, max_size=6),  # prompt
+            st.integers(0, 2),  # which of the drawn prompts: rows often share one
             st.lists(st.integers(1, V - 1), min_size=0, max_size=5),  # latent
             st.lists(st.integers(1, V - 1), min_size=1, max_size=4),  # suffix
         ),
         min_size=1,
-        max_size=4,
+        max_size=5,
     ),
+    pool=st.lists(st.lists(st.integers(1, V - 1), min_size=1, max_size=6), min_size=3, max_size=3),  # prompts
     stop_reward=st.booleans(),
+    duplicate=st.booleans(),
 )
-def test_reward_pass_property(rows, stop_reward):
-    """Random shapes, lengths and padding: finite per-prefix rewards, equal to the naive loop, zero past the latent."""
+def test_reward_pass_property(rows, pool, stop_reward, duplicate):
+    """Random shapes, lengths, padding, shared prompts, duplicate rows: finite per-prefix rewards, equal to the naive
+    loop, zero past the latent."""
     model = _property_model()
-    prompts = [r[0] for r in rows]
+    if duplicate:
+        rows = rows + rows[:1]
+    prompts = [pool[r[0]] for r in rows]
     suffixes = None if stop_reward else [r[2] for r in rows]
     lengths = torch.tensor([len(r[1]) for r in rows])
     T = max(1, int(lengths.max()))
@@ -145,3 +165,96 @@ def test_contrast_suffix_penalises_prefixes_that_prefer_the_wrong_suffix():
     assert 0 < int(prefers_wrong.sum()) < 4  # this seed gives a mix of both cases
     torch.testing.assert_close(got[0], right[0] - 50.0 * prefers_wrong)
     torch.testing.assert_close(got[1], right[1])  # no contrast suffix, no penalty
+
+
+@pytest.mark.parametrize("copies_per_row", [1, 2, 7])
+def test_copies_per_row_and_chunking_do_not_change_rewards(monkeypatch, copies_per_row):
+    """Whatever number of suffix copies shares a row of the copies pass, however the output layer and the copies
+    pass are chunked, the rewards are the naive loop's."""
+    model = tiny_model("llama", V, seed=13).eval()
+    prompts, suffixes, z, lengths = _batch(seed=14, B=7, T=6, shared=True)
+    naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
+    monkeypatch.setattr(rewards, "_copies_per_row", lambda *args: copies_per_row)
+    monkeypatch.setattr(rewards, "_HEAD_CHUNK_ELEMENTS", 3 * V)  # 3 positions at a time
+    monkeypatch.setattr(rewards, "_KV_CHUNK_ELEMENTS", 1)  # one row of the copies pass at a time
+    packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
+    torch.testing.assert_close(packed, naive, atol=1e-4, rtol=0)
+
+
+def test_copies_per_row_cost_model():
+    """One copy per row when most copies are dead or the keys are cheap to copy; several otherwise."""
+    full = torch.full((16,), 21)  # 16 latents of 20 tokens: no dead copy
+    assert 1 < rewards._copies_per_row(full, 60, 11, 256) <= 21
+    ragged = torch.tensor([21] + [2] * 15)  # one long latent, fifteen short ones
+    assert rewards._copies_per_row(ragged, 60, 11, 256) <= 2
+
+
+def test_empty_latents():
+    model = tiny_model("gpt2", V, seed=15).eval()
+    prompts, suffixes = [[3, 4], [3, 4], [5]], [[6, 7], [8], [9, 10, 11]]
+    z, lengths = torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
+    torch.testing.assert_close(packed, suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP))
+    stop = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, None)
+    assert abs(stop[2, 0].item() - _direct_log_prob(model, [5], [STOP])) < 1e-4
+
+
+def _other_arch(name):
+    """Tiny LMs outside ARCHS: logits that are not head(hidden), or sliding-window attention."""
+    from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(16)
+    common = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if name == "cohere":  # logit_scale, full attention: full logits, shared prompt cache
+        return CohereForCausalLM(CohereConfig(**common)).eval()
+    if name == "gemma2":  # soft-capped logits, alternating sliding/full layers: full logits, one packed pass
+        return Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, final_logit_softcapping=3.0)).eval()
+    if name == "mistral_window":  # every layer slides over 4 tokens: one pass per prefix
+        return MistralForCausalLM(MistralConfig(**common, sliding_window=4)).eval()
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["cohere", "gemma2", "mistral_window"])
+def test_fallbacks_equal_naive_loop(name):
+    import warnings
+
+    model = _other_arch(name)
+    assert (rewards._split_lm_head(model) is None) == (name != "mistral_window")
+    prompts, suffixes, z, lengths = _batch(seed=17, shared=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
+        stop = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, None)
+    assert any("sliding window" in str(w.message) for w in caught) == (name == "mistral_window")
+    torch.testing.assert_close(packed, suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP),
+                               atol=1e-4, rtol=0)
+    for b in (0, 3):
+        k = int(lengths[b])
+        assert abs(stop[b, k].item() - _direct_log_prob(model, prompts[b], z[b, :k].tolist() + [STOP])) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_peft_policy_with_adapter_disabled_scores_like_the_base_model(arch):
+    """The default reward is the PEFT policy's base with the adapter off: equal to the plain base model's rewards,
+    and different from the policy's own (adapter on)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from gfn_trl.models import lora_target_modules
+    from gfn_trl.rewards import LikelihoodReward
+
+    base = tiny_model(arch, V, seed=18).eval()
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules(base), fan_in_fan_out=arch == "gpt2",
+                        init_lora_weights=False)  # random B: the adapter changes the logits
+    policy = get_peft_model(copy.deepcopy(base), config).train()
+    prompts, suffixes, z, lengths = _batch(seed=19, shared=True)
+    rows = [{"reward_prompt_ids": p, "suffix_ids": s, "gfn_has_suffix": True} for p, s in zip(prompts, suffixes)]
+    got = LikelihoodReward(policy, None, STOP, STOP)(rows, z, lengths)
+    assert policy.training  # the reward pass restores the mode
+    torch.testing.assert_close(got, suffix_log_rewards_naive(base, prompts, z, lengths, suffixes, STOP), atol=1e-4, rtol=0)
+    adapted = prefix_log_rewards(policy.eval(), prompts, z, lengths, STOP, STOP, suffixes)  # adapter on
+    torch.testing.assert_close(adapted, suffix_log_rewards_naive(policy, prompts, z, lengths, suffixes, STOP),
+                               atol=1e-4, rtol=0)
+    assert (adapted - got).abs().max() > 1e-2
