@@ -1,6 +1,6 @@
 """GFlowNet against reward maximisers and SFT on the exact-posterior toy: one Markdown table, every number exact.
 
-    python benchmarks/exact_posterior_compare.py [--steps 400] [--methods gfn,grpo,rloo,sft] [--reward suffix|stop]
+    python benchmarks/exact_posterior_compare.py [--steps 400] [--methods gfn,ppo,grpo,rloo,sft] [--reward suffix|stop]
                                                  [--seed 0] [--samples 256]
 
 The toy (gfn_trl.testing.exact_posterior_toy): a tiny GPT-2 with sharp random conditionals, prompt "x y x", latents
@@ -196,16 +196,18 @@ def train_sft(toy: dict, steps: int, seed: int) -> nn.Module:
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-# ---- PPO goes here: gfn_trl.PPOTrainer shares GFlowNetTrainer's __init__ signature, so, with its config class,
-#
-# @register("ppo")
-# def train_ppo(toy: dict, steps: int, seed: int) -> nn.Module:
-#     from gfn_trl import PPOConfig, PPOTrainer
-#
-#     args = PPOConfig(per_device_train_batch_size=1, num_generations=SAMPLES_PER_STEP,
-#                      max_completion_length=toy["max_length"], min_completion_length=toy["min_length"],
-#                      **common_args(steps, seed))
-#     return train_with_gfn_signature(PPOTrainer, args, toy)
+@register("ppo")
+def train_ppo(toy: dict, steps: int, seed: int) -> nn.Module:
+    from gfn_trl import PPOConfig, PPOTrainer
+
+    args = PPOConfig(
+        per_device_train_batch_size=1,
+        num_generations=SAMPLES_PER_STEP,
+        max_completion_length=toy["max_length"],
+        min_completion_length=toy["min_length"],
+        **common_args(steps, seed),
+    )
+    return train_with_gfn_signature(PPOTrainer, args, toy)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -68,18 +68,28 @@ def sample_and_score(
 
 
 @torch.no_grad()
-def score_texts(reward: LikelihoodReward, tokenizer, rows: list[dict], texts: list[list[str]]) -> list[Scored]:
-    """Score latents given as text (e.g. from a decoding baseline or a gold answer) under the base LM."""
+def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents: list[list[list[int]]]) -> list[Scored]:
+    """Score latents given as token ids (e.g. from a decoding baseline), per row, under the base LM."""
     out = []
-    for row, cands in zip(rows, texts):
-        toks = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in cands]
+    for row, toks in zip(rows, latents):
         z, lengths = right_pad(toks, reward.stop_token_id)
         if z.shape[1] == 0:
             z = torch.full((len(toks), 1), reward.stop_token_id)
         z, lengths = z.to(reward.device), lengths.to(reward.device)
         log_r = reward([row] * len(toks), z, lengths)
-        out.append(Scored(row, toks, list(cands), log_r.gather(1, lengths[:, None]).squeeze(1).tolist()))
+        texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
+        out.append(Scored(row, [list(t) for t in toks], texts, log_r.gather(1, lengths[:, None]).squeeze(1).tolist()))
     return out
+
+
+@torch.no_grad()
+def score_texts(reward: LikelihoodReward, tokenizer, rows: list[dict], texts: list[list[str]]) -> list[Scored]:
+    """Score latents given as text (e.g. a gold answer) under the base LM (tokenized without special tokens)."""
+    latents = [[tokenizer(t, add_special_tokens=False)["input_ids"] for t in cands] for cands in texts]
+    scored = score_tokens(reward, tokenizer, rows, latents)
+    for s, cands in zip(scored, texts):
+        s.texts = list(cands)
+    return scored
 
 
 def likelihood_summary(scored: list[Scored]) -> dict[str, float]:

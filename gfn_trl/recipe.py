@@ -1,14 +1,29 @@
-"""Pieces every recipe shares: its common arguments, loading the model, writing metrics and samples."""
+"""Pieces every recipe shares: its common arguments, the choice of trainer, loading the model, writing metrics.
+
+Every recipe takes `--trainer {gfn,ppo,grpo,rloo,sft}`.  The trainer's settings class follows the choice
+(`config_class`): our `GFlowNetConfig` / `PPOConfig`, or TRL's own `GRPOConfig` / `RLOOConfig` / `SFTConfig` with
+the latent's constraints added (`min_completion_length`, `stop_token`, ...).  `build_trainer` builds the trainer and
+returns, for evaluation, the policy, the constraints and the *same* base-LM scorer for every method, so that every
+method is sampled from the same constrained latent space and scored by the same likelihood and metric code.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
+from trl import GRPOConfig, RLOOConfig, SFTConfig, TrlParser
 
+from .config import GFlowNetConfig, PPOConfig
 from .models import load_causal_lm, load_tokenizer, smollm2_gguf_path
+from .rewards import LikelihoodReward
+from .sampling import LatentConstraints
+
+TRAINERS = ("gfn", "ppo", "grpo", "rloo", "sft")
 
 
 @dataclass
@@ -43,8 +58,177 @@ class RecipeArguments:
         metadata={"help": "Remove the trailing space of prompts (continuation). The paper's GPT-2 prompts end with a "
                   "space; tokenizers that split ' 2' into ' ' + '2' (SmolLM2) then steer the latent to digits."},
     )
-    trainer: str = field(default="gfn", metadata={"help": "Training algorithm: gfn."})
+    trainer: str = field(
+        default="gfn",
+        metadata={"help": "Training algorithm: gfn (GFlowNet), ppo, grpo, rloo (TRL's, on the same reward and latent "
+                  "space) or sft (TRL's SFTTrainer on the task's gold latents). Its settings class follows: "
+                  "GFlowNetConfig, PPOConfig, or TRL's GRPOConfig / RLOOConfig / SFTConfig plus the latent's "
+                  "constraints. GRPO and RLOO count completions in per_device_train_batch_size (TRL's convention); "
+                  "the recipes' defaults keep the same prompts and samples per step for every trainer."},
+    )
+    decoding: list[str] | None = field(
+        default=None,
+        metadata={"help": "Decoding baselines to evaluate on the untuned LM, as many latents per prompt as "
+                  "eval_samples (continuation): greedy, sample, tempered, nucleus, beam, beam_5x, diverse_beam, "
+                  "diverse_beam_5x."},
+    )
+    decoding_temperature: float = field(default=0.8, metadata={"help": "Temperature of the 'tempered' decoding."})
     skip_baseline: bool = field(default=False, metadata={"help": "Do not evaluate the untuned policy first."})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The settings of TRL's trainers, with the latent's constraints that GFlowNetConfig / PPOConfig have
+
+
+def _cpu_safe_bf16(config) -> None:
+    # TRL turns bf16 on by default; as in RolloutConfig, only do so on a CUDA device that supports it
+    if config.bf16 is None:
+        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not config.fp16
+
+
+@dataclass
+class _LatentFields:
+    min_completion_length: int = field(default=1, metadata={"help": "Minimum latent tokens; no stop below it."})
+    stop_token: str | None = field(
+        default=None, metadata={"help": "Token that ends the latent (default: the tokenizer's EOS). One token."}
+    )
+    reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
+
+
+@dataclass
+class LatentGRPOConfig(GRPOConfig, _LatentFields):
+    """TRL's GRPOConfig plus the latent's constraints.  `max_completion_length` counts latent tokens (the stop is
+    added); `per_device_train_batch_size` counts completions."""
+
+    disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
+
+    def __post_init__(self):
+        _cpu_safe_bf16(self)
+        super().__post_init__()
+
+
+@dataclass
+class LatentRLOOConfig(RLOOConfig, _LatentFields):
+    """TRL's RLOOConfig plus the latent's constraints (see `LatentGRPOConfig`)."""
+
+    disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
+
+    def __post_init__(self):
+        _cpu_safe_bf16(self)
+        super().__post_init__()
+
+
+@dataclass
+class LatentSFTConfig(SFTConfig, _LatentFields):
+    """TRL's SFTConfig plus the latent's constraints (used to sample and score the trained policy)."""
+
+    max_completion_length: int = field(default=25, metadata={"help": "Maximum latent tokens (evaluation)."})
+
+    def __post_init__(self):
+        _cpu_safe_bf16(self)
+        super().__post_init__()
+
+
+_CONFIGS = {"gfn": GFlowNetConfig, "ppo": PPOConfig, "grpo": LatentGRPOConfig, "rloo": LatentRLOOConfig,
+            "sft": LatentSFTConfig}
+
+
+def config_class(trainer: str):
+    if trainer not in _CONFIGS:
+        raise ValueError(f"--trainer {trainer!r} is unknown; choose one of {', '.join(TRAINERS)}.")
+    return _CONFIGS[trainer]
+
+
+def trainer_from_argv(argv: list[str]) -> str:
+    """The `--trainer` of a command line (or of its `--config` YAML), before the full parse picks the settings class."""
+    for i, a in enumerate(argv):
+        if a == "--trainer" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--trainer="):
+            return a.split("=", 1)[1]
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.split("=", 1)[1] if a.startswith("--config=") else None
+        if path and os.path.exists(path):
+            import yaml
+
+            with open(path) as f:
+                return (yaml.safe_load(f) or {}).get("trainer", "gfn")
+    return "gfn"
+
+
+def make_recipe_parser(defaults: dict, *extra_dataclasses, argv: list[str] | None = None) -> TrlParser:
+    """`TrlParser((RecipeArguments, <the chosen trainer's config>, *extra_dataclasses))` with the recipe's defaults
+    (those the chosen config does not have are dropped).  GRPO and RLOO count completions per device, so their
+    default `per_device_train_batch_size` is the recipe's prompts per device times `num_generations`."""
+    trainer = trainer_from_argv(sys.argv[1:] if argv is None else argv)
+    cls = config_class(trainer)
+    classes = (RecipeArguments, cls, *extra_dataclasses)
+    parser = TrlParser(classes)
+    names = {f.name for dc in classes for f in fields(dc)}
+    defaults = {k: v for k, v in defaults.items() if k in names}
+    if trainer in ("grpo", "rloo") and "per_device_train_batch_size" in defaults:
+        defaults["per_device_train_batch_size"] *= defaults.get("num_generations", 8)
+    if "output_dir" in defaults and trainer != "gfn":
+        defaults["output_dir"] = f"{defaults['output_dir']}-{trainer}"
+    parser.set_defaults(**defaults)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the chosen trainer, and what evaluation needs from it
+
+
+@dataclass
+class Built:
+    """A recipe's trainer and what every method is evaluated with."""
+
+    trainer: Any
+    policy: Any  # the unwrapped policy (a PeftModel: `disable_adapter()` gives the untuned LM)
+    reward: LikelihoodReward  # the base-LM likelihood every method is scored with
+    constraints: LatentConstraints  # the latent space every method is sampled from
+
+
+def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset, vocab_mask=None,
+                  gold_column: str | None = "gold", allow_decoding: bool = False) -> Built:
+    """The trainer `recipe.trainer` on the task's data contract (`train_dataset`), LoRA from the recipe's settings.
+
+    `gold_column` names the gold latents that `--trainer sft` trains on (None: the task has none);
+    `allow_decoding`: the task evaluates `--decoding` baselines."""
+    from .baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer, latent_constraints
+    from .ppo_trainer import PPOTrainer
+    from .trainer import GFlowNetTrainer
+
+    name = recipe.trainer
+    config_class(name)
+    if recipe.decoding and not allow_decoding:
+        raise ValueError("--decoding baselines are evaluated by the continuation recipe only; drop --decoding.")
+    lora = peft_config(recipe)
+    if name in ("gfn", "ppo"):
+        cls = GFlowNetTrainer if name == "gfn" else PPOTrainer
+        trainer = cls(model, args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora,
+                      vocab_mask=vocab_mask)
+        return Built(trainer, trainer.accelerator.unwrap_model(trainer.model), trainer.reward, trainer.constraints)
+    if lora is None:
+        raise ValueError(f"--trainer {name} in the recipes needs LoRA (--lora_r > 0): the untuned baseline and the "
+                         "base-LM scoring use the policy with its adapter disabled.")
+    mask = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
+    constraints = latent_constraints(tokenizer, args.max_completion_length, args.min_completion_length,
+                                     args.stop_token, mask)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if name in ("grpo", "rloo"):
+        build = build_grpo_trainer if name == "grpo" else build_rloo_trainer
+        trainer = build(model, args, train_dataset, constraints, tokenizer, lora, reward_chunk_size=args.reward_chunk_size)
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        return Built(trainer, policy, trainer.latent_reward.reward, constraints)
+    if gold_column is None or gold_column not in train_dataset.column_names:
+        raise ValueError("--trainer sft trains on gold latents, and this task has none (subjectivity has labels, not "
+                         "rationales). Use --trainer gfn, ppo, grpo or rloo.")
+    trainer = build_sft_trainer(model, args, train_dataset, constraints.stop_token_id, tokenizer, lora, gold_column)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    reward = LikelihoodReward(policy, None, constraints.stop_token_id, tokenizer.pad_token_id, args.reward_chunk_size,
+                              trainer.accelerator.autocast)
+    return Built(trainer, policy, reward, constraints)
 
 
 def load_model_and_tokenizer(args: RecipeArguments):

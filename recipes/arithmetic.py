@@ -30,15 +30,14 @@ import os
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
-from trl import TrlParser  # noqa: E402
-
-from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
+from gfn_trl import GFlowNetTrainer  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    build_trainer,
     load_model_and_tokenizer,
-    peft_config,
+    make_recipe_parser,
     print_summary,
     save_run,
 )
@@ -123,9 +122,7 @@ def seed_replay_buffer(trainer: GFlowNetTrainer, gold_texts: list[str]) -> int:
                for b, (r, ids) in enumerate(zip(rows, latents)))
 
 
-def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
-    if recipe.trainer != "gfn":
-        raise ValueError(f"--trainer {recipe.trainer} is not available yet for this recipe; use --trainer gfn.")
+def main(recipe: RecipeArguments, args) -> dict:
     model, tokenizer = load_model_and_tokenizer(recipe)
     splits = arithmetic.load_splits(recipe.dataset, args.seed, recipe.num_train, recipe.num_eval, N_SHOTS)
     shots, train = splits["shots"], splits["train"]
@@ -137,19 +134,19 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
         print(f"Warning: {too_long} of {len(train)} training problems have a gold rationale longer than "
               f"max_completion_length={args.max_completion_length} tokens; the policy cannot write it in full.")
 
-    trainer = GFlowNetTrainer(model, args, train_dataset=arithmetic.to_contract(train, shots),
-                              processing_class=tokenizer, peft_config=peft_config(recipe),
-                              vocab_mask=arithmetic.vocab_mask)
-    seeded = seed_replay_buffer(trainer, [arithmetic.gold_rationale(p) for p in train[:N_GOLD]])
-    print(f"Replay buffer seeded with {seeded} gold rationales.")
+    built = build_trainer(recipe, args, model, tokenizer, arithmetic.to_contract(train, shots),
+                          vocab_mask=arithmetic.vocab_mask, gold_column="gold")
+    trainer, method, policy = built.trainer, recipe.trainer, built.policy
+    if isinstance(trainer, GFlowNetTrainer):
+        seeded = seed_replay_buffer(trainer, [arithmetic.gold_rationale(p) for p in train[:N_GOLD]])
+        print(f"Replay buffer seeded with {seeded} gold rationales.")
 
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    final_likelihood = FinalLikelihood(trainer.reward)  # the base LM's log p(Z Y | reward prompt), every method
-    c = trainer.constraints
+    final_likelihood = FinalLikelihood(built.reward)  # the base LM's log p(Z Y | reward prompt), every method
+    c = built.constraints
     eval_sets = {}
     for name, problems in tests.items():
         n_operands = max(p.n_operands for p in problems)
-        budget = max(args.max_completion_length, arithmetic.rationale_token_budget(tokenizer, n_operands))
+        budget = max(c.max_length, arithmetic.rationale_token_budget(tokenizer, n_operands))
         rows = {prompting: list(tokenize_dataset(
             arithmetic.to_contract(problems, shots, prompt_shots=shots if prompting == "3-shot" else ()),
             tokenizer, model.config, budget, "eval")) for prompting in ("zero-shot", "3-shot")}
@@ -166,7 +163,7 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
         scored["prompting"] = run_eval("zero-shot", disable_adapter=True)  # the untuned LM, same prompt and sampler
         scored["3-shot"] = run_eval("3-shot", disable_adapter=True)  # the untuned LM with the demonstrations
     trainer.train()
-    scored["gfn"] = run_eval("zero-shot", disable_adapter=False)
+    scored[method] = run_eval("zero-shot", disable_adapter=False)
     metrics = {method: {f"{name}/{k}": v for name, s in per_split.items() for k, v in arithmetic.evaluate(s).items()}
                for method, per_split in scored.items()}
 
@@ -180,16 +177,14 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
     if trainer.accelerator.is_main_process:
         examples = [{"question": s.row["question"], "answer": s.row["answer"], "gold": s.row["gold"],
                      **{f"{m} sample": scored[m][name][i].texts[0] for m in scored}}
-                    for name in tests for i, s in enumerate(scored["gfn"][name][:1])]
+                    for name in tests for i, s in enumerate(scored[method][name][:1])]
         print_summary("integer arithmetic (no calculator tool)", metrics, examples)
     trainer.end()
     return metrics
 
 
-def make_parser():
-    parser = TrlParser((RecipeArguments, GFlowNetConfig))
-    parser.set_defaults(**CPU_DEFAULTS)
-    return parser
+def make_parser(argv=None):
+    return make_recipe_parser(CPU_DEFAULTS, argv=argv)
 
 
 if __name__ == "__main__":

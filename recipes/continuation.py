@@ -1,4 +1,4 @@
-"""Sentence continuation with GFlowNet fine-tuning (Hu et al. 2024, §4.1).
+"""Sentence continuation with GFlowNet fine-tuning (Hu et al. 2024, §4.1), or PPO / GRPO / RLOO (`--trainer`).
 
     accelerate launch recipes/continuation.py                                        # offline default: SmolLM2-135M on CPU, embedded prompts
     accelerate launch recipes/continuation.py --config recipes/configs/continuation_gpt2-xl.yaml --dataset prompts.txt   # the paper's setting
@@ -17,16 +17,15 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from trl import TrlParser  # noqa: E402
-
-from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
-from gfn_trl.evaluation import sample_and_score  # noqa: E402
+from gfn_trl.evaluation import sample_and_score, score_tokens  # noqa: E402
 from gfn_trl.metrics import TextEncoder, default_encoder_path  # noqa: E402
+from gfn_trl.baselines import decode  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    build_trainer,
     load_model_and_tokenizer,
-    peft_config,
+    make_recipe_parser,
     print_summary,
     save_run,
 )
@@ -45,9 +44,7 @@ CPU_DEFAULTS = dict(
 )
 
 
-def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
-    if recipe.trainer != "gfn":
-        raise ValueError(f"--trainer {recipe.trainer} is not available yet for this recipe; use --trainer gfn.")
+def main(recipe: RecipeArguments, args) -> dict:
     if args.stop_token is None:
         raise ValueError('Sentence continuation ends a latent with "."; set --stop_token "."')
     model, tokenizer = load_model_and_tokenizer(recipe)
@@ -58,26 +55,31 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
     held_out = held_out.select(range(min(recipe.num_eval, len(held_out))))
 
     strip = recipe.strip_trailing_space
-    trainer = GFlowNetTrainer(model, args, train_dataset=continuation.to_contract(train, strip_trailing_space=strip),
-                              processing_class=tokenizer,
-                              peft_config=peft_config(recipe),
-                              vocab_mask=functools.partial(continuation.vocab_mask, stop_token=args.stop_token))
-    eval_rows = list(tokenize_dataset(continuation.to_contract(held_out, strip_trailing_space=strip), tokenizer, model.config,
-                                      args.max_completion_length, "eval"))
-    policy = trainer.accelerator.unwrap_model(trainer.model)
+    built = build_trainer(recipe, args, model, tokenizer, continuation.to_contract(train, strip_trailing_space=strip),
+                          vocab_mask=functools.partial(continuation.vocab_mask, stop_token=args.stop_token),
+                          gold_column=None, allow_decoding=True)
+    trainer, method, policy = built.trainer, recipe.trainer, built.policy
+    eval_rows = list(tokenize_dataset(continuation.to_contract(held_out, strip_trailing_space=strip), tokenizer,
+                                      model.config, built.constraints.max_length, "eval"))
     encoder = TextEncoder(default_encoder_path())
 
     def run_eval(disable_adapter):
-        return sample_and_score(policy, trainer.reward, tokenizer, trainer.constraints, eval_rows, recipe.eval_samples,
+        return sample_and_score(policy, built.reward, tokenizer, built.constraints, eval_rows, recipe.eval_samples,
                                 recipe.eval_temperature, seed=args.seed, disable_adapter=disable_adapter)
 
     metrics, scored = {}, {}
     if not recipe.skip_baseline:
         scored["lm"] = run_eval(disable_adapter=True)  # the untuned LM, ancestral sampling with the same sampler
         metrics["lm"] = continuation.evaluate(scored["lm"], encoder)
+    for how in recipe.decoding or []:  # the paper's decoding baselines, on the untuned LM, scored the same way
+        with policy.disable_adapter():
+            latents = decode(policy, tokenizer, [r["prompt_ids"] for r in eval_rows], how, recipe.eval_samples,
+                             built.constraints, temperature=recipe.decoding_temperature, seed=args.seed)
+        scored[how] = score_tokens(built.reward, tokenizer, eval_rows, latents)
+        metrics[how] = continuation.evaluate(scored[how], encoder)
     trainer.train()
-    scored["gfn"] = run_eval(disable_adapter=False)
-    metrics["gfn"] = continuation.evaluate(scored["gfn"], encoder)
+    scored[method] = run_eval(disable_adapter=False)
+    metrics[method] = continuation.evaluate(scored[method], encoder)
 
     samples = [
         {"method": method, "prompt": s.row["prompt"], "samples": s.texts, "log_likelihood": s.log_likelihood}
@@ -87,16 +89,14 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
     if trainer.accelerator.is_main_process:
         examples = [{"prompt": s.row["prompt"],
                      **{f"{m} samples": " | ".join(t + "." for t in scored[m][i].texts[:3]) for m in scored}}
-                    for i, s in enumerate(scored["gfn"][:3])]
+                    for i, s in enumerate(scored[method][:3])]
         print_summary("sentence continuation", metrics, examples)
     trainer.end()
     return metrics
 
 
-def make_parser():
-    parser = TrlParser((RecipeArguments, GFlowNetConfig))
-    parser.set_defaults(**CPU_DEFAULTS)
-    return parser
+def make_parser(argv=None):
+    return make_recipe_parser(CPU_DEFAULTS, argv=argv)
 
 
 if __name__ == "__main__":

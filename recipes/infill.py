@@ -1,4 +1,4 @@
-"""Story infilling with GFlowNet fine-tuning (Hu et al. 2024, §4.2).
+"""Story infilling with GFlowNet fine-tuning (Hu et al. 2024, §4.2), or PPO / GRPO / RLOO / SFT (`--trainer`).
 
     accelerate launch recipes/infill.py                                   # offline default: SmolLM2-135M on CPU, embedded stories
     accelerate launch recipes/infill.py --config recipes/configs/infill_gpt2-large.yaml --dataset stories.csv   # the paper's setting
@@ -13,19 +13,17 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from trl import TrlParser  # noqa: E402
-
-from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.metrics import TextEncoder, default_encoder_path  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    build_trainer,
     load_model_and_tokenizer,
-    peft_config,
+    make_recipe_parser,
     print_summary,
-    single_line_mask,
     save_run,
+    single_line_mask,
 )
 from gfn_trl.tasks import infill  # noqa: E402
 
@@ -39,9 +37,7 @@ CPU_DEFAULTS = dict(
 )
 
 
-def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
-    if recipe.trainer != "gfn":
-        raise ValueError(f"--trainer {recipe.trainer} is not available yet for this recipe; use --trainer gfn.")
+def main(recipe: RecipeArguments, args) -> dict:
     model, tokenizer = load_model_and_tokenizer(recipe)
     stories = infill.load_stories(recipe.dataset)
     train, held_out = infill.split(stories, num_eval=min(recipe.num_eval, 100) if len(stories) < 1000 else 100)
@@ -49,15 +45,15 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
         train = train.select(range(min(recipe.num_train, len(train))))
     held_out = held_out.select(range(min(recipe.num_eval, len(held_out))))
 
-    trainer = GFlowNetTrainer(model, args, train_dataset=infill.to_contract(train), processing_class=tokenizer,
-                              peft_config=peft_config(recipe),
-                              vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None)
-    eval_rows = list(tokenize_dataset(infill.to_contract(held_out), tokenizer, model.config, args.max_completion_length, "eval"))
-    policy = trainer.accelerator.unwrap_model(trainer.model)
+    built = build_trainer(recipe, args, model, tokenizer, infill.to_contract(train),
+                          vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column="gold")
+    trainer, method = built.trainer, recipe.trainer
+    eval_rows = list(tokenize_dataset(infill.to_contract(held_out), tokenizer, model.config,
+                                      built.constraints.max_length, "eval"))
     encoder = TextEncoder(default_encoder_path())
 
     def run_eval(disable_adapter):
-        return sample_and_score(policy, trainer.reward, tokenizer, trainer.constraints, eval_rows, recipe.eval_samples,
+        return sample_and_score(built.policy, built.reward, tokenizer, built.constraints, eval_rows, recipe.eval_samples,
                                 recipe.eval_temperature, seed=args.seed, disable_adapter=disable_adapter)
 
     metrics, scored = {}, {}
@@ -65,8 +61,8 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
         scored["prompting"] = run_eval(disable_adapter=True)  # the untuned LM, same prompt, same sampler
         metrics["prompting"] = infill.evaluate(scored["prompting"], encoder)
     trainer.train()
-    scored["gfn"] = run_eval(disable_adapter=False)
-    metrics["gfn"] = infill.evaluate(scored["gfn"], encoder)
+    scored[method] = run_eval(disable_adapter=False)
+    metrics[method] = infill.evaluate(scored[method], encoder)
 
     samples = [
         {"method": method, "prompt": s.row["prompt"], "gold": s.row["gold"], "samples": s.texts,
@@ -76,16 +72,14 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig) -> dict:
     save_run(trainer, recipe, args, metrics, samples)
     if trainer.accelerator.is_main_process:
         examples = [{"story": s.row["prompt"].replace("\n", " | "), "gold": s.row["gold"],
-                     **{f"{m} sample": scored[m][i].texts[0] for m in scored}} for i, s in enumerate(scored["gfn"][:3])]
+                     **{f"{m} sample": scored[m][i].texts[0] for m in scored}} for i, s in enumerate(scored[method][:3])]
         print_summary("story infilling", metrics, examples)
     trainer.end()
     return metrics
 
 
-def make_parser():
-    parser = TrlParser((RecipeArguments, GFlowNetConfig))
-    parser.set_defaults(**CPU_DEFAULTS)
-    return parser
+def make_parser(argv=None):
+    return make_recipe_parser(CPU_DEFAULTS, argv=argv)
 
 
 if __name__ == "__main__":

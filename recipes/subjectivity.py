@@ -22,18 +22,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from dataclasses import dataclass, field  # noqa: E402
 
-from trl import TrlParser  # noqa: E402
-
-from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    build_trainer,
     load_model_and_tokenizer,
-    peft_config,
+    make_recipe_parser,
     print_summary,
-    single_line_mask,
     save_run,
+    single_line_mask,
 )
 from gfn_trl.tasks import subjectivity  # noqa: E402
 
@@ -72,10 +70,8 @@ CPU_DEFAULTS = dict(
 )
 
 
-def main(recipe: RecipeArguments, args: GFlowNetConfig, task: SubjectivityArguments | None = None) -> dict:
+def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = None) -> dict:
     task = task or SubjectivityArguments()
-    if recipe.trainer != "gfn":
-        raise ValueError(f"--trainer {recipe.trainer} is not available yet for this recipe; use --trainer gfn.")
     if recipe.num_train is not None:
         raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
                          "not --num_train.")
@@ -91,34 +87,35 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig, task: SubjectivityArgume
     train = subjectivity.low_data_subset(pool, task.num_labelled, task.subset_seed, balanced=task.balanced)
     assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
 
-    trainer = GFlowNetTrainer(model, args, train_dataset=subjectivity.to_contract(train), processing_class=tokenizer,
-                              peft_config=peft_config(recipe),
-                              vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None)
+    built = build_trainer(recipe, args, model, tokenizer, subjectivity.to_contract(train),
+                          vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column=None)
+    trainer, method, policy, reward = built.trainer, recipe.trainer, built.policy, built.reward
     # Evaluation rows carry no contrast suffix: sample_and_score then scores each rationale once, log p(Z Y_true | X)
     # without the training penalty, and `evaluate` compares the two labels itself.
     eval_rows = list(tokenize_dataset(subjectivity.to_contract(test).remove_columns("contrast_suffix"), tokenizer,
-                                      model.config, args.max_completion_length, "eval"))
-    policy = trainer.accelerator.unwrap_model(trainer.model)
+                                      model.config, built.constraints.max_length, "eval"))
 
     def run_eval(disable_adapter):
-        return sample_and_score(policy, trainer.reward, tokenizer, trainer.constraints, eval_rows, recipe.eval_samples,
+        return sample_and_score(policy, reward, tokenizer, built.constraints, eval_rows, recipe.eval_samples,
                                 recipe.eval_temperature, seed=args.seed, disable_adapter=disable_adapter)
 
     metrics, scored, details = {}, {}, {}
 
     def judge(method):
-        metrics[method], details[method] = subjectivity.evaluate(scored[method], trainer.reward, tokenizer,
+        metrics[method], details[method] = subjectivity.evaluate(scored[method], reward, tokenizer,
                                                                  return_details=True)
 
     if not recipe.skip_baseline:
-        scored["zero_shot"] = subjectivity.zero_shot(trainer.reward, tokenizer, eval_rows)  # Z = nothing
+        scored["zero_shot"] = subjectivity.zero_shot(reward, tokenizer, eval_rows)  # Z = nothing
         judge("zero_shot")
         scored["untuned"] = run_eval(disable_adapter=True)  # the untuned LM's rationales, same prompt, same sampler
         judge("untuned")
-    seeded = subjectivity.seed_replay_buffer(trainer, task.wishful_rationales, seed=args.seed)
+    seeded = 0
+    if hasattr(trainer, "replay_buffer"):  # GFlowNet only: off-policy seeds of the search
+        seeded = subjectivity.seed_replay_buffer(trainer, task.wishful_rationales, seed=args.seed)
     trainer.train()
-    scored["gfn"] = run_eval(disable_adapter=False)
-    judge("gfn")
+    scored[method] = run_eval(disable_adapter=False)
+    judge(method)
 
     samples = [
         {"method": method, "text": s.row["text"], "label": s.row["label"], "rationales": s.texts,
@@ -132,17 +129,15 @@ def main(recipe: RecipeArguments, args: GFlowNetConfig, task: SubjectivityArgume
         examples = [
             {"review": s.row["text"], "label": s.row["label"],
              **{f"{m}": f"{scored[m][i].texts[0]!r} -> {details[m][i]['predictions'][0]}" for m in scored}}
-            for i, s in enumerate(scored["gfn"][:3])
+            for i, s in enumerate(scored[method][:3])
         ]
         print_summary("subjectivity classification", metrics, examples)
     trainer.end()
     return metrics
 
 
-def make_parser():
-    parser = TrlParser((RecipeArguments, GFlowNetConfig, SubjectivityArguments))
-    parser.set_defaults(**CPU_DEFAULTS)
-    return parser
+def make_parser(argv=None):
+    return make_recipe_parser(CPU_DEFAULTS, SubjectivityArguments, argv=argv)
 
 
 if __name__ == "__main__":

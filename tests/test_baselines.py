@@ -326,7 +326,7 @@ def test_ci_sized_comparison_table_has_every_method():
 
     rows, table = run(steps=2, verbose=False)
     names = [r["method"] for r in rows]
-    assert {"gfn", "grpo", "rloo", "sft"} <= set(TRAINERS) and set(TRAINERS) <= set(names)
+    assert {"gfn", "ppo", "grpo", "rloo", "sft"} <= set(TRAINERS) and set(TRAINERS) <= set(names)
     for name in ["posterior p (target)", "start (untuned LM)", *TRAINERS]:
         assert f"| {name} |" in table
     target = rows[0]

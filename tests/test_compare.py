@@ -1,0 +1,98 @@
+"""recipes/compare.py: several trainers on one task, one table and one plot (CI-sized), and `--trainer` parsing."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task", ["infill", "continuation", "subjectivity", "arithmetic"])
+@pytest.mark.parametrize("trainer", ["gfn", "ppo", "grpo", "rloo", "sft"])
+def test_every_recipe_parses_every_trainer(task, trainer):
+    from trl import GRPOConfig, RLOOConfig, SFTConfig
+
+    from gfn_trl import GFlowNetConfig, PPOConfig
+
+    module = _load(task)
+    parsed = module.make_parser(["--trainer", trainer]).parse_args_into_dataclasses(["--trainer", trainer])
+    recipe, args = parsed[0], parsed[1]
+    want = {"gfn": GFlowNetConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "sft": SFTConfig}[trainer]
+    assert recipe.trainer == trainer and isinstance(args, want)
+    assert args.min_completion_length == module.CPU_DEFAULTS["min_completion_length"]
+    assert not args.bf16  # no CPU autocast behind the user's back
+    if trainer in ("grpo", "rloo"):  # TRL counts completions: the same prompts x samples per step as the GFlowNet
+        want_batch = module.CPU_DEFAULTS["per_device_train_batch_size"] * module.CPU_DEFAULTS["num_generations"]
+        assert args.per_device_train_batch_size == want_batch
+    if trainer != "gfn":
+        assert args.output_dir.endswith(f"-{trainer}")
+
+
+def test_unknown_trainer_is_refused_with_the_choices():
+    module = _load("infill")
+    with pytest.raises(ValueError, match="gfn, ppo, grpo, rloo, sft"):
+        module.make_parser(["--trainer", "dpo"])
+
+
+def test_sft_without_gold_latents_is_refused(tmp_path, monkeypatch):
+    module = _load("continuation")
+    argv = ["--trainer", "sft", "--output_dir", str(tmp_path), "--max_steps", "1"]
+    recipe, args = module.make_parser(argv).parse_args_into_dataclasses(argv)
+    with pytest.raises(ValueError, match="gold latents"):
+        module.main(recipe, args)
+
+
+SMALL = ["--max_steps", "1", "--num_eval", "1", "--eval_samples", "2", "--num_train", "1", "--num_generations", "2",
+         "--max_completion_length", "6", "--logging_steps", "1", "--warmup_steps", "0"]
+
+
+@pytest.mark.slow
+def test_compare_runs_every_trainer_and_writes_table_and_plot(tmp_path):
+    compare = _load("compare")
+    out = tmp_path / "cmp"
+    methods = compare.main(["--task", "continuation", "--trainers", "gfn", "ppo", "grpo", "rloo",
+                            "--decoding", "greedy", "beam", "--output_dir", str(out), "--", *SMALL])
+    assert list(methods) == ["lm", "greedy", "beam", "gfn", "ppo", "grpo", "rloo"]
+    for values in methods.values():
+        assert {"diversity", "log_likelihood/max", "log_likelihood/mean"} <= set(values)
+        assert values["log_likelihood/max"] < 0
+    assert methods["greedy"]["diversity"] == pytest.approx(0.0, abs=1e-6)  # one latent, repeated
+    table = (out / "comparison.md").read_text()
+    assert all(f"| {m} |" in table for m in methods)
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "comparison.json").read_text()) == methods
+    # --collect re-reads the same runs without training again
+    assert compare.main(["--task", "continuation", "--trainers", "gfn", "ppo", "grpo", "rloo", "--collect",
+                         "--output_dir", str(out)]) == methods
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,trainer", [("infill", "sft"), ("arithmetic", "sft"), ("subjectivity", "ppo")])
+def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeypatch):
+    module = _load(task)
+    argv = ["--trainer", trainer, "--output_dir", str(tmp_path), "--skip_baseline", "true", *SMALL]
+    if task == "subjectivity":  # draws its training set with --num_labelled
+        i = argv.index("--num_train")
+        argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0"]
+    if task == "arithmetic":
+        argv += ["--max_completion_length", "31", "--eval_samples", "1"]
+    if trainer == "sft":  # SFT samples nothing while training
+        i = argv.index("--num_generations")
+        argv = argv[:i] + argv[i + 2 :]
+    monkeypatch.setattr(sys, "argv", [f"{task}.py", *argv])
+    parsed = module.make_parser().parse_args_and_config()
+    metrics = module.main(*parsed)
+    assert set(metrics) == {trainer}
+    saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert saved == json.loads(json.dumps(metrics))
+    assert (tmp_path / "adapter_model.safetensors").exists()
