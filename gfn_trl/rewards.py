@@ -52,8 +52,9 @@ except ImportError:  # pragma: no cover
 
 # Logits computed at once by the output layer: 2^24 float32 values (64 MiB), e.g. 333 positions of a 50k vocabulary.
 _HEAD_CHUNK_ELEMENTS = 2**24
-# Keys (or values) of one layer held at once by the copies pass: 2^25 values, e.g. 128 MiB in float32.
-_KV_CHUNK_ELEMENTS = 2**25
+# Keys (or values) of one layer held at once by the copies pass, which bounds its memory.  A GPU wants big passes;
+# on a CPU passes of ~2k positions keep their activations in cache (measured 15-20 % faster than one big pass).
+_KV_CHUNK_ELEMENTS = {"cpu": 2**20, "other": 2**25}
 
 # Config fields of LMs whose logits are not the output layer applied to the last hidden state.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",
@@ -267,7 +268,7 @@ def _copies_per_row(live_states: Tensor, prefix_len: int, W1: int, hidden: int) 
 def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths, rest, rest_len, dtype, acc):
     """The suffix copies k = 0..n of every row b, C to a row of the pass: row (b, k0) holds copies k0..k0+C-1,
     reads row b's keys of [prompt z] (z_j visible to copy k iff j <= k) and its own copies (each sees itself,
-    causally).  Rows are chunked so that one layer's keys for a chunk hold at most _KV_CHUNK_ELEMENTS values.
+    causally).  Rows are chunked so that one layer's keys for a chunk hold at most `_KV_CHUNK_ELEMENTS` values.
 
     Args:
         prefix: per layer, (B, h, P + T, d) keys and values of [prompt z].
@@ -289,7 +290,8 @@ def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths
     tok = torch.arange(W1, device=device).repeat(C)  # (C W1,) token index inside its copy
     own = (copy[:, None] == copy[None, :]) & (tok[None, :] <= tok[:, None])  # (C W1, C W1)
     per_row = max(keys[0].numel() for keys, _ in prefix) // (P + T) * (P + T + C * W1)
-    step = max(1, _KV_CHUNK_ELEMENTS // per_row)
+    budget = _KV_CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "other"]
+    step = max(1, budget // per_row)
     for lo in range(0, b_all.shape[0], step):
         b, k0 = b_all[lo : lo + step], k0_all[lo : lo + step]
         n = b.shape[0]

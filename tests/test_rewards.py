@@ -176,7 +176,7 @@ def test_copies_per_row_and_chunking_do_not_change_rewards(monkeypatch, copies_p
     naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
     monkeypatch.setattr(rewards, "_copies_per_row", lambda *args: copies_per_row)
     monkeypatch.setattr(rewards, "_HEAD_CHUNK_ELEMENTS", 3 * V)  # 3 positions at a time
-    monkeypatch.setattr(rewards, "_KV_CHUNK_ELEMENTS", 1)  # one row of the copies pass at a time
+    monkeypatch.setattr(rewards, "_KV_CHUNK_ELEMENTS", {"cpu": 1, "other": 1})  # one row of the copies pass at a time
     packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
     torch.testing.assert_close(packed, naive, atol=1e-4, rtol=0)
 
