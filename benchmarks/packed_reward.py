@@ -2,7 +2,9 @@
 
 The fixed-suffix reward log R(s_k ⊤) = log p(z_1..z_k Y | X) is needed for every prefix k = 0..n of each latent.
 `suffix_log_rewards_naive` runs n + 1 forward passes (one per prefix); the packed scorer (`prefix_log_rewards`
-with `suffix_ids`, i.e. `suffix_log_rewards_packed`) does all of them in ONE pass with a 4-D attention mask.
+with `suffix_ids`) computes all of them over one shared computation of the prefix: the distinct prompts once, the
+latents once, then the suffix copies k <= n reading [prompt z_1..z_k] through a read-only cache, with the output
+layer only on the scored positions (see gfn_trl/rewards.py).
 This script builds a random-init causal LM (no hub access needed), draws a batch with the paper's infilling
 shapes, checks the two agree, and times both.
 
@@ -37,7 +39,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig  # noqa: E402
 
-from gfn_trl.rewards import prefix_log_rewards, suffix_log_rewards_naive  # noqa: E402
+from gfn_trl.rewards import _copies_per_row, prefix_log_rewards, suffix_log_rewards_naive  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _rss import RssPeak  # noqa: E402
 
 PRESETS = {
     # name: (config class, overrides)
@@ -71,7 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--suffix-len", type=int, default=12)
     p.add_argument("--suffix-jitter", type=int, default=2, help="suffix lengths uniform in suffix-len ± jitter")
     p.add_argument("--chunk-size", type=int, default=None, help="prefix_log_rewards chunk_size for the packed pass")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
+    p.add_argument("--samples-per-prompt", type=int, default=1,
+                   help="rows sharing each prompt (the trainer's num_generations); 1 = every row its own prompt")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats per method, interleaved packed/naive (median and spread reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per method")
     p.add_argument("--atol", type=float, default=1e-3, help="max abs diff allowed packed vs naive (fp32 only)")
     p.add_argument("--seed", type=int, default=0)
@@ -122,7 +130,9 @@ def make_batch(args, vocab: int, stop: int):
     def toks(n):
         return torch.randint(0, vocab - 1, (int(n),), generator=g).tolist()  # never the stop/pad id
 
-    prompts = [toks(n) for n in lens(args.prompt_len, args.prompt_jitter, B)]
+    k = max(1, args.samples_per_prompt)
+    distinct = [toks(n) for n in lens(args.prompt_len, args.prompt_jitter, -(-B // k))]
+    prompts = [distinct[b // k] for b in range(B)]
     suffixes = [toks(n) for n in lens(args.suffix_len, args.suffix_jitter, B)]
     lengths = torch.randint(args.latent_min, args.latent_max + 1, (B,), generator=g)
     lengths[0] = args.latent_max  # at least one full-width latent
@@ -132,13 +142,23 @@ def make_batch(args, vocab: int, stop: int):
     return prompts, z, lengths, suffixes
 
 
-def token_counts(prompts, lengths, suffixes, T: int):
-    """Positions fed to the model (incl. padding) and positions whose V-wide logits are computed, per method."""
+def token_counts(prompts, lengths, suffixes, T: int, hidden: int):
+    """Positions fed to the model (incl. padding) and positions whose V-wide logits are computed, per method.
+
+    Packed (see gfn_trl/rewards.py): each distinct prompt once; B rows of T latent tokens; the W - 1 fed tokens of
+    every live copy k <= n, C copies to a row (C from the same cost model, `_copies_per_row`); the output layer on
+    the live states and the real suffix tokens of live copies only."""
     B = len(prompts)
+    distinct = {tuple(p) for p in prompts}
     P = max(len(p) for p in prompts)
     W = max(len(s) for s in suffixes)
-    L = P + T + (T + 1) * W
-    packed = dict(passes=1, fed=B * L, logits=B * (L - P + 1), layout=L)
+    live = torch.tensor(lengths) + 1
+    C = _copies_per_row(live, P + T, W - 1, hidden)
+    copy_rows = sum(-(-int(n) // C) for n in live)
+    fed_packed = len(distinct) * P + B * T + copy_rows * C * (W - 1)
+    logits_packed = int(live.sum()) + sum((n + 1) * (len(s) - 1) for n, s in zip(lengths, suffixes))
+    packed = dict(passes="3", fed=fed_packed, logits=logits_packed,
+                  layout=P + T + (T + 1) * W, copies_per_row=C, distinct_prompts=len(distinct))
     fed = 0
     for k in range(T + 1):
         fed += B * max(len(prompts[b]) + k + len(suffixes[b]) for b in range(B))
@@ -147,28 +167,33 @@ def token_counts(prompts, lengths, suffixes, T: int):
     return packed, naive, real
 
 
-def timed(fn, args):
+def measure(fns: dict, args) -> dict:
+    """Warm up each method, then time them interleaved (the order alternates between repeats), so that load from
+    other processes hits both alike.  Per method: outputs, wall and CPU seconds, minor page faults, and peak memory
+    of each run (CUDA: max allocated, weights included; CPU: peak RSS above the RSS at the start of the run)."""
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    out = None
-    for _ in range(args.warmup):
-        out = fn()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times, cpu_times, faults = [], [], []
-    for _ in range(max(1, args.repeats)):
-        sync()
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB); process-wide peak
-    return out, times, cpu_times, int(statistics.median(faults)), peak, rss
+    res = {name: dict(out=None, wall=[], cpu=[], faults=[], peak=[]) for name in fns}
+    for name, fn in fns.items():
+        for _ in range(args.warmup):
+            res[name]["out"] = fn()
+    rss = RssPeak()
+    for r in range(max(1, args.repeats)):
+        for name in (list(fns) if r % 2 == 0 else list(reversed(list(fns)))):
+            sync()
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            else:
+                rss.start()
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            c0, t0 = time.process_time(), time.perf_counter()
+            res[name]["out"] = fns[name]()
+            sync()
+            res[name]["wall"].append(time.perf_counter() - t0)
+            res[name]["cpu"].append(time.process_time() - c0)
+            res[name]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            res[name]["peak"].append(torch.cuda.max_memory_allocated() if dev.type == "cuda" else rss.stop()[0])
+    return res
 
 
 def gib(x):
@@ -185,7 +210,8 @@ def main(argv=None) -> dict:
     prompts, z, lengths, suffixes = make_batch(args, cfg.vocab_size, stop)
     z, lengths = z.to(args.device), lengths.to(args.device)
     T = z.shape[1]
-    packed_tok, naive_tok, real_tok = token_counts(prompts, lengths.tolist(), suffixes, T)
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    packed_tok, naive_tok, real_tok = token_counts(prompts, lengths.tolist(), suffixes, T, hidden)
 
     dev = torch.device(args.device)
     device_name = cpu_name()
@@ -208,7 +234,9 @@ def main(argv=None) -> dict:
         f"suffix {min(s_lens)}-{max(s_lens)} tok"
     )
     print(
-        f"  packed layout : L = P + T + (T+1)·W = {packed_tok['layout']} positions/row, chunk_size={args.chunk_size}"
+        f"  packed        : {packed_tok['distinct_prompts']} distinct prompts ({args.samples_per_prompt} rows each), "
+        f"{packed_tok['copies_per_row']} suffix copies per row of the copies pass (the one-pass layout would be "
+        f"L = P + T + (T+1)·W = {packed_tok['layout']} positions/row), chunk_size={args.chunk_size}"
     )
     sys.stdout.flush()
 
@@ -218,35 +246,36 @@ def main(argv=None) -> dict:
     def run_naive():
         return suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, pad)
 
+    fns = {"packed": run_packed} if args.skip_naive else {"packed": run_packed, "naive": run_naive}
     with torch.no_grad():
-        packed, t_packed, c_packed, f_packed, peak_packed, rss_packed = timed(run_packed, args)
-        if not args.skip_naive:
-            naive, t_naive, c_naive, f_naive, peak_naive, rss_naive = timed(run_naive, args)
-
+        m = measure(fns, args)
+    packed, t_packed, c_packed = m["packed"]["out"], m["packed"]["wall"], m["packed"]["cpu"]
     s_packed, cpu_packed = statistics.median(t_packed), statistics.median(c_packed)
+    f_packed, peak_packed = int(statistics.median(m["packed"]["faults"])), max(m["packed"]["peak"])
     res = dict(
         device=args.device, device_name=device_name, threads=torch.get_num_threads(), dtype=args.dtype, attn=args.attn,
         preset=args.preset, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, vocab=cfg.vocab_size,
         n_params=n_params, batch=args.batch, T=T, layout=packed_tok["layout"], real_tokens=real_tok,
+        samples_per_prompt=args.samples_per_prompt, copies_per_row=packed_tok["copies_per_row"],
         packed_tokens=packed_tok["fed"], packed_logit_positions=packed_tok["logits"], packed_seconds=s_packed,
-        packed_times=t_packed, packed_cpu_seconds=cpu_packed, packed_page_faults=f_packed,
-        packed_peak_bytes=peak_packed, packed_peak_rss_bytes=rss_packed,
+        packed_times=t_packed, packed_cpu_seconds=cpu_packed, packed_page_faults=f_packed, packed_peak_bytes=peak_packed,
     )
     rows = [("", "passes", "tokens fed", "logit rows", "median s", "runs (s)", "CPU s", "page faults", "peak mem")]
-    mem_packed = gib(peak_packed) if peak_packed is not None else f"RSS {gib(rss_packed)}"
     rows.append(("packed", packed_tok["passes"], packed_tok["fed"], packed_tok["logits"], f"{s_packed:.3f}",
-                 " ".join(f"{t:.2f}" for t in t_packed), f"{cpu_packed:.2f}", f_packed, mem_packed))
+                 " ".join(f"{t:.2f}" for t in t_packed), f"{cpu_packed:.2f}", f_packed, gib(peak_packed)))
     if not args.skip_naive:
+        naive, t_naive, c_naive = m["naive"]["out"], m["naive"]["wall"], m["naive"]["cpu"]
         s_naive, cpu_naive = statistics.median(t_naive), statistics.median(c_naive)
+        f_naive, peak_naive = int(statistics.median(m["naive"]["faults"])), max(m["naive"]["peak"])
         diff = (packed.float() - naive.float()).abs().max().item()
-        ratio = s_naive / s_packed
-        mem_naive = gib(peak_naive) if peak_naive is not None else f"RSS {gib(rss_naive)}"
+        ratios = [n / p for n, p in zip(t_naive, t_packed)]  # per interleaved repeat
+        ratio = statistics.median(ratios)
         rows.append(("naive", naive_tok["passes"], naive_tok["fed"], naive_tok["logits"], f"{s_naive:.3f}",
-                     " ".join(f"{t:.2f}" for t in t_naive), f"{cpu_naive:.2f}", f_naive, mem_naive))
+                     " ".join(f"{t:.2f}" for t in t_naive), f"{cpu_naive:.2f}", f_naive, gib(peak_naive)))
         res.update(naive_tokens=naive_tok["fed"], naive_logit_positions=naive_tok["logits"], naive_seconds=s_naive,
                    naive_times=t_naive, naive_cpu_seconds=cpu_naive, naive_page_faults=f_naive,
-                   naive_peak_bytes=peak_naive, naive_peak_rss_bytes=rss_naive,
-                   max_abs_diff=diff, ratio=ratio, cpu_ratio=cpu_naive / cpu_packed)
+                   naive_peak_bytes=peak_naive, max_abs_diff=diff, ratio=ratio, ratios=ratios,
+                   cpu_ratio=cpu_naive / cpu_packed)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     print()
     for r in rows:
@@ -258,12 +287,13 @@ def main(argv=None) -> dict:
     if dev.type == "cuda":
         print("   'peak mem' = torch.cuda.max_memory_allocated over the timed runs, weights included)")
     else:
-        print("   on CPU 'peak mem' is the process-wide peak RSS so far, so naive's includes packed's)")
+        print("   'peak mem' = peak RSS above the RSS at the start of the run, sampled every 2 ms, max over runs)")
     print()
     if not args.skip_naive:
         print(f"  max |packed - naive| = {diff:.3e}  (over {args.batch}×{T + 1} per-prefix log-rewards)")
         verdict = f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× SLOWER"
-        print(f"  packed is {verdict} than naive  ({s_naive:.3f} s / {s_packed:.3f} s wall clock)")
+        print(f"  packed is {verdict} than naive (median of the per-repeat ratios, range "
+              f"{min(ratios):.2f}-{max(ratios):.2f}; medians {s_naive:.3f} s / {s_packed:.3f} s wall clock)")
         cpu_ratio = cpu_naive / cpu_packed
         print(f"  CPU-time ratio naive/packed = {cpu_ratio:.2f}×  ({cpu_naive:.2f} s / {cpu_packed:.2f} s)")
         if args.dtype == "float32":
@@ -272,6 +302,7 @@ def main(argv=None) -> dict:
             print(f"  ({args.dtype}: no tolerance asserted; the fp32 run is the correctness check)")
     load = os.getloadavg()[0]
     res["load_average"] = load
+    print(f"  load average at the end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if dev.type == "cpu" and load > torch.get_num_threads() + 0.5:
         print(f"  WARNING: load average {load:.1f} > {torch.get_num_threads()} threads: other processes share the CPU")
     res["total_seconds"] = time.perf_counter() - t_start
