@@ -265,15 +265,16 @@ def _copies_per_row(live_states: Tensor, prefix_len: int, W1: int, hidden: int) 
     return best
 
 
-def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths, rest, rest_len, dtype, acc):
-    """The suffix copies k = 0..n of every row b, C to a row of the pass: row (b, k0) holds copies k0..k0+C-1,
+def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths, first, rest, rest_len, dtype, acc):
+    """The suffix copies k = first..n of every row b, C to a row of the pass: row (b, k0) holds copies k0..k0+C-1,
     reads row b's keys of [prompt z] (z_j visible to copy k iff j <= k) and its own copies (each sees itself,
     causally).  Rows are chunked so that one layer's keys for a chunk hold at most `_KV_CHUNK_ELEMENTS` values.
 
     Args:
         prefix: per layer, (B, h, P + T, d) keys and values of [prompt z].
         fed: (B, W1) the tokens fed in each copy (y_1..y_{W-1}); rest, rest_len: what they predict.
-        acc: (B, S) receives Σ_t log p(rest_t | s_k, y_1, rest_<t) at the live copies (b, k), k <= n_b.
+        first: (B,) the first copy of each row (0, or n for the final state only).
+        acc: (B, S) receives Σ_t log p(rest_t | s_k, y_1, rest_<t) at the copies (b, k), first_b <= k <= n_b.
     """
     device = fed.device
     B, W1 = fed.shape
@@ -282,10 +283,11 @@ def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths
     config = _hf_model(scorer.model).config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(config, "hidden_size", None) or prefix[0][0].shape[1] * prefix[0][0].shape[-1]
-    C = _copies_per_row(lengths + 1, P + T, W1, hidden)
-    groups = torch.div(lengths + C, C, rounding_mode="floor")  # ceil((n + 1) / C) rows for row b
+    count = lengths - first + 1  # copies of row b
+    C = _copies_per_row(count, P + T, W1, hidden)
+    groups = torch.div(count + C - 1, C, rounding_mode="floor")  # rows of the pass for row b
     b_all = torch.arange(B, device=device).repeat_interleave(groups)  # (R,)
-    k0_all = (torch.arange(b_all.shape[0], device=device) - (groups.cumsum(0) - groups)[b_all]) * C  # (R,)
+    k0_all = first[b_all] + (torch.arange(b_all.shape[0], device=device) - (groups.cumsum(0) - groups)[b_all]) * C
     copy = torch.arange(C, device=device).repeat_interleave(W1)  # (C W1,) copy index of each position
     tok = torch.arange(W1, device=device).repeat(C)  # (C W1,) token index inside its copy
     own = (copy[:, None] == copy[None, :]) & (tok[None, :] <= tok[:, None])  # (C W1, C W1)
@@ -310,7 +312,7 @@ def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths
 @torch.no_grad()
 def _packed_log_rewards(
     model, prompt_ids: Tensor, prompt_mask: Tensor, rows: Tensor | None, z: Tensor, lengths: Tensor,
-    targets: list[tuple[Tensor, Tensor, Tensor]],
+    targets: list[tuple[Tensor, Tensor, Tensor]], final_only: bool = False,
 ) -> list[Tensor]:
     """For each target set (end, rest, rest_lengths), the (B, S) per-prefix log-rewards
 
@@ -322,6 +324,8 @@ def _packed_log_rewards(
         targets: per target set, end (B,) the token scored at every state (the stop token, or y_1), and rest,
             rest_lengths (B, W1), (B,) the right-padded tokens scored after it (y_2..y_W; W1 = 0 for the stop
             reward).  The sets share the passes over the prompt and the latents.
+        final_only: only the value at k = n is needed (the other states' suffix copies are skipped; their values
+            are then meaningless).
     """
     scorer = _Scorer(model)
     device, dtype = scorer.device, scorer.dtype
@@ -337,6 +341,7 @@ def _packed_log_rewards(
     eye = torch.eye(P, dtype=torch.bool, device=device)  # keeps the rows of left padding finite
     k_idx = torch.arange(S, device=device)
     live = k_idx[None, :] <= lengths[:, None]  # (B, S): the states whose log-rewards are read
+    first = lengths if final_only else torch.zeros_like(lengths)  # the first suffix copy computed
     any_copies = any(rest.shape[1] > 0 for _, rest, _ in targets)
 
     # A: each distinct prompt once, its keys and values kept
@@ -362,7 +367,7 @@ def _packed_log_rewards(
         for end, rest, rest_len in targets:
             lp = torch.zeros(B, S, device=device)
             if rest.shape[1] > 0:
-                _copies_passes(scorer, cache, prefix, _fed(end, rest), rows, key_ok, prompt_len, lengths, rest,
+                _copies_passes(scorer, cache, prefix, _fed(end, rest), rows, key_ok, prompt_len, lengths, first, rest,
                                rest_len, dtype, lp)
             copies_lp.append(lp)
     else:  # the cache cannot be shared (sliding-window or hybrid caches): one pass over [prompt][z][copies 0..T]
@@ -380,7 +385,7 @@ def _packed_log_rewards(
             states = out[:, :S]  # the prompt's last position, then z_1..z_T
             lp = torch.zeros(B, S, device=device)
             if W1 > 0:
-                b, k = live.nonzero(as_tuple=True)
+                b, k = (live & (k_idx[None, :] >= first[:, None])).nonzero(as_tuple=True)
                 _score_copies(scorer, out[:, S:].reshape(B, S, W1, out.shape[-1])[b, k], b, k, rest, rest_len, lp)
             copies_lp.append(lp)
 
@@ -486,13 +491,31 @@ def prefix_log_rewards(
                                     chunk_size)[0]
 
 
+def final_log_rewards(
+    model,
+    prompt_ids: list[list[int]],
+    z: Tensor,
+    lengths: Tensor,
+    stop_token_id: int,
+    pad_token_id: int,
+    suffix_ids: list[list[int]] | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """(B,) untempered log R(Z ⊤) of the finished latents only: what a reward maximiser (GRPO, RLOO, PPO) needs.
+
+    Equal to `prefix_log_rewards(...)` at k = n, at the cost of one suffix copy per row instead of n + 1."""
+    log_r = _prefix_log_rewards_sets(model, prompt_ids, z, lengths, stop_token_id, pad_token_id, [suffix_ids],
+                                     chunk_size, final_only=True)[0]
+    return log_r.gather(1, lengths[:, None]).squeeze(1)
+
+
 @torch.no_grad()
 def _prefix_log_rewards_sets(
     model, prompt_ids: list[list[int]], z: Tensor, lengths: Tensor, stop_token_id: int, pad_token_id: int,
-    suffix_sets: list[list[list[int]] | None], chunk_size: int | None = None,
+    suffix_sets: list[list[list[int]] | None], chunk_size: int | None = None, final_only: bool = False,
 ) -> list[Tensor]:
     """`prefix_log_rewards` for several suffix sets (None: the stop token) at once, sharing the passes over the
-    prompts and the latents."""
+    prompts and the latents.  With `final_only`, only the values at k = n are meaningful."""
     device = z.device
     for suffixes in suffix_sets:
         if suffixes is not None and any(len(s) == 0 for s in suffixes):
@@ -521,7 +544,7 @@ def _prefix_log_rewards_sets(
     if len(keep) < len(keys):
         sub = _prefix_log_rewards_sets(
             model, [prompt_ids[b] for b in keep], z[keep], lengths[keep], stop_token_id, pad_token_id,
-            [None if s is None else [s[b] for b in keep] for s in suffix_sets], chunk_size)
+            [None if s is None else [s[b] for b in keep] for s in suffix_sets], chunk_size, final_only)
         index = torch.tensor(inverse, device=device)
         return [r[index] for r in sub]
 
@@ -540,7 +563,8 @@ def _prefix_log_rewards_sets(
             else:
                 s_ids, s_len = right_pad(suffixes[lo:hi], pad_token_id, device=device)
                 targets.append((s_ids[:, 0], s_ids[:, 1:], s_len - 1))
-        for i, r in enumerate(_packed_log_rewards(model, p_ids, p_mask, rows, z[lo:hi], lengths[lo:hi], targets)):
+        out = _packed_log_rewards(model, p_ids, p_mask, rows, z[lo:hi], lengths[lo:hi], targets, final_only)
+        for i, r in enumerate(out):
             parts[i].append(r)
     return [torch.cat(p, 0) for p in parts]
 
@@ -584,6 +608,14 @@ class LikelihoodReward:
     @torch.no_grad()
     def __call__(self, rows: list[dict], z: Tensor, lengths: Tensor) -> Tensor:
         """(B, S) untempered per-prefix log-rewards for the latents `z` of tokenized `rows` (one row per latent)."""
+        return self._score(rows, z, lengths, final_only=False)
+
+    @torch.no_grad()
+    def final(self, rows: list[dict], z: Tensor, lengths: Tensor) -> Tensor:
+        """(B,) untempered log R(Z ⊤) of the finished latents only (`__call__` at k = n, for reward maximisers)."""
+        return self._score(rows, z, lengths, final_only=True).gather(1, lengths[:, None]).squeeze(1)
+
+    def _score(self, rows: list[dict], z: Tensor, lengths: Tensor, final_only: bool) -> Tensor:
         model, ctx = self.scorer()
         was_training = model.training
         model.eval()
@@ -595,12 +627,12 @@ class LikelihoodReward:
         with ctx, self.autocast():
             # with a contrast suffix, both suffixes share the passes over the prompts and the latents
             log_r, *wrong = _prefix_log_rewards_sets(
-                model, prompts, z, lengths, self.stop_token_id, self.pad_token_id, suffix_sets, self.chunk_size
+                model, prompts, z, lengths, self.stop_token_id, self.pad_token_id, suffix_sets, self.chunk_size,
+                final_only,
             )
             if contrast:
                 # the paper's wrong-label penalty: a prefix after which the LM prefers the wrong suffix is penalised
-                wrong = wrong[0]
                 has = torch.tensor([bool(c) for c in contrasts], device=log_r.device)[:, None]
-                log_r = log_r + self.contrast_penalty * ((wrong > log_r) & has)
+                log_r = log_r + self.contrast_penalty * ((wrong[0] > log_r) & has)
         model.train(was_training)
         return log_r.float()

@@ -258,3 +258,25 @@ def test_peft_policy_with_adapter_disabled_scores_like_the_base_model(arch):
     torch.testing.assert_close(adapted, suffix_log_rewards_naive(policy, prompts, z, lengths, suffixes, STOP),
                                atol=1e-4, rtol=0)
     assert (adapted - got).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("stop_reward", [False, True])
+def test_final_only_equals_the_per_prefix_value_at_the_end(stop_reward):
+    """`final_log_rewards` / `LikelihoodReward.final` (one suffix copy per row) = the per-prefix reward at k = n,
+    contrast penalty included."""
+    from gfn_trl.rewards import LikelihoodReward, final_log_rewards
+
+    model = tiny_model("qwen2", V, seed=20).eval()
+    prompts, suffixes, z, lengths = _batch(seed=21, B=7, shared=True)
+    suffixes = None if stop_reward else suffixes
+    full = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
+    want = full.gather(1, lengths[:, None]).squeeze(1)
+    torch.testing.assert_close(final_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes), want,
+                               atol=1e-5, rtol=0)
+    if not stop_reward:
+        rows = [{"reward_prompt_ids": p, "suffix_ids": s, "gfn_has_suffix": True, "contrast_suffix_ids": [9, 8]}
+                for p, s in zip(prompts, suffixes)]
+        reward = LikelihoodReward(None, model, STOP, STOP)
+        per_prefix = reward(rows, z, lengths)
+        torch.testing.assert_close(reward.final(rows, z, lengths),
+                                   per_prefix.gather(1, lengths[:, None]).squeeze(1), atol=1e-5, rtol=0)
