@@ -174,8 +174,7 @@ class LatentLogReward:
         if self.reward is None:
             raise RuntimeError("LatentLogReward has no reward model: pass one, or call .use(model) first.")
         z, lengths = _latent_batch(latents, self.constraints.stop_token_id, self.reward.device)
-        log_r = self.reward(rows, z, lengths)  # (B, S): every prefix; the latent's own value is at its length
-        return log_r.gather(1, lengths[:, None]).squeeze(1)
+        return self.reward.final(rows, z, lengths)  # one copy of the suffix per row: no per-prefix rewards needed
 
     def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
         missing = [c for c in _ROW_COLUMNS if c not in columns]

@@ -26,6 +26,13 @@ class Scored:
     log_likelihood: list[float]  # untempered log R(Z⊤) under the base LM
 
 
+def _final(reward, rows, z, lengths) -> torch.Tensor:
+    """(B,) log R(Z⊤): the reward's final-state pass when it has one (one suffix copy per row), else the full one."""
+    if hasattr(reward, "final"):
+        return reward.final(rows, z, lengths)
+    return reward(rows, z, lengths).gather(1, lengths[:, None]).squeeze(1)
+
+
 def _seed(seed: int, i: int, j: int) -> int:
     return zlib.crc32(f"eval:{seed}:{i}:{j}".encode())
 
@@ -57,8 +64,7 @@ def sample_and_score(
         ctx = policy.disable_adapter() if disable_adapter else nullcontext()
         with ctx:
             z, lengths = sample_latents(policy, ids, mask, constraints, temperature, tokenizer.pad_token_id, seeds)
-        log_r = reward(expanded, z, lengths)
-        final = log_r.gather(1, lengths[:, None]).squeeze(1).tolist()
+        final = _final(reward, expanded, z, lengths).tolist()
         for i, r in enumerate(chunk):
             sl = slice(i * n_samples, (i + 1) * n_samples)
             toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
@@ -76,9 +82,9 @@ def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents:
         if z.shape[1] == 0:
             z = torch.full((len(toks), 1), reward.stop_token_id)
         z, lengths = z.to(reward.device), lengths.to(reward.device)
-        log_r = reward([row] * len(toks), z, lengths)
+        final = _final(reward, [row] * len(toks), z, lengths)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
-        out.append(Scored(row, [list(t) for t in toks], texts, log_r.gather(1, lengths[:, None]).squeeze(1).tolist()))
+        out.append(Scored(row, [list(t) for t in toks], texts, final.tolist()))
     return out
 
 

@@ -122,11 +122,11 @@ class PPOTrainer(RolloutTrainer):
         expanded, group = self.expand(rows)
         prompt_ids, prompt_mask = self.prompt_batch(expanded)
         z, lengths = self.sample(expanded, prompt_ids, prompt_mask, a.sampling_temperature, step=step)
-        log_r = self.score_latents(expanded, z, lengths).float()
+        final = self.reward.final(expanded, z, lengths).float()  # untempered log R(Z⊤): PPO needs no prefix rewards
+        log_r = torch.zeros(z.shape[0], z.shape[1] + 1, device=final.device).scatter(1, lengths[:, None], final[:, None])
         inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "z": z, "lengths": lengths, "rows": expanded,
-                  "group": group, "log_r": log_r, "step": step}
+                  "group": group, "log_r": log_r, "step": step}  # log_r: the final reward at column n, 0 elsewhere
         self._check_finite(log_r, inputs)
-        final = log_r.gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
 
         unwrapped = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():
