@@ -57,12 +57,14 @@ SMALL = ["--max_steps", "1", "--num_eval", "1", "--eval_samples", "2", "--num_tr
 
 
 @pytest.mark.slow
-def test_compare_runs_every_trainer_and_writes_table_and_plot(tmp_path):
+def test_compare_runs_trainers_and_writes_table_and_plot(tmp_path, monkeypatch):
+    # one of ours and one of TRL's (PPO and SFT run in the recipe tests below, RLOO in test_baselines), to keep CI short
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     compare = _load("compare")
     out = tmp_path / "cmp"
-    methods = compare.main(["--task", "continuation", "--trainers", "gfn", "ppo", "grpo", "rloo",
+    methods = compare.main(["--task", "continuation", "--trainers", "gfn", "grpo",
                             "--decoding", "greedy", "beam", "--output_dir", str(out), "--", *SMALL])
-    assert list(methods) == ["lm", "greedy", "beam", "gfn", "ppo", "grpo", "rloo"]
+    assert list(methods) == ["lm", "greedy", "beam", "gfn", "grpo"]
     for values in methods.values():
         assert {"diversity", "log_likelihood/max", "log_likelihood/mean"} <= set(values)
         assert values["log_likelihood/max"] < 0
@@ -72,7 +74,7 @@ def test_compare_runs_every_trainer_and_writes_table_and_plot(tmp_path):
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "comparison.json").read_text()) == methods
     # --collect re-reads the same runs without training again
-    assert compare.main(["--task", "continuation", "--trainers", "gfn", "ppo", "grpo", "rloo", "--collect",
+    assert compare.main(["--task", "continuation", "--trainers", "gfn", "grpo", "--collect",
                          "--output_dir", str(out)]) == methods
 
 
