@@ -258,7 +258,8 @@ def main(argv=None) -> dict:
         n_params=n_params, batch=args.batch, T=T, layout=packed_tok["layout"], real_tokens=real_tok,
         samples_per_prompt=args.samples_per_prompt, copies_per_row=packed_tok["copies_per_row"],
         packed_tokens=packed_tok["fed"], packed_logit_positions=packed_tok["logits"], packed_seconds=s_packed,
-        packed_times=t_packed, packed_cpu_seconds=cpu_packed, packed_page_faults=f_packed, packed_peak_bytes=peak_packed,
+        packed_times=t_packed, packed_cpu_seconds=cpu_packed, packed_page_faults=f_packed,
+        packed_peak_bytes=peak_packed,
     )
     rows = [("", "passes", "tokens fed", "logit rows", "median s", "runs (s)", "CPU s", "page faults", "peak mem")]
     rows.append(("packed", packed_tok["passes"], packed_tok["fed"], packed_tok["logits"], f"{s_packed:.3f}",

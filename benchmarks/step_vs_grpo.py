@@ -24,6 +24,9 @@ each trainer (the order alternates between rounds), the first step of every `tra
 median step of each trainer per round, the ratio GFlowNet / GRPO per round, its median and spread over rounds, the
 time of each phase of a step (generate, reward, policy forward, backward, rest), policy tokens/s, and the peak
 resident memory of a step (psutil RSS sampled every 2 ms, above the RSS at the start of the step).
+
+Run it on an otherwise idle machine: on a shared CPU two torch threads can stall for a descheduled peer and slow a
+step 20-30x; `--threads 1` is less sensitive to that (but not to other jobs' use of caches and memory bandwidth).
 """
 
 from __future__ import annotations
@@ -136,7 +139,8 @@ def make_trainers(a, tok):
                            num_generations=a.samples, generation_kwargs={"min_new_tokens": a.length}, **common)
     assert grpo_args.beta == 0.0 and grpo_args.num_iterations == 1 and grpo_args.top_k == 0 and grpo_args.top_p == 1.0
     grpo = GRPOTrainer(build(a.preset, len(tok)), reward_funcs=base_log_likelihood, args=grpo_args,
-                       processing_class=tok, peft_config=lora, train_dataset=Dataset.from_dict({"prompt": [prompt] * 64}))
+                       processing_class=tok, peft_config=lora,
+                       train_dataset=Dataset.from_dict({"prompt": [prompt] * 64}))
 
     probes = {"gfn": StepProbe(), "grpo": StepProbe()}
     # the same phases, measured at the same kind of call site in both trainers
@@ -187,7 +191,8 @@ def main(argv=None):
             med[name] = statistics.median(r["wall"] for r in rows[1:])
             med[name + "_cpu"] = statistics.median(r["cpu"] for r in rows[1:])
         per_round.append(med)
-        print(f"round {rnd}: GFlowNet {med['gfn']:.3f} s, GRPO {med['grpo']:.3f} s, ratio {med['gfn'] / med['grpo']:.2f} "
+        print(f"round {rnd}: GFlowNet {med['gfn']:.3f} s, GRPO {med['grpo']:.3f} s, "
+              f"ratio {med['gfn'] / med['grpo']:.2f} "
               f"(CPU time ratio {med['gfn_cpu'] / med['grpo_cpu']:.2f}), load {os.getloadavg()[0]:.2f}", flush=True)
     load_after = os.getloadavg()
 
@@ -196,7 +201,8 @@ def main(argv=None):
     d, layers, heads = PRESETS[a.preset]
     tokens = a.samples * (PROMPT_LEN + a.length)
     print()
-    print(f"machine: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
     print(f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
           f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
     print(f"model: GPT-2 shape d={d} layers={layers} heads={heads} vocab={len(tok)}, LoRA r=16 on c_attn,c_proj, fp32")
@@ -214,7 +220,8 @@ def main(argv=None):
         phase = {ph: statistics.median(r.get(ph, 0.0) for r in rows) for ph in PHASES}
         rest = statistics.median(r["wall"] - sum(r.get(ph, 0.0) for ph in PHASES) for r in rows)
         extra = statistics.median(r["rss_extra"] for r in rows) / 2**20
-        summary[name] = {"step_s": wall, "cpu_s": cpu, **phase, "rest": rest, "tokens_per_s": tokens / wall, "rss_extra_mib": extra,
+        summary[name] = {"step_s": wall, "cpu_s": cpu, **phase, "rest": rest, "tokens_per_s": tokens / wall,
+                         "rss_extra_mib": extra,
                          "rss_peak_mib": max(r["rss_peak"] for r in rows) / 2**20}
         print(f"{label:10s} {wall:7.3f} {cpu:6.3f} " + " ".join(f"{phase[ph]:10.3f}" for ph in PHASES)
               + f" {rest:7.3f} {tokens / wall:6.0f} {extra:13.0f}")

@@ -60,7 +60,7 @@ _KV_CHUNK_ELEMENTS = {"cpu": 2**20, "other": 2**25}
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",
                      "lm_head_multiplier")
 
-_SPLIT_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # HF model -> verified split or None
+_SPLIT_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # HF model -> verified split or None
 
 
 def _token_log_probs(logits: Tensor, targets: Tensor, lse: Tensor | None = None) -> Tensor:
@@ -330,7 +330,7 @@ def _packed_log_rewards(
     scorer = _Scorer(model)
     device, dtype = scorer.device, scorer.dtype
     B, T = z.shape
-    U, P = prompt_ids.shape
+    P = prompt_ids.shape[1]
     S = T + 1
     if bool((prompt_mask.sum(1) == 0).any()):
         raise ValueError("An empty reward prompt: the reward LM needs at least one token to condition on.")
@@ -463,7 +463,8 @@ def suffix_log_rewards_naive(
     for k in range(T + 1):
         rows = [prompt_ids[b] + z[b, :k].tolist() + suffix_ids[b] for b in range(B)]
         ids, mask = left_pad(rows, pad_token_id, device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits
+        position_ids = position_ids_from_mask(mask)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
         lp = _token_log_probs(logits[:, :-1], ids[:, 1:])  # (B, L-1): log p(token t+1 | ..t)
         width = ids.shape[1]
         for b in range(B):

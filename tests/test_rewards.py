@@ -19,10 +19,12 @@ STOP = 0
 
 
 def _batch(seed, B=6, T=6, shared=False):
-    """Prompts of 1-8 tokens (with `shared`, rows 0, 1, 3 share one prompt and rows 2, 5 another), suffixes of 1-5,
-    latents of 0..T tokens (row 0 full, row 1 empty)."""
+    """Prompts of 1-8 tokens (with `shared`, rows 0, 1, 3 share one prompt and rows 2, 5 another), suffixes of
+    1-5, latents of 0..T tokens (row 0 full, row 1 empty)."""
     g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(1, V, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist() for _ in range(B)]
+    prompts = [
+        torch.randint(1, V, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist() for _ in range(B)
+    ]
     if shared:
         prompts[1] = prompts[3] = prompts[0]
         prompts[5] = prompts[2]
@@ -201,7 +203,14 @@ def test_empty_latents():
 
 def _other_arch(name):
     """Tiny LMs outside ARCHS: logits that are not head(hidden), or sliding-window attention."""
-    from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        CohereConfig,
+        CohereForCausalLM,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     torch.manual_seed(16)
     common = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -253,7 +262,8 @@ def test_peft_policy_with_adapter_disabled_scores_like_the_base_model(arch):
     rows = [{"reward_prompt_ids": p, "suffix_ids": s, "gfn_has_suffix": True} for p, s in zip(prompts, suffixes)]
     got = LikelihoodReward(policy, None, STOP, STOP)(rows, z, lengths)
     assert policy.training  # the reward pass restores the mode
-    torch.testing.assert_close(got, suffix_log_rewards_naive(base, prompts, z, lengths, suffixes, STOP), atol=1e-4, rtol=0)
+    want = suffix_log_rewards_naive(base, prompts, z, lengths, suffixes, STOP)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     adapted = prefix_log_rewards(policy.eval(), prompts, z, lengths, STOP, STOP, suffixes)  # adapter on
     torch.testing.assert_close(adapted, suffix_log_rewards_naive(policy, prompts, z, lengths, suffixes, STOP),
                                atol=1e-4, rtol=0)
