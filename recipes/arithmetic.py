@@ -41,7 +41,7 @@ from gfn_trl.recipe import (  # noqa: E402
     print_summary,
     save_run,
 )
-from gfn_trl.sampling import LatentConstraints, left_pad, position_ids_from_mask, right_pad  # noqa: E402
+from gfn_trl.sampling import LatentConstraints, right_pad  # noqa: E402
 from gfn_trl.tasks import arithmetic  # noqa: E402
 
 N_SHOTS = 3  # demonstrations in the reward prompt (the paper's `num_points: 3`)
@@ -65,10 +65,9 @@ CPU_DEFAULTS = dict(
 
 
 class FinalLikelihood:
-    """The reward LM's log p(Z Y | reward_prompt) of whole latents, as a drop-in for `trainer.reward` in
-    `sample_and_score`: evaluation needs only the final state's value, so this scores `reward_prompt + Z + Y` once
-    (one copy of Y) instead of the packed per-prefix pass of training (n + 1 copies of Y, 2-3x the tokens here).
-    Same model, same token ids, same numbers (tested against LikelihoodReward); the other states get 0."""
+    """The reward LM's log p(Z Y | reward_prompt) of whole latents in the (B, S) layout of `LikelihoodReward`, with
+    only the final state filled (the other states get 0).  Evaluation needs only that value; it comes from
+    `LikelihoodReward.final` (one copy of Y instead of the n + 1 of the per-prefix pass)."""
 
     def __init__(self, reward):
         self.reward = reward
@@ -78,28 +77,16 @@ class FinalLikelihood:
     def device(self):
         return self.reward.device
 
+    def final(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.reward.final(rows, z, lengths)
+
     @torch.no_grad()
     def __call__(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if not all(r["gfn_has_suffix"] for r in rows):
             raise ValueError("FinalLikelihood scores fixed-suffix rows only.")
-        tails = [z[b, : int(lengths[b])].tolist() + list(r["suffix_ids"]) for b, r in enumerate(rows)]
-        ids, mask = left_pad([list(r["reward_prompt_ids"]) + t for r, t in zip(rows, tails)], self.reward.pad_token_id,
-                             self.device)
-        W = max(len(t) for t in tails)
-        model, ctx = self.reward.scorer()
-        was_training = model.training
-        model.eval()
-        with ctx, self.reward.autocast():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                           logits_to_keep=W + 1, use_cache=False).logits[:, :W].float()  # predict the last W tokens
-        model.train(was_training)
-        targets = ids[:, -W:]
-        lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)  # (B, W)
-        n_scored = torch.tensor([len(t) for t in tails], device=ids.device)
-        scored = torch.arange(W, device=ids.device)[None, :] >= W - n_scored[:, None]  # the row's own Z and Y
-        out = torch.zeros(len(rows), z.shape[1] + 1, device=ids.device)
-        out[torch.arange(len(rows), device=ids.device), lengths.to(ids.device)] = torch.where(scored, lp, 0.0).sum(1)
-        return out
+        final = self.reward.final(rows, z, lengths)
+        out = torch.zeros(len(rows), z.shape[1] + 1, device=final.device)
+        return out.scatter(1, lengths[:, None].to(final.device), final[:, None])
 
 
 @torch.no_grad()
