@@ -43,9 +43,10 @@ class _Track(TrainerCallback):
 
 
 def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, verbose=True, lora=True, log_z="batch",
-        scheduler="linear", log_z_lr=1e-2, min_length=1, output_dir=None):
-    """Train on the toy; returns [(step, TV, KL, Σq)] and the trainer."""
-    toy = exact_posterior_toy(reward, seed=seed, min_length=min_length)
+        scheduler="linear", log_z_lr=1e-2, min_length=1, output_dir=None, tool=False):
+    """Train on the toy; returns [(step, TV, KL, Σq)] and the trainer.  `tool`: the toy's tool appends a forced
+    token after every "c" (gfn_trl.testing.toy_tool); the posterior is then over the latents it admits."""
+    toy = exact_posterior_toy(reward, seed=seed, min_length=min_length, tool=tool)
     args = GFlowNetConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="gfn_exact_"),
         max_steps=steps,
@@ -75,6 +76,7 @@ def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, ver
         processing_class=toy["tokenizer"],
         peft_config=LoraConfig(r=16, lora_alpha=32) if lora else None,
         vocab_mask=toy["vocab_mask"],
+        tool=toy["tool"],
     )
     track = _Track(toy, every, verbose)
     track.trainer = trainer
@@ -96,8 +98,9 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min_length", type=int, default=1, help="minimum latent length (0..3)")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--tool", action="store_true", help='a tool appends a forced token after every "c"')
     a = p.parse_args()
     history, _ = run(a.reward, a.steps, a.loss, a.seed, a.lr, lora=not a.full, log_z=a.log_z, scheduler=a.scheduler,
-                     min_length=a.min_length)
+                     min_length=a.min_length, tool=a.tool)
     step, tv, kl, _ = history[-1]
     print(f"final: reward={a.reward} loss={a.loss} steps={step} TV={tv:.4f} KL={kl:.4f}")

@@ -46,15 +46,16 @@ def latent_constraints(
     min_length: int = 0,
     stop_token: str | None = None,
     vocab_mask: torch.Tensor | None = None,
+    tool=None,
 ) -> LatentConstraints:
     """The `LatentConstraints` the GFlowNet trainer builds from the same settings (stop token: EOS by default, or a
     text that must encode to exactly one token; `vocab_mask`: (V,) bool, the tokens a latent may use, or a function
-    tokenizer -> mask)."""
+    tokenizer -> mask; `tool`: a `gfn_trl.tools` tool whose outputs are forced tokens)."""
     stop_id = resolve_stop_token_id(tokenizer, stop_token)
     allowed = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
     if allowed is not None:
         allowed = torch.as_tensor(allowed, dtype=torch.bool)
-    return LatentConstraints(stop_id, max_length, min_length, allowed)
+    return LatentConstraints(stop_id, max_length, min_length, allowed, tool)
 
 
 def completion_to_latent(completion_ids: Sequence[int], constraints: LatentConstraints) -> list[int]:
@@ -410,7 +411,10 @@ class _ConstrainedLogProbs(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         step = input_ids.shape[1] - self.prompt_width
-        return torch.log_softmax(self.constraints.apply(scores.float(), step), dim=-1)
+        forced = self.constraints.forced(input_ids[:, self.prompt_width :])
+        return torch.log_softmax(
+            self.constraints.apply(scores.float(), step, None if forced is None else forced[:, -1]), dim=-1
+        )
 
 
 @torch.no_grad()
@@ -475,7 +479,12 @@ def beam_search(
     live = [_Beam(g, [], 0.0, 0) for g in range(num_groups)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(num_groups)]
     for step in range(constraints.max_length + 1):
-        logp = torch.log_softmax(constraints.apply(logits, step), dim=-1)  # (R, V)
+        forced = None
+        if constraints.tool is not None:  # the tool's next token for each live beam (its row of `logits`)
+            forced = torch.full((logits.shape[0],), -1, dtype=torch.long, device=device)
+            for b in live:
+                forced[b.row] = constraints.tool.forced_tokens(b.tokens)[-1]
+        logp = torch.log_softmax(constraints.apply(logits, step, forced), dim=-1)  # (R, V)
         chosen = torch.zeros(logp.shape[-1], device=device)  # tokens taken at this step by earlier groups
         next_live: list[_Beam] = []
         for g in range(num_groups):

@@ -10,12 +10,14 @@ Inputs shared by every loss (all in natural-log space, untempered policy, temper
     log_pterm  (B, S)    log q(⊤ | s_i), the policy's stop log-probability at every state
     log_r      (B, S)    log R(s_i ⊤) / T_R, the tempered log-reward of stopping at s_i
     lengths    (B,)      n, the number of latent tokens before the stop action (n <= T)
+    terminable (B, S)    optional bool: the constrained policy may stop at s_i (False where a tool is writing
+                         forced tokens, `gfn_trl.tools`); combined with the `min_length` rule
 
 Entries past a trajectory's length are ignored (they may hold anything finite or not).
 
 Flows.  In the paper's modified SubTB every state can terminate, so the flow through a state is
 F(s) = R(s⊤) / q(⊤|s) and no partition function is needed (Hu et al. 2024, eq. 3).  A state that
-cannot terminate (shorter than `min_length`) has no such flow.  We do NOT copy the authors' trick of
+cannot terminate (shorter than `min_length`, or in the middle of a tool's output) has no such flow.  We do NOT copy the authors' trick of
 giving those states log R = -99 while keeping the unconstrained stop probability: instead the policy in
 the loss is the constrained one that is actually sampled (stop banned below `min_length`), the flow of
 s_0 is log Z (a learned value or a per-prompt batch estimate), and windows that start or end at the other
@@ -53,25 +55,30 @@ def state_potentials(
     lengths: Tensor,
     min_length: int = 0,
     log_z: Tensor | None = None,
+    terminable: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-state potentials u_i = log F(s_i) - Σ_{k<=i} log q(z_k|s_{k-1}) and which states have a flow.
 
     Returns:
         u          (B, S)  potentials (0 where the state has no flow)
         has_flow   (B, S)  bool: the state's flow is known (terminable, or s_0 with a log Z)
-        terminal   (B, S)  bool: the state can terminate (min_length <= i <= n)
+        terminal   (B, S)  bool: the state can terminate (min_length <= i <= n, and `terminable`)
     """
     _check_shapes(log_pf, log_pterm, log_r, lengths)
     B, S = log_r.shape
     idx = torch.arange(S, device=log_r.device)  # (S,)
     in_traj = idx[None, :] <= lengths[:, None]  # (B, S)
     terminal = in_traj & (idx[None, :] >= min_length)  # (B, S)
+    if terminable is not None:
+        if terminable.shape != (B, S):
+            raise ValueError(f"terminable must have shape {(B, S)} like log_r, got {tuple(terminable.shape)}.")
+        terminal = terminal & terminable.bool()
     # S_i = Σ_{k<=i} log q(z_k | s_{k-1}); padding columns are zeroed so they cannot leak NaN/inf.
     pf = torch.where(idx[None, 1:] <= lengths[:, None], log_pf, torch.zeros_like(log_pf))  # (B, T)
     cum_pf = torch.cat([pf.new_zeros(B, 1), pf.cumsum(dim=1)], dim=1)  # (B, S)
     log_flow = torch.where(terminal, log_r - log_pterm, torch.zeros_like(log_r))  # (B, S)
     has_flow = terminal.clone()
-    if min_length > 0:
+    if B and not bool(terminal[:, 0].all()):  # s_0 cannot stop: its flow is log Z
         if log_z is None:
             raise ValueError(
                 "min_length > 0 makes s_0 non-terminable, so its flow is log Z: pass log_z (a learned value or a "
@@ -80,7 +87,8 @@ def state_potentials(
         log_z = torch.as_tensor(log_z, dtype=log_flow.dtype, device=log_flow.device)
         if log_z.ndim > 1 or (log_z.ndim == 1 and log_z.shape[0] not in (1, B)):
             raise ValueError(f"log_z must be a scalar or have shape ({B},), got {tuple(log_z.shape)}.")
-        log_flow = torch.cat([log_z.expand(B).reshape(B, 1), log_flow[:, 1:]], dim=1)
+        first = torch.where(terminal[:, 0], log_flow[:, 0], log_z.expand(B).reshape(B))
+        log_flow = torch.cat([first[:, None], log_flow[:, 1:]], dim=1)
         has_flow[:, 0] = True
     u = torch.where(has_flow, log_flow - cum_pf, torch.zeros_like(log_flow))  # (B, S)
     return u, has_flow, terminal
@@ -95,6 +103,7 @@ def modified_subtb_loss(
     min_length: int = 0,
     log_z: Tensor | None = None,
     consecutive_only: bool = False,
+    terminable: Tensor | None = None,
 ) -> Tensor:
     """Modified subtrajectory balance (Hu et al. 2024, eq. 3), λ-weighted, global mean over valid windows.
 
@@ -103,19 +112,20 @@ def modified_subtb_loss(
     Σ w·residual² / Σ w over the whole batch (the authors' normalisation: longer trajectories contribute
     more windows).  Each window is counted once (the authors' infilling code double-counts windows ending
     at the terminal state; we do not).  `consecutive_only=True` keeps only windows between consecutive states
-    that have a flow, (i, i+1) and, when min_length > 1, (0, min_length): the modified detailed-balance loss.
+    that have a flow, (i, i+1) and, over non-terminable states, e.g. (0, min_length): the modified
+    detailed-balance loss.
 
-    Returns a scalar.  log_z: (B,) or scalar flow of s_0, required iff min_length > 0.
+    Returns a scalar.  log_z: (B,) or scalar flow of s_0, required iff s_0 cannot stop (min_length > 0).
     """
-    u, has_flow, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, log_z)
+    u, has_flow, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, log_z, terminable)
     S = u.shape[1]
     idx = torch.arange(S, device=u.device)
     width = idx[None, :] - idx[:, None]  # (S, S): j - i for window (i, j)
-    window_ok = width >= 1
-    if consecutive_only:  # the next state with a flow after s_0 is s_min_length
-        first_hop = (idx[:, None] == 0) & (idx[None, :] == min_length)
-        window_ok = window_ok & ((width == 1) | first_hop)
-    valid = window_ok[None] & has_flow[:, :, None] & terminal[:, None, :]  # (B, S, S) window (i, j)
+    valid = (width >= 1)[None] & has_flow[:, :, None] & terminal[:, None, :]  # (B, S, S) window (i, j)
+    if consecutive_only:  # no state with a flow strictly between i and j
+        seen = has_flow.long().cumsum(dim=1)  # (B, S): flow states among s_0..s_i
+        before_j = torch.cat([seen.new_zeros(seen.shape[0], 1), seen[:, :-1]], dim=1)  # among s_0..s_{j-1}
+        valid = valid & (before_j[:, None, :] == seen[:, :, None])
     lambda_pow = float(subtb_lambda) ** (width - 1).clamp(min=0).to(u.dtype)  # (S, S): λ^(j-i-1)
     weight = valid * lambda_pow  # (B, S, S)
     residual = u[:, :, None] - u[:, None, :]  # (B, S, S): u_i - u_j
@@ -125,12 +135,14 @@ def modified_subtb_loss(
     return (weight * residual.pow(2)).sum() / total
 
 
-def modified_db_loss(log_pf, log_pterm, log_r, lengths, min_length: int = 0, log_z: Tensor | None = None) -> Tensor:
+def modified_db_loss(
+    log_pf, log_pterm, log_r, lengths, min_length: int = 0, log_z: Tensor | None = None, terminable: Tensor | None = None
+) -> Tensor:
     """Modified detailed balance: the SubTB windows between consecutive states with a flow, global mean.
 
-    These are the length-1 windows, plus (0, min_length) when min_length > 1 (the states in between cannot
-    terminate, so the first tokens are trained through log Z)."""
-    return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 1.0, min_length, log_z, consecutive_only=True)
+    These are the length-1 windows, plus those that jump over non-terminable states: (0, min_length) when
+    min_length > 1 (the first tokens are trained through log Z), and over a tool's output."""
+    return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 1.0, min_length, log_z, True, terminable)
 
 
 def trajectory_log_ratio(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> Tensor:
@@ -176,6 +188,7 @@ def batch_log_z(
     min_length: int = 0,
     windows: str = "subtb",
     subtb_lambda: float = 1.0,
+    terminable: Tensor | None = None,
 ) -> Tensor:
     """Per-prompt batch estimate of log Z (VarGrad), detached, shape (B,).
 
@@ -184,7 +197,7 @@ def batch_log_z(
     trajectories, i.e. a weighted group mean of u_j:
         "tb":     j = n only (then u_n = log R(Z⊤) - log q(Z⊤));
         "subtb":  every terminable j, weighted λ^(j-1);
-        "db":     j = max(min_length, 1) only (the one window from s_0).
+        "db":     the first terminable j >= 1 only (the one window from s_0).
     Trajectories of the same prompt share `group`.
     """
     if windows not in ("tb", "subtb", "db"):
@@ -193,11 +206,13 @@ def batch_log_z(
         if windows == "tb":
             return group_mean(trajectory_log_ratio(log_pf, log_pterm, log_r, lengths), group)
         # u_j for terminable j does not depend on log Z; pass a placeholder to get the potentials.
-        placeholder = log_r.new_zeros(log_r.shape[0]) if min_length > 0 else None
-        u, _, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, placeholder)
-        j = torch.arange(u.shape[1], device=u.device, dtype=u.dtype)
+        placeholder = log_r.new_zeros(log_r.shape[0])
+        u, _, terminal = state_potentials(log_pf, log_pterm, log_r, lengths, min_length, placeholder, terminable)
+        S = u.shape[1]
+        j = torch.arange(S, device=u.device, dtype=u.dtype)
         if windows == "subtb":
             weight = terminal * float(subtb_lambda) ** (j - 1).clamp(min=0)  # (B, S)
         else:
-            weight = terminal & (j == max(min_length, 1))
+            first = torch.where(terminal & (j >= 1), j, torch.full_like(j, S)).min(dim=1, keepdim=True).values
+            weight = terminal & (j == first)
         return group_mean(torch.where(terminal, u, torch.zeros_like(u)), group, weight)

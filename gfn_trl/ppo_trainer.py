@@ -63,7 +63,7 @@ class PPOTrainer(RolloutTrainer):
     """PPO on latents Z ~ q(Z | prompt) with reward log R(Z), the frozen LM's likelihood (a baseline to GFlowNets).
 
     Takes the same arguments as [`GFlowNetTrainer`] (model, args, train_dataset, processing_class, peft_config,
-    reward_model, vocab_mask, ...) with a [`PPOConfig`].
+    reward_model, vocab_mask, callbacks, optimizers, tool) with a [`PPOConfig`].
     """
 
     _tag_names = ["trl", "ppo", "gfn_trl"]
@@ -84,9 +84,9 @@ class PPOTrainer(RolloutTrainer):
 
     def __init__(self, model, args: PPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
-                 optimizers=(None, None)):
+                 optimizers=(None, None), tool=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
-                         vocab_mask, callbacks, optimizers)
+                         vocab_mask, callbacks, optimizers, tool)
         hidden = self.model.config.get_text_config().hidden_size
         self.value_head = self.register_head("value", ValueHead(hidden), self.args.value_learning_rate)
         self.kl_coef = self.args.kl_coef

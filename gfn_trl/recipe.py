@@ -189,11 +189,12 @@ class Built:
 
 
 def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset, vocab_mask=None,
-                  gold_column: str | None = "gold", allow_decoding: bool = False) -> Built:
+                  gold_column: str | None = "gold", allow_decoding: bool = False, tool=None) -> Built:
     """The trainer `recipe.trainer` on the task's data contract (`train_dataset`), LoRA from the recipe's settings.
 
     `gold_column` names the gold latents that `--trainer sft` trains on (None: the task has none);
-    `allow_decoding`: the task evaluates `--decoding` baselines."""
+    `allow_decoding`: the task evaluates `--decoding` baselines; `tool`: a `gfn_trl.tools` tool whose outputs are
+    forced tokens of every method's latents."""
     from .baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer, latent_constraints
     from .ppo_trainer import PPOTrainer
     from .trainer import GFlowNetTrainer
@@ -206,14 +207,18 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     if name in ("gfn", "ppo"):
         cls = GFlowNetTrainer if name == "gfn" else PPOTrainer
         trainer = cls(model, args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora,
-                      vocab_mask=vocab_mask)
+                      vocab_mask=vocab_mask, tool=tool)
         return Built(trainer, trainer.accelerator.unwrap_model(trainer.model), trainer.reward, trainer.constraints)
     if lora is None:
         raise ValueError(f"--trainer {name} in the recipes needs LoRA (--lora_r > 0): the untuned baseline and the "
                          "base-LM scoring use the policy with its adapter disabled.")
+    if tool is not None and name in ("grpo", "rloo"):
+        raise ValueError(f"--trainer {name} cannot use the tool: TRL's {name.upper()} samples with `generate` and "
+                         "takes no state-dependent rule for the tool's forced tokens (and would count them as actions). "
+                         "Turn the tool off (e.g. --calculator false) or use --trainer gfn, ppo or sft.")
     mask = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
     constraints = latent_constraints(tokenizer, args.max_completion_length, args.min_completion_length,
-                                     args.stop_token, mask)
+                                     args.stop_token, mask, tool)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if name in ("grpo", "rloo"):

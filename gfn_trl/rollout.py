@@ -43,6 +43,7 @@ from .models import (
 )
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, sample_latents
+from .tools import Tool
 
 try:
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -83,6 +84,8 @@ class RolloutTrainer(_BaseTrainer):
             the reward is the policy's base with the adapter disabled (PEFT), or a frozen copy of the initial model.
         vocab_mask (`torch.Tensor` or callable, *optional*): (V,) bool mask of the tokens a latent may use, or a
             function tokenizer -> mask.  Applied identically when sampling and in the loss.
+        tool (`gfn_trl.tools.Tool`, *optional*): a tool whose outputs are forced tokens of the latent's state, not
+            policy actions (the arithmetic task's calculator); also applied identically in sampling, loss and replay.
     """
 
     _config_class = RolloutConfig
@@ -101,6 +104,7 @@ class RolloutTrainer(_BaseTrainer):
         vocab_mask: torch.Tensor | Callable | None = None,
         callbacks=None,
         optimizers=(None, None),
+        tool: Tool | None = None,
     ):
         # Args
         if args is None:
@@ -175,7 +179,9 @@ class RolloutTrainer(_BaseTrainer):
                 raise ValueError(f"vocab_mask must be a 1-D bool tensor over the vocabulary, got shape {tuple(allowed.shape)}.")
             if int(allowed.sum()) == 0:
                 raise ValueError("vocab_mask allows no token; a latent could only be empty.")
-        self.constraints = LatentConstraints(stop_id, args.max_completion_length, args.min_completion_length, allowed)
+        self.constraints = LatentConstraints(
+            stop_id, args.max_completion_length, args.min_completion_length, allowed, tool
+        )
 
         # Data: tokenise once, here, not on the hot path
         train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train")

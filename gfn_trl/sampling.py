@@ -2,7 +2,7 @@
 
 The GFlowNet loss only drives the *sampled* distribution to R if the log-probabilities in the loss are those
 of the distribution that generated the samples.  So the constraints (vocabulary mask, no stop before
-`min_length`, forced stop at `max_length`) live in one function, `LatentConstraints.apply`, called both by
+`min_length`, forced stop at `max_length`, a tool's forced outputs) live in one function, `LatentConstraints.apply`, called both by
 the sampler (inside `generate`, through a logits processor) and by the teacher-forced pass that computes the
 loss's log-probabilities.  Exploration temperature scales the logits for sampling only; the loss always uses
 temperature 1.
@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .tools import Tool
+
 
 @dataclass
 class LatentConstraints:
@@ -28,12 +30,16 @@ class LatentConstraints:
         max_length: the latent has at most this many tokens; at state s_max the stop is forced.
         min_length: states shorter than this cannot stop (the stop action is removed from their support).
         allowed: optional (V,) bool mask of the tokens the latent may use; the stop token is always allowed.
+        tool: optional tool (`gfn_trl.tools`) whose outputs are forced tokens of the state, not policy actions: where
+            it appends token t, t is the only action (it may lie outside `allowed`) and the stop is banned, except at
+            `max_length`, where the stop is forced and the tool's output is cut.
     """
 
     stop_token_id: int
     max_length: int
     min_length: int = 0
     allowed: Tensor | None = None
+    tool: Tool | None = None
 
     def __post_init__(self):
         if self.max_length < 1:
@@ -43,13 +49,34 @@ class LatentConstraints:
                 f"min_completion_length ({self.min_length}) must lie in [0, max_completion_length={self.max_length}]."
             )
 
-    def apply(self, logits: Tensor, state_index: Tensor | int) -> Tensor:
+    def forced(self, z: Tensor) -> Tensor | None:
+        """(B, W + 1): the token the tool appends at each state s_0 .. s_W of the rows of `z` (B, W), -1 where the
+        policy acts; None without a tool.  Entries past a row's latent are meaningless."""
+        if self.tool is None:
+            return None
+        return torch.tensor([self.tool.forced_tokens(row) for row in z.tolist()], dtype=torch.long, device=z.device)
+
+    def admits(self, latent: list[int]) -> bool:
+        """Whether the constrained policy can write `latent` (then stop): its length, vocabulary and tool outputs."""
+        if not self.min_length <= len(latent) <= self.max_length:
+            return False
+        forced = self.tool.forced_tokens(latent) if self.tool is not None else [-1] * (len(latent) + 1)
+        for token, f in zip(latent, forced):
+            if f >= 0 and token != f:
+                return False
+            if f < 0 and (token == self.stop_token_id or (self.allowed is not None and not bool(self.allowed[token]))):
+                return False
+        return forced[-1] < 0 or len(latent) == self.max_length  # the tool must not be mid-output at the stop
+
+    def apply(self, logits: Tensor, state_index: Tensor | int, forced: Tensor | None = None) -> Tensor:
         """Constrained logits: banned actions get -inf.
 
         Args:
             logits: (..., V) float logits at some states.
             state_index: number of latent tokens already generated at each state, an int or a tensor
                 broadcastable to `logits.shape[:-1]`.
+            forced: optional token the tool appends at each state (-1: none), broadcastable to `logits.shape[:-1]`
+                (`LatentConstraints.forced`).
         """
         V = logits.shape[-1]
         neg_inf = float("-inf")
@@ -67,6 +94,11 @@ class LatentConstraints:
         too_short = (state_index < self.min_length)[..., None]  # (..., 1)
         at_max = (state_index >= self.max_length)[..., None]  # (..., 1)
         out = out.masked_fill(too_short & is_stop, neg_inf)
+        if forced is not None:  # the tool's token is the only action (whatever the vocabulary mask says) ...
+            forced = torch.as_tensor(forced, device=logits.device).expand(logits.shape[:-1])
+            only = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, forced.clamp(min=0)[..., None], True)
+            out = torch.where((forced >= 0)[..., None], logits.masked_fill(~only, neg_inf), out)
+            out = torch.where(at_max, logits, out)  # ... except at max_length, where the stop is forced
         out = out.masked_fill(at_max & ~is_stop, neg_inf)
         return out
 
@@ -110,7 +142,9 @@ class _ConstrainedSampler(LogitsProcessor):
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         step = input_ids.shape[1] - self.prompt_width
-        scores = self.constraints.apply(scores.float(), step) / self.temperature
+        forced = self.constraints.forced(input_ids[:, self.prompt_width :])
+        scores = self.constraints.apply(scores.float(), step, None if forced is None else forced[:, -1])
+        scores = scores / self.temperature
         if self.row_seeds is not None:
             scores = scores + gumbel_noise(self.row_seeds, step, scores.shape[-1]).to(scores.dtype)
         return scores
@@ -222,7 +256,7 @@ def policy_log_probs(
     )
     logits = out.logits[:, -(T + 1) :].float()  # (B, S, V): state s_i's next-token logits
     states = torch.arange(T + 1, device=logits.device)
-    logp = torch.log_softmax(constraints.apply(logits, states), dim=-1)  # (B, S, V)
+    logp = torch.log_softmax(constraints.apply(logits, states, constraints.forced(z)), dim=-1)  # (B, S, V)
     log_pterm = logp[..., constraints.stop_token_id]  # (B, S)
     taken = torch.arange(1, T + 1, device=z.device)[None, :] <= lengths[:, None]  # (B, T)
     z_safe = torch.where(taken, z, torch.full_like(z, constraints.stop_token_id))

@@ -74,16 +74,28 @@ TOY_WORDS = ["x", "y", "a", "b", "c", "d"]
 TOY_LATENT_WORDS = ["a", "b", "c", "d"]
 
 
+def toy_tool(tokenizer):
+    """A tool for the toy vocabulary: after the policy writes "c" it appends "a" if the latent so far holds an even
+    number of "b", else "d" (a forced token that depends on the whole state)."""
+    from .tools import TextTool
+
+    return TextTool(tokenizer, "c", lambda text: " a" if text.split().count("b") % 2 == 0 else " d")
+
+
 def exact_posterior_toy(
-    reward_kind: str = "suffix", seed: int = 0, init_std: float = 0.5, arch: str = "gpt2", min_length: int = 1
+    reward_kind: str = "suffix", seed: int = 0, init_std: float = 0.5, arch: str = "gpt2", min_length: int = 1,
+    tool: bool = False,
 ):
     """Everything the exact-posterior check needs.
 
     Returns a dict with: tokenizer, model (the frozen LM, also the policy's start), dataset (one prompt; with a
     `suffix` column for the fixed-suffix reward), vocab_mask (latents use a, b, c, d only), latents (all of them),
-    min_length / max_length.
+    min_length / max_length, tool (`toy_tool` with `tool=True`, else None; the latents are then those the tool
+    admits: every "c" followed by the tool's token, unless it is the last of 3).
     """
     from datasets import Dataset
+
+    from .sampling import LatentConstraints
 
     tok = tiny_tokenizer(TOY_WORDS)
     model = tiny_model(arch, len(tok), seed=seed, hidden=32, init_std=init_std)
@@ -97,14 +109,17 @@ def exact_posterior_toy(
         raise ValueError("reward_kind is 'suffix' or 'stop'")
     from .exact import enumerate_latents
 
+    the_tool = toy_tool(tok) if tool else None
+    constraints = LatentConstraints(0, 3, min_length, allowed, the_tool)
     return {
         "tokenizer": tok,
         "model": model,
         "dataset": Dataset.from_dict(rows),
         "vocab_mask": allowed,
-        "latents": enumerate_latents(latent_ids, min_length, 3),
+        "latents": [z for z in enumerate_latents(latent_ids, min_length, 3) if constraints.admits(z)],
         "min_length": min_length,
         "max_length": 3,
+        "tool": the_tool,
     }
 
 

@@ -51,7 +51,7 @@ class GFlowNetTrainer(RolloutTrainer):
     """Trains a policy q(Z | prompt) so that q(Z) ∝ R(Z), R being a frozen LM's likelihood of the latent.
 
     Takes the arguments of [`RolloutTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
-    peft_config, reward_model, vocab_mask, callbacks, optimizers) with a [`GFlowNetConfig`].
+    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool) with a [`GFlowNetConfig`].
     """
 
     _tag_names = ["trl", "gflownet", "gfn_trl"]
@@ -72,9 +72,9 @@ class GFlowNetTrainer(RolloutTrainer):
 
     def __init__(self, model, args: GFlowNetConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
-                 optimizers=(None, None)):
+                 optimizers=(None, None), tool=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
-                         vocab_mask, callbacks, optimizers)
+                         vocab_mask, callbacks, optimizers, tool)
         args = self.args
         # State carried across steps (saved in checkpoints)
         self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
@@ -164,27 +164,31 @@ class GFlowNetTrainer(RolloutTrainer):
         self._check_finite(inputs["log_r"], inputs)
         log_r = inputs["log_r"] / t_r  # (B, S) tempered
         lengths, group = inputs["lengths"], inputs["group"]
+        # The states where the constrained policy may stop (not below min_length, not while a tool is writing)
+        terminable = log_pterm.detach() > float("-inf")
 
         log_z = None
         if self.needs_log_z:
             windows = args.loss_type  # which windows reach s_0: "tb", "subtb" or "db"
+            estimate = batch_log_z(
+                log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows, args.subtb_lambda,
+                terminable,
+            )
             if self.log_z_head is None:
-                log_z = batch_log_z(
-                    log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows, args.subtb_lambda
-                )
+                log_z = estimate
             else:
                 if not bool(self.log_z_head.initialized):  # start from the data, not from 0
-                    estimate = batch_log_z(
-                        log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows, args.subtb_lambda
-                    )
                     self.log_z_head.linear.bias.data.fill_(float(self.accelerator.reduce(estimate.mean(), "mean")))
                     self.log_z_head.initialized.fill_(True)
                 log_z = self.log_z_head(out[2][:, 0].detach().float())  # (B,): at s_0
 
         if args.loss_type == "subtb":
-            loss = modified_subtb_loss(log_pf, log_pterm, log_r, lengths, args.subtb_lambda, args.min_completion_length, log_z)
+            loss = modified_subtb_loss(
+                log_pf, log_pterm, log_r, lengths, args.subtb_lambda, args.min_completion_length, log_z,
+                terminable=terminable,
+            )
         elif args.loss_type == "db":
-            loss = modified_db_loss(log_pf, log_pterm, log_r, lengths, args.min_completion_length, log_z)
+            loss = modified_db_loss(log_pf, log_pterm, log_r, lengths, args.min_completion_length, log_z, terminable)
         else:
             loss = tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
 

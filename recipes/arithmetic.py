@@ -6,9 +6,11 @@
 Trains q(Z | X) so that q(Z) ∝ p_LM(Z Y | k-shot demonstrations, X), where X is "Question: 6 - 0 - 4 - 8 = ? Answer:",
 Z a rationale " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6" and Y ". The answer is -6.".  The policy sees X alone; the reward
 LM (the policy's base, adapter off) sees 3 gold demonstrations, then X.  Latents use only digit/operator tokens.
-THE PAPER'S CALCULATOR TOOL IS NOT IMPLEMENTED: the policy writes the partial results itself (see
-gfn_trl/tasks/arithmetic.py), so latents are longer than the paper's (max_completion_length must hold a complete
-4-operand rationale with its results; the recipe warns when it does not).
+The paper's calculator is on (`--calculator true`, the default): whenever the policy writes "=", the calculator
+appends the result (" 6") to the state as forced tokens, which are not policy actions (gfn_trl/tools.py,
+gfn_trl/tasks/arithmetic.py).  `--calculator false` makes the policy write the results itself.
+max_completion_length counts every token of the state, the calculator's included, and must hold a complete
+4-operand rationale (the recipe warns when it does not).
 
 Problems are generated (seeded; 1-digit operands, + and -): training problems have 3-4 operands, the tests 3 and 4
 (in distribution) and 5 (out of distribution), disjoint from training (asserted).  `--dataset` takes the paper's
@@ -28,6 +30,8 @@ evaluation).  Writes, under --output_dir: the adapter, metrics.json, samples.jso
 import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from dataclasses import dataclass, field  # noqa: E402
 
 import torch  # noqa: E402
 from gfn_trl import GFlowNetTrainer  # noqa: E402
@@ -50,8 +54,8 @@ SPLITS = {"test3": "test_3", "test4": "test_4", "ood5": "test_5"}
 
 # The offline CPU default: a few minutes on 2 idle cores (the reward pass dominates: 3-shot prompt + Z + one copy of
 # Y per prefix, ~440 tokens a latent). The paper's values are in recipes/configs/arithmetic_gpt-j.yaml.
-# * max_completion_length 31 (the paper: 18): without the calculator the policy writes the results too, and SmolLM2
-#   spends two tokens on " 6" ("Ġ", "6"), so the longest 4-operand gold rationale is 31 tokens;
+# * max_completion_length 31 (the paper: 18): it counts the calculator's tokens too, and SmolLM2 spends two tokens
+#   on " 6" ("Ġ", "6"), so the longest 4-operand gold rationale is 31 tokens (of which up to 9 are the calculator's);
 # * reward temperature 1.1 -> 0.5 as in the paper, over 12 steps instead of 150;
 # * 4 latents per question instead of 16, 16 training problems (10 with a gold rationale in the buffer);
 # * evaluation at the paper's temperature 0.1 but with 3 samples per question instead of 10 (at T = 0.1 they
@@ -62,6 +66,13 @@ CPU_DEFAULTS = dict(
     reward_temperature_end=0.5, reward_temperature_horizon=12, logging_steps=4, save_strategy="no", report_to="none",
     num_train=16, num_eval=6, eval_samples=3, eval_temperature=0.1, seed=0,
 )
+
+
+@dataclass
+class ArithmeticArguments:
+    calculator: bool = field(default=True, metadata={
+        "help": "The paper's calculator tool: after each '=' the result is appended to the state as forced tokens "
+                "(not policy actions). false: the policy writes the results itself."})
 
 
 class FinalLikelihood:
@@ -90,15 +101,15 @@ class FinalLikelihood:
 
 
 @torch.no_grad()
-def seed_replay_buffer(trainer: GFlowNetTrainer, gold_texts: list[str]) -> int:
-    """Put the gold rationales of the first training prompts into the replay buffer with their per-prefix rewards
-    (the paper seeds its buffer with its 10 gold rationales).  Rationales that break the constraints are skipped.
-    Returns how many were added."""
-    c, tok = trainer.constraints, trainer.processing_class
+def seed_replay_buffer(trainer: GFlowNetTrainer, gold_latents: list[list[int]]) -> int:
+    """Put the gold rationales (token ids, `arithmetic.gold_latent`) of the first training prompts into the replay
+    buffer with their per-prefix rewards (the paper seeds its buffer with its 10 gold rationales).  Rationales the
+    constrained policy cannot write (length, vocabulary, calculator outputs) are skipped.  Returns how many were
+    added."""
+    c = trainer.constraints
     rows, latents = [], []
-    for row, text in zip(trainer.train_dataset, gold_texts):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if c.min_length <= len(ids) <= c.max_length and (c.allowed is None or bool(c.allowed[ids].all())):
+    for row, ids in zip(trainer.train_dataset, gold_latents):
+        if c.admits(ids):
             rows.append(row)
             latents.append(ids)
     if not rows:
@@ -109,23 +120,25 @@ def seed_replay_buffer(trainer: GFlowNetTrainer, gold_texts: list[str]) -> int:
                for b, (r, ids) in enumerate(zip(rows, latents)))
 
 
-def main(recipe: RecipeArguments, args) -> dict:
+def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None) -> dict:
+    task = task or ArithmeticArguments()
     model, tokenizer = load_model_and_tokenizer(recipe)
+    tool = arithmetic.calculator(tokenizer) if task.calculator else None
     splits = arithmetic.load_splits(recipe.dataset, args.seed, recipe.num_train, recipe.num_eval, N_SHOTS)
     shots, train = splits["shots"], splits["train"]
     tests = {name: splits[key] for name, key in SPLITS.items() if splits.get(key)}
 
-    too_long = sum(len(ids) > args.max_completion_length for ids in
-                   tokenizer([arithmetic.gold_rationale(p) for p in train], add_special_tokens=False)["input_ids"])
+    gold_latents = [arithmetic.gold_latent(tokenizer, p, tool) for p in train]
+    too_long = sum(len(ids) > args.max_completion_length for ids in gold_latents)
     if too_long:
         print(f"Warning: {too_long} of {len(train)} training problems have a gold rationale longer than "
               f"max_completion_length={args.max_completion_length} tokens; the policy cannot write it in full.")
 
     built = build_trainer(recipe, args, model, tokenizer, arithmetic.to_contract(train, shots),
-                          vocab_mask=arithmetic.vocab_mask, gold_column="gold")
+                          vocab_mask=arithmetic.vocab_mask, gold_column="gold", tool=tool)
     trainer, method, policy = built.trainer, recipe.trainer, built.policy
     if isinstance(trainer, GFlowNetTrainer):
-        seeded = seed_replay_buffer(trainer, [arithmetic.gold_rationale(p) for p in train[:N_GOLD]])
+        seeded = seed_replay_buffer(trainer, gold_latents[:N_GOLD])
         print(f"Replay buffer seeded with {seeded} gold rationales.")
 
     final_likelihood = FinalLikelihood(built.reward)  # the base LM's log p(Z Y | reward prompt), every method
@@ -133,11 +146,11 @@ def main(recipe: RecipeArguments, args) -> dict:
     eval_sets = {}
     for name, problems in tests.items():
         n_operands = max(p.n_operands for p in problems)
-        budget = max(c.max_length, arithmetic.rationale_token_budget(tokenizer, n_operands))
+        budget = max(c.max_length, arithmetic.rationale_token_budget(tokenizer, n_operands, tool))
         rows = {prompting: list(tokenize_dataset(
             arithmetic.to_contract(problems, shots, prompt_shots=shots if prompting == "3-shot" else ()),
             tokenizer, model.config, budget, "eval")) for prompting in ("zero-shot", "3-shot")}
-        eval_sets[name] = (LatentConstraints(c.stop_token_id, budget, c.min_length, c.allowed), rows)
+        eval_sets[name] = (LatentConstraints(c.stop_token_id, budget, c.min_length, c.allowed, c.tool), rows)
 
     def run_eval(prompting, disable_adapter):
         return {name: sample_and_score(policy, final_likelihood, tokenizer, constraints, rows[prompting],
@@ -165,15 +178,15 @@ def main(recipe: RecipeArguments, args) -> dict:
         examples = [{"question": s.row["question"], "answer": s.row["answer"], "gold": s.row["gold"],
                      **{f"{m} sample": scored[m][name][i].texts[0] for m in scored}}
                     for name in tests for i, s in enumerate(scored[method][name][:1])]
-        print_summary("integer arithmetic (no calculator tool)", metrics, examples)
+        print_summary(f"integer arithmetic ({'with' if tool else 'no'} calculator tool)", metrics, examples)
     trainer.end()
     return metrics
 
 
 def make_parser(argv=None):
-    return make_recipe_parser(CPU_DEFAULTS, argv=argv)
+    return make_recipe_parser(CPU_DEFAULTS, ArithmeticArguments, argv=argv)
 
 
 if __name__ == "__main__":
-    recipe_args, train_args = make_parser().parse_args_and_config()
-    main(recipe_args, train_args)
+    recipe_args, train_args, task_args = make_parser().parse_args_and_config()
+    main(recipe_args, train_args, task_args)

@@ -565,3 +565,88 @@ def test_subtb_accepts_a_scalar_log_z_and_rejects_wrong_shapes():
     assert scalar.item() == pytest.approx(per_row.item())
     with pytest.raises(ValueError, match="log_z must be a scalar or have shape"):
         modified_subtb_loss(*batch, 1.0, 1, torch.zeros(3, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Non-terminable states inside a trajectory (a tool writing forced tokens): the `terminable` mask
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def brute_subtb_blocked(log_pf, log_pterm, log_r, lengths, blocked, lam=1.0, log_z=None, consecutive=False):
+    """Like brute_subtb, where blocked[b] is the set of states of trajectory b that cannot stop (s_0 among them:
+    its flow is then log Z).  Windows start at a state with a flow and end at a terminable one; DB windows have no
+    state with a flow strictly inside."""
+    num = den = 0.0
+    for b in range(log_pf.shape[0]):
+        n = int(lengths[b])
+
+        def has_flow(i):
+            return i not in blocked[b] or i == 0
+
+        for i in range(n + 1):
+            for j in range(i + 1, n + 1):
+                if j in blocked[b] or not has_flow(i):
+                    continue
+                if consecutive and any(has_flow(k) for k in range(i + 1, j)):
+                    continue
+                if i == 0 and 0 in blocked[b]:
+                    start = float(log_z[b])
+                else:
+                    start = float(log_r[b, i]) - float(log_pterm[b, i])
+                path = sum(float(log_pf[b, k - 1]) for k in range(i + 1, j + 1))
+                res = start + path + float(log_pterm[b, j]) - float(log_r[b, j])
+                w = lam ** (j - i - 1)
+                num += w * res**2
+                den += w
+    return num / den if den > 0 else 0.0
+
+
+# states that cannot stop, per trajectory of LENGTHS = [0, 4, 1, 2, 4, 3] (forced tokens follow them)
+BLOCKED = [set(), {1, 2}, set(), {1}, {2}, {0, 2}]
+
+
+def blocked_batch(seed, with_s0):
+    blocked = [set(s) if with_s0 else s - {0} for s in BLOCKED]
+    log_pf, log_pterm, log_r, lengths = make_batch(LENGTHS, T_FULL, seed=seed, garbage=GARBAGE)
+    terminable = torch.ones(len(LENGTHS), T_FULL + 1, dtype=torch.bool)
+    for b, states in enumerate(blocked):
+        for i in states:
+            terminable[b, i] = False
+            log_pterm[b, i] = float("-inf")  # what the constrained policy gives a state that cannot stop
+            log_pf[b, i] = 0.0  # the forced token that follows: probability 1
+    return (log_pf, log_pterm, log_r, lengths), terminable, blocked
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+@pytest.mark.parametrize("with_s0", [False, True])
+def test_subtb_with_non_terminable_states_matches_brute_force(lam, with_s0):
+    batch, terminable, blocked = blocked_batch(50, with_s0)
+    log_z = torch.linspace(-2, 2, len(LENGTHS), dtype=torch.float64) if with_s0 else None
+    got = modified_subtb_loss(*batch, subtb_lambda=lam, log_z=log_z, terminable=terminable)
+    assert torch.isfinite(got)
+    assert got.item() == approx(brute_subtb_blocked(*batch, blocked, lam=lam, log_z=log_z))
+    assert got.item() != approx(brute_subtb_blocked(*batch, [set()] * len(LENGTHS), lam=lam))  # the mask matters
+
+
+@pytest.mark.parametrize("with_s0", [False, True])
+def test_db_jumps_over_non_terminable_states(with_s0):
+    batch, terminable, blocked = blocked_batch(51, with_s0)
+    log_z = torch.linspace(-2, 2, len(LENGTHS), dtype=torch.float64) if with_s0 else None
+    got = modified_db_loss(*batch, log_z=log_z, terminable=terminable)
+    assert got.item() == approx(brute_subtb_blocked(*batch, blocked, log_z=log_z, consecutive=True))
+    # every taken token of a trajectory with windows is trained, the forced ones included in a jump
+    log_pf = batch[0].clone().requires_grad_()
+    modified_db_loss(log_pf, *batch[1:], log_z=log_z, terminable=terminable).backward()
+    assert (log_pf.grad[1, :4] != 0).all() and (log_pf.grad[4, :4] != 0).all()
+
+
+def test_subtb_needs_log_z_when_s0_cannot_stop_and_batch_log_z_uses_the_first_terminable_state():
+    batch, terminable, _ = blocked_batch(52, with_s0=True)
+    with pytest.raises(ValueError, match="log_z"):
+        modified_subtb_loss(*batch, terminable=terminable)
+    group = torch.zeros(len(LENGTHS), dtype=torch.long)
+    log_pf, log_pterm, log_r, lengths = batch
+    est = batch_log_z(log_pf, log_pterm, log_r, lengths, group, windows="db", terminable=terminable)
+    # trajectory 5 (n = 3, s_0 and s_2 blocked) reaches s_0's flow through s_1: u_1 = log R(s_1) - log q(⊤|s_1) - log q(z_1)
+    u = {b: float(log_r[b, j] - log_pterm[b, j] - log_pf[b, :j].sum()) for b, j in [(0, 0), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1)]}
+    assert est[0].item() == approx(sum(u[b] for b in (1, 2, 3, 4, 5)) / 5)  # trajectory 0 (n = 0) has no j >= 1

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gfn_trl.evaluation import Scored
+from gfn_trl.sampling import LatentConstraints
 from gfn_trl.tasks import arithmetic as A
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +223,8 @@ def test_load_splits_from_files_removes_test_problems_from_train(tmp_path):
 def test_configs_parse(config, monkeypatch):
     recipe = _recipe()
     monkeypatch.setattr(sys, "argv", ["arithmetic.py", "--config", str(ROOT / "recipes" / "configs" / config)])
-    r, a = recipe.make_parser().parse_args_and_config()
+    r, a, task = recipe.make_parser().parse_args_and_config()
+    assert task.calculator  # the paper's tool is on in both
     assert a.min_completion_length == 5 and a.reward_temperature_start == 1.1 and a.reward_temperature_end == 0.5
     assert r.eval_temperature == 0.1
     if "gpt-j" in config:
@@ -250,8 +252,7 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
         "arithmetic.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--num_eval", "1", "--eval_samples", "2",
         "--num_train", "4", "--num_generations", "2", "--max_completion_length", "8", "--use_cpu", "true",
     ])
-    r, a = recipe.make_parser().parse_args_and_config()
-    metrics = recipe.main(r, a)
+    metrics = recipe.main(*recipe.make_parser().parse_args_and_config())
     saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert saved == json.loads(json.dumps(metrics))
     assert set(saved) == {"prompting", "3-shot", "gfn"}
@@ -264,6 +265,23 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     allowed = set(" ,.0123456789=+-")
     assert all(set(t) <= allowed for s in samples for t in s["samples"])
     assert (tmp_path / "adapter_model.safetensors").exists()
+    # the calculator (on by default) wrote the result after every '=' of every method's samples (unless cut by the
+    # latent budget), so every answer read after an '=' is right for the expression before it
+    for text in (t for s in samples for t in s["samples"]):
+        for k in range(len(text)):
+            if text[k] == "=":
+                after = text[k + 1 :].split(",")[0]
+                result = A.calculator_result(text[: k + 1])
+                if result is not None and after.strip():
+                    assert result.startswith(after.rstrip()) or after.startswith(result), text
+
+
+def test_trl_trainers_refuse_the_calculator_with_the_fix(tmp_path, monkeypatch):
+    recipe = _recipe()
+    monkeypatch.setattr(sys, "argv", ["arithmetic.py", "--trainer", "grpo", "--output_dir", str(tmp_path),
+                                      "--max_steps", "1", "--num_train", "2", "--num_eval", "1", "--use_cpu", "true"])
+    with pytest.raises(ValueError, match="--calculator false"):
+        recipe.main(*recipe.make_parser().parse_args_and_config())
 
 
 def test_final_likelihood_matches_the_packed_reward():
@@ -284,3 +302,16 @@ def test_final_likelihood_matches_the_packed_reward():
     assert fast.shape == full.shape
     assert torch.allclose(fast[idx, lengths], full[idx, lengths], atol=1e-5)
     assert (fast[idx, lengths] < 0).all()
+
+
+def test_calculator_gold_latents_are_what_the_sampler_writes(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    tool = A.calculator(tok)
+    c = LatentConstraints(tok.eos_token_id, 40, 5, A.vocab_mask(tok), tool)
+    for p in A.make_splits(0, 30, 5)["train"]:
+        gold = A.gold_latent(tok, p, tool)
+        assert tok.decode(gold) == A.gold_rationale(p)
+        assert c.admits(gold)
+        forced = tool.forced_tokens(gold)
+        assert sum(f >= 0 for f in forced) >= p.n_operands - 1  # each partial result is the calculator's
+        assert A.extract_answer(tok.decode(gold)) == p.answer

@@ -15,16 +15,19 @@ Data contract (the paper's `FrozenModelWithPrompt` reward; reward_prompt != prom
     gold           " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6"                   (gold_rationale)
 The few-shot demonstrations follow the paper's format exactly: "\\n".join(query + " " + rationale + solution) + "\\n".
 
-**The calculator tool of the paper is NOT implemented.**  In the paper, whenever the policy emits "=" a Python
-calculator appends the result of the last two-term expression to the *state* (not as a policy action), so the
-policy only writes "6 - 0 =, 6 - 4 =, 2 - 8 =".  That needs sampler support that gfn_trl does not have.  Here the
-policy writes the results itself, in the same format as the paper's reward-prompt demonstrations; latents are
-therefore longer (each result is policy tokens) and accuracy measures the LM's own arithmetic.  For the same reason
-we do not reproduce the paper's defect 3 (replayed latents re-scored without the tool outputs): states and replays
-are always the policy's own tokens.
+The calculator tool (`calculator`, on by default in the recipe, as in the paper): whenever the policy emits a token
+ending in "=", the calculator evaluates the two-term expression since the last ",", "." or "=" and appends
+" " + result to the *state*: those tokens are forced (`gfn_trl.tools`), not policy actions, so the policy writes
+" 6 - 0 =", the calculator " 6", the policy ", 6 - 4 =", the calculator " 2", ...  The state is the same text as the
+gold rationale and the reward-prompt demonstrations, " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6", and the reward scores it
+with the tool's outputs in place (log p(Z_with_tool_outputs Y | 3-shot prompt + X), as in the paper).  Replayed
+latents get the same forced positions, recomputed from their tokens (the authors re-score them without the tool,
+paper.md §7 defect 3; we do not).  Without the calculator (`--calculator false`) the policy writes the results too
+and accuracy measures the LM's own arithmetic.
 
 Deliberate fixes of the authors' code (paper.md §7):
-* defect 4: `gold_rationale` evaluates every operand left to right (their `get_limited_expr` dropped one);
+* defect 4: `gold_rationale` evaluates every operand left to right, and the calculator reads the last two operands
+  of a longer expression (the paper's `limit_capability: 2`) instead of dropping one (their `get_limited_expr`);
 * defect 5: the tests never overlap the training problems (`make_splits` and `load_splits` assert it).
 
 Loading real data (`load_problems`, `load_splits`): a JSON list or a JSONL file of objects, in either format
@@ -58,6 +61,7 @@ from datasets import Dataset
 
 from ..evaluation import Scored, likelihood_summary
 from ..metrics import majority_vote_accuracy
+from ..tools import TextTool
 
 OPERATORS = ("+", "-")
 TRAIN_OPERANDS = (3, 4)
@@ -251,6 +255,53 @@ def extract_answer(text: str) -> int | None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The calculator tool
+# ----------------------------------------------------------------------------------------------------------------
+
+_TWO_TERMS = re.compile(r"(-?\d+)((?:[+-]\d+)+)")
+
+
+def calculator_result(text: str) -> str | None:
+    """What the calculator appends after `text`, which ends with "=" (' 6 - 0 = 6, 6 - 4 =' -> ' 2').
+
+    It evaluates the expression between the last ",", "." or "=" before that "=" and the "=".  Like the paper's
+    calculator with `limit_capability: 2` it handles two operands: of a longer expression it evaluates the last two
+    (' 6 - 3 - 4 =' -> 3 - 4 -> ' -1'); the first operand may be negative (a partial result, '-6 + 3').  Anything
+    else (no operator, a lone number, text) gets no result (None), and the policy goes on writing."""
+    head = text.rstrip()
+    if not head.endswith("="):
+        return None
+    expression = re.split(r"[,.=]", head[:-1])[-1].replace(" ", "")
+    m = _TWO_TERMS.fullmatch(expression)
+    if m is None:
+        return None
+    terms = re.findall(r"([+-])(\d+)", m.group(2))
+    left = int(m.group(1)) if len(terms) == 1 else int(terms[-2][1])
+    op, right = terms[-1]
+    return f" {left + int(right) if op == '+' else left - int(right)}"
+
+
+def calculator(tokenizer) -> TextTool:
+    """The calculator as a `gfn_trl.tools` tool for `tokenizer`: fires on tokens ending in "="."""
+    return TextTool(tokenizer, "=", calculator_result)
+
+
+def gold_latent(tokenizer, problem: Problem, tool: TextTool | None = None) -> list[int]:
+    """The gold rationale as latent token ids.  With the calculator, the policy's pieces (' 6 - 0 =', ', 6 - 4 =')
+    and the tool's outputs are tokenized separately, exactly as sampling produces them (so the latent is one the
+    constrained policy can write); without it, the whole text is tokenized."""
+    if tool is None:
+        return tokenizer(gold_rationale(problem), add_special_tokens=False)["input_ids"]
+    ids, left = [], problem.operands[0]
+    for k, (op, x, result) in enumerate(zip(problem.operators, problem.operands[1:], problem.partial_results())):
+        piece = f"{',' if k else ''} {left} {op} {x} ="
+        ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ids += tool.output(ids)
+        left = result
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -376,16 +427,15 @@ def vocab_mask(tokenizer) -> torch.Tensor:
     return allowed
 
 
-def rationale_token_budget(tokenizer, n_operands: int) -> int:
-    """Tokens that the longest gold rationale of an `n_operands` problem takes: the latent length a policy needs to
-    write a complete rationale (results included, since there is no calculator).  Two-digit partial results are
+def rationale_token_budget(tokenizer, n_operands: int, tool: TextTool | None = None) -> int:
+    """Tokens that the longest gold rationale of an `n_operands` problem takes (the tool's outputs count: they are
+    part of the state): the latent length a policy needs to write a complete rationale.  Two-digit partial results are
     the longest, so the maximum is taken over all-'+' and all-'-' extremes and a seeded sample of problems."""
     rng = random.Random(f"budget:{n_operands}")
     candidates = [Problem((9,) * n_operands, ("+",) * (n_operands - 1)),
                   Problem((0,) + (9,) * (n_operands - 1), ("-",) * (n_operands - 1))]
     candidates += [random_problem(rng, n_operands) for _ in range(200)]
-    ids = tokenizer([gold_rationale(p) for p in candidates], add_special_tokens=False)["input_ids"]
-    return max(len(x) for x in ids)
+    return max(len(gold_latent(tokenizer, p, tool)) for p in candidates)
 
 
 # ----------------------------------------------------------------------------------------------------------------

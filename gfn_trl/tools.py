@@ -1,0 +1,80 @@
+"""Tools whose outputs are part of the latent's state but are not the policy's actions.
+
+A tool reads the latent written so far and may append tokens to it: the paper's calculator (§4.4) appends " 2" when
+the policy writes "6 - 4 =".  For the GFlowNet those tokens are deterministic transitions, not choices: the policy
+has no probability to assign to them, and it cannot stop while the tool is writing.  gfn_trl expresses this as a
+rule of the constrained policy (`LatentConstraints.tool`): at a state where the tool appends token t, every action
+but t is removed from the policy's support, so
+
+* the sampler can only emit t (the tool's output enters the state, and the next policy step conditions on it);
+* the teacher-forced pass gives log q(t | s) = 0 exactly and log q(⊤ | s) = -inf: the token contributes nothing to
+  log q(Z), and the state is non-terminable, so the loss skips windows that start or end there;
+* a replayed latent gets the same forced positions, because they are recomputed from its tokens by the same rule.
+  (The authors re-score replayed arithmetic latents without the tool, paper.md §7 defect 3; we do not.)
+
+A tool is any object with `forced_tokens(latent) -> list[int]`: for each state s_0 .. s_n of the token list
+`latent` (n = len(latent)), the token the tool appends next there, or -1 where the policy acts.  It must be a pure
+function of the tokens, so that sampling, the loss and replay agree.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Protocol, Sequence
+
+
+class Tool(Protocol):
+    def forced_tokens(self, latent: Sequence[int]) -> list[int]: ...
+
+
+class TextTool:
+    """A tool that fires when the policy emits a token whose text ends with `trigger` (trailing spaces ignored).
+
+    `compute(text)` receives the latent's text up to and including that token and returns the text to append
+    (tokenized with `tokenizer`, without special tokens), or None to append nothing.  Tokens the tool appends never
+    fire it again.
+    """
+
+    def __init__(self, tokenizer, trigger: str, compute: Callable[[str], str | None]):
+        if not trigger:
+            raise ValueError("TextTool needs a non-empty trigger string (e.g. '=').")
+        self.tokenizer, self.trigger, self.compute = tokenizer, trigger, compute
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+        special = set(tokenizer.all_special_ids)
+        self._fires = [i not in special and t.rstrip().endswith(trigger) for i, t in enumerate(texts)]
+        if not any(self._fires):
+            raise ValueError(f"No token of the tokenizer ends with the trigger {trigger!r}: the tool could never fire.")
+        self._encoded: dict[str, tuple[int, ...]] = {}
+
+    def fires(self, token_id: int) -> bool:
+        return 0 <= token_id < len(self._fires) and self._fires[token_id]
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        if text not in self._encoded:
+            self._encoded[text] = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._encoded[text]
+
+    def output(self, latent: Sequence[int]) -> tuple[int, ...]:
+        """The tokens the tool appends after `latent`, whose last token fired it."""
+        text = self.tokenizer.decode(list(latent), clean_up_tokenization_spaces=False)
+        result = self.compute(text)
+        return self.encode(result) if result else ()
+
+    def forced_tokens(self, latent: Sequence[int]) -> list[int]:
+        latent = list(latent)
+        forced, pending = [], deque()
+        for k in range(len(latent) + 1):
+            forced.append(pending[0] if pending else -1)  # at state s_k
+            if k == len(latent):
+                break
+            token = latent[k]
+            if pending:
+                # A token that differs from the tool's output breaks the latent (only latents written outside the
+                # sampler can); the constrained policy gives it probability 0, which the loss's checks report.
+                if token == pending[0]:
+                    pending.popleft()
+                else:
+                    pending.clear()
+            elif self.fires(token):
+                pending.extend(self.output(latent[: k + 1]))
+        return forced
