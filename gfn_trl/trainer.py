@@ -216,6 +216,26 @@ class GFlowNetTrainer(RolloutTrainer):
             values["log_z/mean"] = log_z.detach().mean()
         self.record_metrics(values)
 
+    # ------------------------------------------------------------------ replay seeding
+    @torch.no_grad()
+    def seed_replay_buffer(self, latents, chunk: int = 16) -> int:
+        """Put known latents (e.g. gold ones) into the replay buffer with their untempered per-prefix rewards, as
+        the paper does for infilling (gold sentence 4) and arithmetic (gold rationales).
+
+        `latents[i]` is a latent (token ids, no stop) for row i of the training set, or None to skip the row.
+        Latents the constrained policy cannot write (length, vocabulary, a tool's outputs:
+        `LatentConstraints.admits`) are skipped.  Returns how many entries were added."""
+        keep = [(row, list(ids)) for row, ids in zip(self.train_dataset, latents)
+                if ids is not None and self.constraints.admits(list(ids))]
+        added = 0
+        for start in range(0, len(keep), chunk):
+            rows, ids = zip(*keep[start : start + chunk])
+            z, lengths = right_pad(list(ids), self.constraints.stop_token_id, device=self.accelerator.device)
+            log_r = self.score_latents(list(rows), z, lengths)
+            added += sum(self.replay_buffer.add(row["gfn_key"], toks, log_r[b, : len(toks) + 1].tolist())
+                         for b, (row, toks) in enumerate(zip(rows, ids)))
+        return added
+
     # ------------------------------------------------------------------ checkpoints
     def extra_state_dict(self) -> dict:
         """The replay buffer (the log Z head is saved with the other heads)."""

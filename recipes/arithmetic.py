@@ -45,7 +45,7 @@ from gfn_trl.recipe import (  # noqa: E402
     print_summary,
     save_run,
 )
-from gfn_trl.sampling import LatentConstraints, right_pad  # noqa: E402
+from gfn_trl.sampling import LatentConstraints  # noqa: E402
 from gfn_trl.tasks import arithmetic  # noqa: E402
 
 N_SHOTS = 3  # demonstrations in the reward prompt (the paper's `num_points: 3`)
@@ -100,26 +100,6 @@ class FinalLikelihood:
         return out.scatter(1, lengths[:, None].to(final.device), final[:, None])
 
 
-@torch.no_grad()
-def seed_replay_buffer(trainer: GFlowNetTrainer, gold_latents: list[list[int]]) -> int:
-    """Put the gold rationales (token ids, `arithmetic.gold_latent`) of the first training prompts into the replay
-    buffer with their per-prefix rewards (the paper seeds its buffer with its 10 gold rationales).  Rationales the
-    constrained policy cannot write (length, vocabulary, calculator outputs) are skipped.  Returns how many were
-    added."""
-    c = trainer.constraints
-    rows, latents = [], []
-    for row, ids in zip(trainer.train_dataset, gold_latents):
-        if c.admits(ids):
-            rows.append(row)
-            latents.append(ids)
-    if not rows:
-        return 0
-    z, lengths = right_pad(latents, c.stop_token_id, device=trainer.accelerator.device)
-    log_r = trainer.score_latents(rows, z, lengths)
-    return sum(trainer.replay_buffer.add(r["gfn_key"], ids, log_r[b, : len(ids) + 1].tolist())
-               for b, (r, ids) in enumerate(zip(rows, latents)))
-
-
 def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None) -> dict:
     task = task or ArithmeticArguments()
     model, tokenizer = load_model_and_tokenizer(recipe)
@@ -138,7 +118,7 @@ def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None)
                           vocab_mask=arithmetic.vocab_mask, gold_column="gold", tool=tool)
     trainer, method, policy = built.trainer, recipe.trainer, built.policy
     if isinstance(trainer, GFlowNetTrainer):
-        seeded = seed_replay_buffer(trainer, gold_latents[:N_GOLD])
+        seeded = trainer.seed_replay_buffer(gold_latents[:N_GOLD])
         print(f"Replay buffer seeded with {seeded} gold rationales.")
 
     final_likelihood = FinalLikelihood(built.reward)  # the base LM's log p(Z Y | reward prompt), every method

@@ -88,6 +88,8 @@ def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeyp
         argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0"]
     if task == "arithmetic":
         argv += ["--max_completion_length", "31", "--eval_samples", "1"]
+    if task == "infill":  # a short story-LM stage
+        argv += ["--story_lm_steps", "1"]
     if trainer == "sft":  # SFT samples nothing while training
         i = argv.index("--num_generations")
         argv = argv[:i] + argv[i + 2 :]

@@ -204,3 +204,18 @@ def test_activation_checkpointing_with_lora_trains(tmp_path):
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if "lora_B" in n)
+
+
+def test_seed_replay_buffer_adds_known_latents_with_their_rewards(tmp_path):
+    trainer = _trainer(tmp_path)
+    tok = trainer.processing_class
+    latents = [tok("on the mat")["input_ids"], None, tok("a b c d e f")["input_ids"], tok("and then")["input_ids"]]
+    assert trainer.seed_replay_buffer(latents) == 2  # row 1 skipped; row 2 is longer than max_completion_length
+    rows = list(trainer.train_dataset)
+    for i in (0, 3):
+        (entry,) = trainer.replay_buffer.entries(rows[i]["gfn_key"])
+        assert list(entry.tokens) == latents[i]
+        z = torch.tensor([latents[i]])
+        want = trainer.score_latents([rows[i]], z, torch.tensor([len(latents[i])]))[0]
+        assert torch.allclose(torch.tensor(entry.log_rewards), want, atol=1e-5)
+    assert rows[2]["gfn_key"] not in trainer.replay_buffer

@@ -81,3 +81,34 @@ def evaluate(scored: list[Scored], encoder=None) -> dict[str, float]:
     for key in per_story[0]:
         metrics[key] = sum(p[key] for p in per_story) / len(per_story)
     return metrics
+
+
+def story_texts(stories: Dataset) -> list[str]:
+    """Whole stories, "s1 s2 s3 s4 s5" (the text the paper fine-tunes its story LM on, `make_sft_data.py`)."""
+    return [" ".join(r[c].strip() for c in SENTENCES) for r in stories]
+
+
+def finetune_story_lm(model, tokenizer, stories: Dataset, max_steps: int, learning_rate: float = 1e-4,
+                      batch_size: int = 8, seed: int = 0, output_dir: str | None = None):
+    """The paper's first stage: the LM fully fine-tuned on whole training stories with TRL's `SFTTrainer` (the paper:
+    GPT-2 Large, 50 epochs over rows 100-999).  The GFlowNet policy and its reward both start from the result, and so
+    do the prompting baseline and the evaluation likelihood.  Returns the fine-tuned model (in eval mode)."""
+    import tempfile
+
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    if max_steps <= 0:
+        return model
+    args = SFTConfig(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="story_lm_"), max_steps=max_steps,
+        per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
+        warmup_steps=0, logging_steps=max(1, max_steps // 4), save_strategy="no", report_to="none", seed=seed,
+        dataset_text_field="text", max_length=128, gradient_checkpointing=False, bf16=False,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": story_texts(stories)}),
+                         processing_class=tokenizer)
+    trainer.train()
+    return trainer.model.eval()
+
