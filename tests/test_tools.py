@@ -113,3 +113,31 @@ def test_gfn_with_a_tool_matches_the_exact_posterior():
     assert all(abs(mass - 1) < 1e-5 for *_, mass in history)  # q stays normalised over the admitted latents
     replayed = [h["behaviour/replay"] for h in trainer.state.log_history if "behaviour/replay" in h]
     assert max(replayed) > 0  # replayed latents were trained on, with their forced positions recomputed
+
+
+def test_ppo_with_a_tool_treats_its_tokens_as_forced(tmp_path):
+    """PPO shares the constrained policy: its rollouts stay in the tool's latent space, the tool's tokens have
+    log-probability 0 under the policy and the reference (ratio 1, no KL), and training runs."""
+    from peft import LoraConfig
+
+    from gfn_trl import PPOConfig, PPOTrainer
+
+    toy = exact_posterior_toy("suffix", tool=True)
+    args = PPOConfig(str(tmp_path), max_steps=4, learning_rate=2e-3, per_device_train_batch_size=1,
+                     num_generations=32, max_completion_length=3, min_completion_length=1, logging_steps=1,
+                     save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+                     sampling_temperature=2.0)
+    trainer = PPOTrainer(toy["model"], args, train_dataset=toy["dataset"], processing_class=toy["tokenizer"],
+                         peft_config=LoraConfig(r=8), vocab_mask=toy["vocab_mask"], tool=toy["tool"])
+    inputs = trainer._prepare_inputs([trainer.train_dataset[0]])
+    z, lengths = inputs["z"], inputs["lengths"]
+    latents = [z[i, : int(n)].tolist() for i, n in enumerate(lengths)]
+    assert all(trainer.constraints.admits(x) for x in latents)
+    forced = trainer.constraints.forced(z)[:, :-1] >= 0  # (B, T): token k+1 written by the tool
+    taken = torch.arange(z.shape[1])[None, :] < lengths[:, None]
+    assert (forced & taken).any()
+    assert (inputs["old_log_probs"][:, :-1][forced & taken] == 0).all()
+    assert (inputs["old_log_probs"][:, :-1][~forced & taken] < 0).all()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
