@@ -17,9 +17,10 @@ Entries past a trajectory's length are ignored (they may hold anything finite or
 
 Flows.  In the paper's modified SubTB every state can terminate, so the flow through a state is
 F(s) = R(s⊤) / q(⊤|s) and no partition function is needed (Hu et al. 2024, eq. 3).  A state that
-cannot terminate (shorter than `min_length`, or in the middle of a tool's output) has no such flow.  We do NOT copy the authors' trick of
-giving those states log R = -99 while keeping the unconstrained stop probability: instead the policy in
-the loss is the constrained one that is actually sampled (stop banned below `min_length`), the flow of
+cannot terminate (shorter than `min_length`, or in the middle of a tool's output) has no such flow.
+We do NOT copy the authors' trick of giving those states log R = -99 while keeping the unconstrained stop
+probability: instead the policy in the loss is the constrained one that is actually sampled (stop banned
+below `min_length` and while a tool writes), the flow of
 s_0 is log Z (a learned value or a per-prompt batch estimate), and windows that start or end at the other
 non-terminable states are skipped.  With `min_length == 0` this is exactly eq. 3.
 
@@ -136,7 +137,8 @@ def modified_subtb_loss(
 
 
 def modified_db_loss(
-    log_pf, log_pterm, log_r, lengths, min_length: int = 0, log_z: Tensor | None = None, terminable: Tensor | None = None
+    log_pf, log_pterm, log_r, lengths, min_length: int = 0, log_z: Tensor | None = None,
+    terminable: Tensor | None = None,
 ) -> Tensor:
     """Modified detailed balance: the SubTB windows between consecutive states with a flow, global mean.
 

@@ -2,7 +2,8 @@
 
 The GFlowNet loss only drives the *sampled* distribution to R if the log-probabilities in the loss are those
 of the distribution that generated the samples.  So the constraints (vocabulary mask, no stop before
-`min_length`, forced stop at `max_length`, a tool's forced outputs) live in one function, `LatentConstraints.apply`, called both by
+`min_length`, forced stop at `max_length`, a tool's forced outputs) live in one function,
+`LatentConstraints.apply`, called both by
 the sampler (inside `generate`, through a logits processor) and by the teacher-forced pass that computes the
 loss's log-probabilities.  Exploration temperature scales the logits for sampling only; the loss always uses
 temperature 1.

@@ -31,8 +31,8 @@ from gfn_trl.recipe import (  # noqa: E402
 )
 from gfn_trl.tasks import infill  # noqa: E402
 
-# The offline CPU default: 11 minutes with `accelerate launch` (one thread), 7 with `python` on 2 cores. The paper's values are in
-# recipes/configs/infill_gpt2-large.yaml.  As in the paper, the LM is first fine-tuned on the training stories (the
+# The offline CPU default: 11 minutes with `accelerate launch` (one thread), 7 with `python` on 2 cores. The paper's
+# values are in recipes/configs/infill_gpt2-large.yaml.  As in the paper, the LM is first fine-tuned on the training stories (the
 # paper: GPT-2 Large, 50 epochs; here 60 steps of 8 stories, ~4 epochs of the 112 embedded training stories, ~3 min):
 # SmolLM2-135M-Instruct is not a story model, and with it as the reward the GFlowNet learns degenerate high-likelihood
 # infills (" to, to, to, before her, later.") that score below prompting on BLEU and BERTScore.

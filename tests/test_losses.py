@@ -647,6 +647,8 @@ def test_subtb_needs_log_z_when_s0_cannot_stop_and_batch_log_z_uses_the_first_te
     group = torch.zeros(len(LENGTHS), dtype=torch.long)
     log_pf, log_pterm, log_r, lengths = batch
     est = batch_log_z(log_pf, log_pterm, log_r, lengths, group, windows="db", terminable=terminable)
-    # trajectory 5 (n = 3, s_0 and s_2 blocked) reaches s_0's flow through s_1: u_1 = log R(s_1) - log q(⊤|s_1) - log q(z_1)
-    u = {b: float(log_r[b, j] - log_pterm[b, j] - log_pf[b, :j].sum()) for b, j in [(0, 0), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1)]}
+    # trajectory 5 (n = 3, s_0 and s_2 blocked) reaches s_0's flow through s_1:
+    # u_1 = log R(s_1) - log q(⊤|s_1) - log q(z_1)
+    first_terminable = [(0, 0), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1)]
+    u = {b: float(log_r[b, j] - log_pterm[b, j] - log_pf[b, :j].sum()) for b, j in first_terminable}
     assert est[0].item() == approx(sum(u[b] for b in (1, 2, 3, 4, 5)) / 5)  # trajectory 0 (n = 0) has no j >= 1

@@ -13,7 +13,7 @@ import torch
 from gfn_trl.exact import exact_policy_log_probs
 from gfn_trl.sampling import LatentConstraints, left_pad, policy_log_probs, right_pad, sample_latents
 from gfn_trl.tasks import arithmetic
-from gfn_trl.testing import exact_posterior_toy, tiny_model, tiny_tokenizer, toy_tool, TOY_WORDS
+from gfn_trl.testing import TOY_WORDS, exact_posterior_toy, tiny_tokenizer, toy_tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
