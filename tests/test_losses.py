@@ -652,3 +652,38 @@ def test_subtb_needs_log_z_when_s0_cannot_stop_and_batch_log_z_uses_the_first_te
     first_terminable = [(0, 0), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1)]
     u = {b: float(log_r[b, j] - log_pterm[b, j] - log_pf[b, :j].sum()) for b, j in first_terminable}
     assert est[0].item() == approx(sum(u[b] for b in (1, 2, 3, 4, 5)) / 5)  # trajectory 0 (n = 0) has no j >= 1
+
+
+@st.composite
+def blocked_batches(draw):
+    """Random batches whose trajectories have random non-terminable states (a tool writing), -inf stop there."""
+    B = draw(st.integers(1, 5))
+    T = draw(st.integers(0, 6))
+    lengths = draw(st.lists(st.integers(0, T), min_size=B, max_size=B))
+    seed = draw(st.integers(0, 2**31 - 1))
+    # states s_1..s_{n-1} may be blocked (s_n is where the latent stopped, so it could)
+    blocked = [set(draw(st.lists(st.integers(1, n - 1), max_size=3))) if n > 1 else set() for n in lengths]
+    lam = draw(st.floats(0.1, 3.0, exclude_min=True))
+    log_pf, log_pterm, log_r, lengths_t = make_batch(lengths, T, seed=seed, garbage=GARBAGE)
+    terminable = torch.ones(B, T + 1, dtype=torch.bool)
+    for b, states in enumerate(blocked):
+        for i in states:
+            terminable[b, i] = False
+            log_pterm[b, i] = float("-inf")
+            log_pf[b, i] = 0.0  # the forced token after s_i
+    return (log_pf, log_pterm, log_r, lengths_t), terminable, blocked, lam
+
+
+@settings(max_examples=50, deadline=None)
+@given(blocked_batches())
+def test_property_losses_with_non_terminable_states_are_finite_and_match_brute_force(case):
+    batch, terminable, blocked, lam = case
+    log_pf = batch[0].clone().requires_grad_()
+    log_pterm = batch[1].clone().requires_grad_()
+    subtb = modified_subtb_loss(log_pf, log_pterm, *batch[2:], lam, terminable=terminable)
+    assert torch.isfinite(subtb)
+    assert subtb.item() == pytest.approx(brute_subtb_blocked(*batch, blocked, lam=lam), rel=1e-5, abs=1e-10)
+    subtb.backward()
+    assert torch.isfinite(log_pf.grad).all() and torch.isfinite(log_pterm.grad).all()
+    db = modified_db_loss(*batch, terminable=terminable)
+    assert db.item() == pytest.approx(brute_subtb_blocked(*batch, blocked, consecutive=True), rel=1e-5, abs=1e-10)
