@@ -34,7 +34,11 @@ class RolloutConfig(_BaseConfig):
         the policy's base model with the LoRA adapter disabled (no second copy of the weights).
     reward_model_quantization (`str`, *optional*):
         `"8bit"` or `"4bit"`: load the separate reward LM (`reward_model_name_or_path`) quantized with bitsandbytes,
-        on this process's device and outside the DeepSpeed/FSDP engine.  Needs a GPU and `pip install bitsandbytes`.
+        on this process's device and outside the DeepSpeed/FSDP engine.  Needs `pip install bitsandbytes` (its CPU
+        backend works too, for tests).
+    load_in_4bit (`bool`, *optional*, defaults to `False`):
+        QLoRA policy: load the model (given by name) with 4-bit NF4 weights (bitsandbytes) and train a LoRA adapter
+        on them; needs `peft_config`.  The default reward, the adapter-disabled base, is then the 4-bit model too.
     reward_chunk_size (`int`, *optional*):
         Rows scored at once by the reward LM (bounds the memory of its logits).  Defaults to the whole batch.
     contrast_penalty (`float`, *optional*, defaults to `-50.0`):
@@ -87,8 +91,12 @@ class RolloutConfig(_BaseConfig):
     reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
     reward_model_quantization: str | None = field(
         default=None,
-        metadata={"help": "Load the separate reward LM in '8bit' or '4bit' (bitsandbytes, GPU), outside any "
+        metadata={"help": "Load the separate reward LM in '8bit' or '4bit' (bitsandbytes), outside any "
                   "DeepSpeed/FSDP engine."},
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the policy's base with 4-bit NF4 weights (bitsandbytes) and train LoRA on it."},
     )
     contrast_penalty: float = field(
         default=-50.0,

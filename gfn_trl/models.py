@@ -79,18 +79,25 @@ def load_causal_lm(
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32, **kwargs)
 
 
-def load_quantized_reward_model(name_or_path: str, bits: str, device) -> PreTrainedModel:
-    """A frozen reward LM in 8 or 4 bits (bitsandbytes), placed on `device`, never wrapped by DeepSpeed/FSDP."""
+def bitsandbytes_config(bits: str, device):
+    """`BitsAndBytesConfig` for '8bit' or '4bit' (NF4; computes in bf16 on GPU, fp32 on CPU)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
-        raise ImportError("reward_model_quantization needs bitsandbytes: pip install -e '.[bitsandbytes]'") from e
+        raise ImportError(f"{bits} weights need bitsandbytes: pip install -e '.[bitsandbytes]'") from e
     from transformers import BitsAndBytesConfig
 
     if bits == "8bit":
-        quant = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if bits != "4bit":
+        raise ValueError(f"bits must be '8bit' or '4bit', got {bits!r}.")
+    compute = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def load_quantized_reward_model(name_or_path: str, bits: str, device) -> PreTrainedModel:
+    """A frozen reward LM in 8 or 4 bits (bitsandbytes), placed on `device`, never wrapped by DeepSpeed/FSDP."""
+    quant = bitsandbytes_config(bits, device)
     return AutoModelForCausalLM.from_pretrained(name_or_path, quantization_config=quant, device_map={"": device})
 
 

@@ -19,7 +19,7 @@ import torch
 from trl import GRPOConfig, RLOOConfig, SFTConfig, TrlParser
 
 from .config import GFlowNetConfig, PPOConfig
-from .models import load_causal_lm, load_tokenizer, smollm2_gguf_path
+from .models import bitsandbytes_config, load_causal_lm, load_tokenizer, smollm2_gguf_path
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints
 
@@ -236,10 +236,19 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     return Built(trainer, policy, reward, constraints)
 
 
-def load_model_and_tokenizer(args: RecipeArguments):
+def load_model_and_tokenizer(args: RecipeArguments, train_args=None):
+    """The recipe's model and tokenizer; with `--load_in_4bit` (QLoRA) the model's weights are loaded in 4 bits."""
     name = args.model_name_or_path or smollm2_gguf_path()
+    quantize = getattr(train_args, "load_in_4bit", False)
+    if quantize and name.endswith(".gguf"):
+        raise ValueError("--load_in_4bit quantizes safetensors/PyTorch weights; a GGUF model (the embedded default) "
+                         "cannot be loaded that way. Pass --model_name_or_path with a hub id or a local checkpoint.")
     tokenizer = load_tokenizer(name)
-    model = load_causal_lm(name, dtype=getattr(torch, args.dtype))
+    kwargs = {}
+    if quantize:
+        kwargs = {"quantization_config": bitsandbytes_config("4bit", train_args.device),
+                  "device_map": {"": train_args.device}}
+    model = load_causal_lm(name, dtype=getattr(torch, args.dtype), **kwargs)
     return model, tokenizer
 
 

@@ -35,6 +35,7 @@ from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import RolloutConfig
 from .data import tokenize_dataset
 from .models import (
+    bitsandbytes_config,
     load_causal_lm,
     load_quantized_reward_model,
     load_tokenizer,
@@ -115,6 +116,15 @@ class RolloutTrainer(_BaseTrainer):
 
         # Model
         init_kwargs = dict(args.model_init_kwargs or {})
+        if args.load_in_4bit:
+            if peft_config is None:
+                raise ValueError("load_in_4bit trains a LoRA adapter on frozen 4-bit weights (QLoRA): pass peft_config.")
+            if isinstance(model, str):
+                init_kwargs.setdefault("quantization_config", bitsandbytes_config("4bit", args.device))
+                init_kwargs.setdefault("device_map", {"": args.device})
+            elif not getattr(model, "is_loaded_in_4bit", False):
+                raise ValueError("load_in_4bit loads the model in 4 bits itself: pass the model's name or path (the "
+                                 "model passed is not 4-bit), or load it quantized and leave load_in_4bit off.")
         if isinstance(model, str):
             name_or_path = model
             model = load_causal_lm(name_or_path, **init_kwargs)
@@ -142,6 +152,17 @@ class RolloutTrainer(_BaseTrainer):
                 raise ImportError("peft_config needs the `peft` package: pip install peft")
             if PeftModel is not None and isinstance(model, PeftModel):
                 raise ValueError("model is already a PeftModel; do not pass peft_config as well.")
+            if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+                from peft import prepare_model_for_kbit_training
+
+                # bitsandbytes' CPU backend repacks 4-bit weights for a fast kernel the first time a layer runs in
+                # eval mode without gradients (our sampler) and keeps that kernel afterwards, also in training,
+                # where it has no backward: the gradient through the frozen layers would be silently wrong.
+                for module in model.modules():
+                    if getattr(module, "support_avx512bf16_for_cpu", False):
+                        module.support_avx512bf16_for_cpu = False
+
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
             model = get_peft_model(model, resolve_peft_config(model, peft_config))
         is_peft = PeftModel is not None and isinstance(model, PeftModel)
         if is_peft and args.activation_checkpointing:

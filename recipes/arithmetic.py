@@ -102,7 +102,7 @@ class FinalLikelihood:
 
 def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None) -> dict:
     task = task or ArithmeticArguments()
-    model, tokenizer = load_model_and_tokenizer(recipe)
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     tool = arithmetic.calculator(tokenizer) if task.calculator else None
     splits = arithmetic.load_splits(recipe.dataset, args.seed, recipe.num_train, recipe.num_eval, N_SHOTS)
     shots, train = splits["shots"], splits["train"]

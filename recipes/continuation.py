@@ -47,7 +47,7 @@ CPU_DEFAULTS = dict(
 def main(recipe: RecipeArguments, args) -> dict:
     if args.stop_token is None:
         raise ValueError('Sentence continuation ends a latent with "."; set --stop_token "."')
-    model, tokenizer = load_model_and_tokenizer(recipe)
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     prompts = continuation.load_prompts(recipe.dataset)
     train, held_out = continuation.split(prompts, num_eval=min(recipe.num_eval, 50) if len(prompts) < 1000 else 50)
     if recipe.num_train:

@@ -58,7 +58,7 @@ class InfillArguments:
 
 def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> dict:
     task = task or InfillArguments()
-    model, tokenizer = load_model_and_tokenizer(recipe)
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     stories = infill.load_stories(recipe.dataset)
     train, held_out = infill.split(stories, num_eval=min(recipe.num_eval, 100) if len(stories) < 1000 else 100)
     if task.story_lm_steps > 0:  # on every training story, before --num_train subsamples them for the GFlowNet

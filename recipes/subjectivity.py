@@ -75,7 +75,7 @@ def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = Non
     if recipe.num_train is not None:
         raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
                          "not --num_train.")
-    model, tokenizer = load_model_and_tokenizer(recipe)
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     data = subjectivity.load_subj(recipe.dataset)
     if task.test_dataset is not None:
         test = subjectivity.load_subj(task.test_dataset, split="test")
