@@ -21,13 +21,15 @@ SCRIPT = ROOT / "tests" / "scripts" / "ddp_train.py"
 CONFIG = ROOT / "accelerate_configs" / "cpu_2proc.yaml"
 
 
-def _launch(out, per_device, loss, *extra, processes=2):
+def _launch(out, per_device, loss, *extra, processes=2, config=CONFIG):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if "zero" in Path(config).name:  # DeepSpeed on CPU
+        env.update(DS_ACCELERATOR="cpu", GFN_TEST_DEEPSPEED="1")
     if processes == 1:
         cmd = [sys.executable, str(SCRIPT), str(out), str(per_device), loss, *extra]
     else:
         accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-        cmd = [accelerate, "launch", "--config_file", str(CONFIG), str(SCRIPT), str(out), str(per_device), loss, *extra]
+        cmd = [accelerate, "launch", "--config_file", str(config), str(SCRIPT), str(out), str(per_device), loss, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     name = "result_resume.json" if "resume" in extra else "result.json"
@@ -67,3 +69,45 @@ def test_two_process_checkpoints_resume(runs):
     assert _close(resumed["losses"][3:], two["losses"][3:])
     for k in two["weights"]:
         assert _close(resumed["weights"][k], two["weights"][k]), k
+
+
+# DeepSpeed ZeRO-3 shards every parameter across the ranks; the default reward is the policy with its LoRA adapter
+# disabled, a known failure point with sharded weights. On CPU (DeepSpeed's CPU accelerator, gloo) two ZeRO-3
+# processes must still reproduce the one-process run, and resume from their DeepSpeed checkpoints.
+@pytest.fixture(scope="module")
+def zero3_runs(runs):
+    base, one, _, _ = runs
+    config = ROOT / "accelerate_configs" / "cpu_2proc_zero3.yaml"
+    two = _launch(base / "zero3", 1, "tb", config=config)
+    resumed = _launch(base / "zero3", 1, "tb", "resume", config=config)
+    return base, one, two, resumed
+
+
+def test_deepspeed_zero3_with_the_adapter_disabled_reward_matches_one_process(zero3_runs):
+    base, one, two, _ = zero3_runs
+    assert two["world_size"] == 2
+    assert (base / "zero3" / "checkpoint-3" / "global_step3").is_dir()  # a DeepSpeed checkpoint, sharded states
+    assert _close(one["log_reward"], two["log_reward"])  # the adapter-disabled reward on sharded weights
+    assert one["replay"] == two["replay"] and one["buffer_size"] == two["buffer_size"]
+    assert _close(one["losses"], two["losses"]), (one["losses"], two["losses"])
+    for k in one["weights"]:
+        assert len(one["weights"][k]) == len(two["weights"][k]) > 0  # gathered, not an empty shard
+        assert _close(one["weights"][k], two["weights"][k], tol=1e-4), k
+
+
+def test_deepspeed_zero2_matches_one_process(runs):
+    base, one, _, _ = runs
+    two = _launch(base / "zero2", 1, "tb", config=ROOT / "accelerate_configs" / "cpu_2proc_zero2.yaml")
+    assert two["world_size"] == 2 and _close(one["log_reward"], two["log_reward"])
+    assert _close(one["losses"], two["losses"]), (one["losses"], two["losses"])
+    for k in one["weights"]:
+        assert len(one["weights"][k]) == len(two["weights"][k]) > 0
+        assert _close(one["weights"][k], two["weights"][k], tol=1e-4), k
+
+
+def test_deepspeed_zero3_checkpoints_resume(zero3_runs):
+    _, _, two, resumed = zero3_runs
+    assert _close(resumed["losses"][3:], two["losses"][3:])
+    for k in two["weights"]:
+        assert _close(resumed["weights"][k], two["weights"][k]), k
+

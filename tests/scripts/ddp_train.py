@@ -2,6 +2,8 @@
 
     ddp_train.py OUTPUT_DIR PER_DEVICE_BATCH LOSS_TYPE [resume]
 Writes OUTPUT_DIR/result.json (main process): logged losses, rewards and the final LoRA weights.
+Under DeepSpeed on CPU (GFN_TEST_DEEPSPEED=1, DS_ACCELERATOR=cpu) the Trainer must not be told use_cpu (Accelerate
+then turns DeepSpeed off) and needs the gloo backend named.
 """
 
 import json
@@ -22,7 +24,8 @@ tok = tiny_tokenizer()
 args = GFlowNetConfig(
     output_dir=out, max_steps=6, per_device_train_batch_size=per_device, num_generations=3, max_completion_length=4,
     learning_rate=1e-2, warmup_steps=0, logging_steps=1, save_strategy="steps", save_steps=3, report_to="none",
-    use_cpu=True, disable_tqdm=True, seed=1, loss_type=loss_type, replay_prob=0.25,
+    disable_tqdm=True, seed=1, loss_type=loss_type, replay_prob=0.25,
+    **({"ddp_backend": "gloo"} if os.environ.get("GFN_TEST_DEEPSPEED") else {"use_cpu": True}),
 )
 data = Dataset.from_dict(
     {"prompt": ["the cat", "a dog", "the big dog", "a red cat"], "suffix": ["sat .", "ran .", "ate .", "slept ."]}
