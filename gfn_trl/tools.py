@@ -19,6 +19,7 @@ function of the tokens, so that sampling, the loss and replay agree.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from typing import Callable, Protocol, Sequence
 
@@ -45,6 +46,8 @@ class TextTool:
         if not any(self._fires):
             raise ValueError(f"No token of the tokenizer ends with the trigger {trigger!r}: the tool could never fire.")
         self._encoded: dict[str, tuple[int, ...]] = {}
+        # The sampler asks for the forced tokens of every prefix at every step: remember recent outputs.
+        self._output = functools.lru_cache(maxsize=2**16)(self._compute_output)
 
     def fires(self, token_id: int) -> bool:
         return 0 <= token_id < len(self._fires) and self._fires[token_id]
@@ -56,6 +59,9 @@ class TextTool:
 
     def output(self, latent: Sequence[int]) -> tuple[int, ...]:
         """The tokens the tool appends after `latent`, whose last token fired it."""
+        return self._output(tuple(latent))
+
+    def _compute_output(self, latent: tuple[int, ...]) -> tuple[int, ...]:
         text = self.tokenizer.decode(list(latent), clean_up_tokenization_spaces=False)
         result = self.compute(text)
         return self.encode(result) if result else ()
@@ -70,7 +76,8 @@ class TextTool:
             token = latent[k]
             if pending:
                 # A token that differs from the tool's output breaks the latent (only latents written outside the
-                # sampler can); the constrained policy gives it probability 0, which the loss's checks report.
+                # sampler can): the constrained policy gives it probability 0, `LatentConstraints.admits` rejects
+                # such latents and `seed_replay_buffer` skips them.
                 if token == pending[0]:
                     pending.popleft()
                 else:
