@@ -71,28 +71,40 @@ def test_two_process_checkpoints_resume(runs):
         assert _close(resumed["weights"][k], two["weights"][k]), k
 
 
-# DeepSpeed ZeRO-3 shards every parameter across the ranks; the default reward is the policy with its LoRA adapter
-# disabled, a known failure point with sharded weights. On CPU (DeepSpeed's CPU accelerator, gloo) two ZeRO-3
-# processes must still reproduce the one-process run, and resume from their DeepSpeed checkpoints.
-@pytest.fixture(scope="module")
-def zero3_runs(runs):
+# Sharded parameters: DeepSpeed ZeRO-3 (on DeepSpeed's CPU accelerator) splits every weight across the ranks, and the
+# default reward is the policy with its LoRA adapter disabled, a known failure point with sharded weights. Two sharded
+# processes must still reproduce the one-process run, and resume from their own checkpoints. (FSDP2 cannot be tested
+# this way: Accelerate enables FSDP only on accelerators, never for multi-process CPU runs.)
+SHARDED = {"zero3": "cpu_2proc_zero3.yaml"}
+
+
+@pytest.fixture(scope="module", params=list(SHARDED))
+def sharded_runs(request, runs):
     base, one, _, _ = runs
-    config = ROOT / "accelerate_configs" / "cpu_2proc_zero3.yaml"
-    two = _launch(base / "zero3", 1, "tb", config=config)
-    resumed = _launch(base / "zero3", 1, "tb", "resume", config=config)
-    return base, one, two, resumed
+    config = ROOT / "accelerate_configs" / SHARDED[request.param]
+    two = _launch(base / request.param, 1, "tb", config=config)
+    resumed = _launch(base / request.param, 1, "tb", "resume", config=config)
+    return request.param, base, one, two, resumed
 
 
-def test_deepspeed_zero3_with_the_adapter_disabled_reward_matches_one_process(zero3_runs):
-    base, one, two, _ = zero3_runs
-    assert two["world_size"] == 2
-    assert (base / "zero3" / "checkpoint-3" / "global_step3").is_dir()  # a DeepSpeed checkpoint, sharded states
+def test_sharded_training_with_the_adapter_disabled_reward_matches_one_process(sharded_runs):
+    kind, base, one, two, _ = sharded_runs
+    assert two["world_size"] == 2 and two["sharded"] and not one["sharded"]
+    if kind == "zero3":
+        assert (base / kind / "checkpoint-3" / "global_step3").is_dir()  # a DeepSpeed checkpoint, sharded states
     assert _close(one["log_reward"], two["log_reward"])  # the adapter-disabled reward on sharded weights
     assert one["replay"] == two["replay"] and one["buffer_size"] == two["buffer_size"]
     assert _close(one["losses"], two["losses"]), (one["losses"], two["losses"])
     for k in one["weights"]:
         assert len(one["weights"][k]) == len(two["weights"][k]) > 0  # gathered, not an empty shard
         assert _close(one["weights"][k], two["weights"][k], tol=1e-4), k
+
+
+def test_sharded_checkpoints_resume(sharded_runs):
+    _, _, _, two, resumed = sharded_runs
+    assert _close(resumed["losses"][3:], two["losses"][3:])
+    for k in two["weights"]:
+        assert _close(resumed["weights"][k], two["weights"][k]), k
 
 
 def test_deepspeed_zero2_matches_one_process(runs):
@@ -103,11 +115,3 @@ def test_deepspeed_zero2_matches_one_process(runs):
     for k in one["weights"]:
         assert len(one["weights"][k]) == len(two["weights"][k]) > 0
         assert _close(one["weights"][k], two["weights"][k], tol=1e-4), k
-
-
-def test_deepspeed_zero3_checkpoints_resume(zero3_runs):
-    _, _, two, resumed = zero3_runs
-    assert _close(resumed["losses"][3:], two["losses"][3:])
-    for k in two["weights"]:
-        assert _close(resumed["weights"][k], two["weights"][k]), k
-

@@ -37,6 +37,8 @@ if trainer.accelerator.is_main_process:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     result = {
         "world_size": trainer.accelerator.num_processes,
+        # FSDP2 holds DTensor shards, DeepSpeed ZeRO-3 partitioned parameters (with a ds_id)
+        "sharded": any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in trainer.model.parameters()),
         "losses": [h["loss"] for h in logs],
         "log_reward": [h["log_reward/mean"] for h in logs],
         "replay": [h["behaviour/replay"] for h in logs],
