@@ -411,10 +411,8 @@ class _ConstrainedLogProbs(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         step = input_ids.shape[1] - self.prompt_width
-        forced = self.constraints.forced(input_ids[:, self.prompt_width :])
-        return torch.log_softmax(
-            self.constraints.apply(scores.float(), step, None if forced is None else forced[:, -1]), dim=-1
-        )
+        forced = self.constraints.forced_next(input_ids[:, self.prompt_width :].tolist(), scores.device)
+        return torch.log_softmax(self.constraints.apply(scores.float(), step, forced), dim=-1)
 
 
 @torch.no_grad()
@@ -479,11 +477,8 @@ def beam_search(
     live = [_Beam(g, [], 0.0, 0) for g in range(num_groups)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(num_groups)]
     for step in range(constraints.max_length + 1):
-        forced = None
-        if constraints.tool is not None:  # the tool's next token for each live beam (its row of `logits`)
-            forced = torch.full((logits.shape[0],), -1, dtype=torch.long, device=device)
-            for b in live:
-                forced[b.row] = constraints.tool.forced_tokens(b.tokens)[-1]
+        prefix = {b.row: b.tokens for b in live}  # the latent that each row of `logits` continues
+        forced = constraints.forced_next([prefix[r] for r in range(logits.shape[0])], device)
         logp = torch.log_softmax(constraints.apply(logits, step, forced), dim=-1)  # (R, V)
         chosen = torch.zeros(logp.shape[-1], device=device)  # tokens taken at this step by earlier groups
         next_live: list[_Beam] = []

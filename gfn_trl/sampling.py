@@ -57,6 +57,13 @@ class LatentConstraints:
             return None
         return torch.tensor([self.tool.forced_tokens(row) for row in z.tolist()], dtype=torch.long, device=z.device)
 
+    def forced_next(self, prefixes: list[list[int]], device=None) -> Tensor | None:
+        """(B,): the token the tool appends after each latent prefix (-1 where the policy acts); None without a tool.
+        What a decoder needs at its current state (`forced` gives every state of finished latents)."""
+        if self.tool is None:
+            return None
+        return torch.tensor([self.tool.forced_tokens(p)[-1] for p in prefixes], dtype=torch.long, device=device)
+
     def admits(self, latent: list[int]) -> bool:
         """Whether the constrained policy can write `latent` (then stop): its length, vocabulary and tool outputs."""
         if not self.min_length <= len(latent) <= self.max_length:
@@ -143,9 +150,8 @@ class _ConstrainedSampler(LogitsProcessor):
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         step = input_ids.shape[1] - self.prompt_width
-        forced = self.constraints.forced(input_ids[:, self.prompt_width :])
-        scores = self.constraints.apply(scores.float(), step, None if forced is None else forced[:, -1])
-        scores = scores / self.temperature
+        forced = self.constraints.forced_next(input_ids[:, self.prompt_width :].tolist(), scores.device)
+        scores = self.constraints.apply(scores.float(), step, forced) / self.temperature
         if self.row_seeds is not None:
             scores = scores + gumbel_noise(self.row_seeds, step, scores.shape[-1]).to(scores.dtype)
         return scores
