@@ -101,6 +101,20 @@ def load_quantized_reward_model(name_or_path: str, bits: str, device) -> PreTrai
     return AutoModelForCausalLM.from_pretrained(name_or_path, quantization_config=quant, device_map={"": device})
 
 
+def prepare_kbit_model(model: PreTrainedModel, activation_checkpointing: bool) -> PreTrainedModel:
+    """An 8- or 4-bit model made ready for training LoRA on it (PEFT's `prepare_model_for_kbit_training`).
+
+    Also stops bitsandbytes' CPU backend from repacking 4-bit weights for its fast kernel: it does so the first time
+    a layer runs in eval mode without gradients (our sampler) and keeps that kernel afterwards, also in training,
+    where it has no backward, so the gradient through the frozen layers would be silently wrong."""
+    from peft import prepare_model_for_kbit_training
+
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
+
+
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
     if name_or_path.endswith(".gguf") and gguf_file is None:
         name_or_path, gguf_file = os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)

@@ -39,6 +39,7 @@ from .models import (
     load_causal_lm,
     load_quantized_reward_model,
     load_tokenizer,
+    prepare_kbit_model,
     resolve_peft_config,
     resolve_stop_token_id,
 )
@@ -153,16 +154,7 @@ class RolloutTrainer(_BaseTrainer):
             if PeftModel is not None and isinstance(model, PeftModel):
                 raise ValueError("model is already a PeftModel; do not pass peft_config as well.")
             if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-                from peft import prepare_model_for_kbit_training
-
-                # bitsandbytes' CPU backend repacks 4-bit weights for a fast kernel the first time a layer runs in
-                # eval mode without gradients (our sampler) and keeps that kernel afterwards, also in training,
-                # where it has no backward: the gradient through the frozen layers would be silently wrong.
-                for module in model.modules():
-                    if getattr(module, "support_avx512bf16_for_cpu", False):
-                        module.support_avx512bf16_for_cpu = False
-
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
+                model = prepare_kbit_model(model, args.activation_checkpointing)
             model = get_peft_model(model, resolve_peft_config(model, peft_config))
         is_peft = PeftModel is not None and isinstance(model, PeftModel)
         if is_peft and args.activation_checkpointing:

@@ -169,16 +169,15 @@ class GFlowNetTrainer(RolloutTrainer):
 
         log_z = None
         if self.needs_log_z:
-            windows = args.loss_type  # which windows reach s_0: "tb", "subtb" or "db"
-            estimate = batch_log_z(
-                log_pf, log_pterm, log_r, lengths, group, args.min_completion_length, windows, args.subtb_lambda,
-                terminable,
-            )
+            def estimate():  # the per-prompt batch estimate; its windows are the loss's ("tb", "subtb" or "db")
+                return batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length,
+                                   args.loss_type, args.subtb_lambda, terminable)
+
             if self.log_z_head is None:
-                log_z = estimate
+                log_z = estimate()
             else:
                 if not bool(self.log_z_head.initialized):  # start from the data, not from 0
-                    self.log_z_head.linear.bias.data.fill_(float(self.accelerator.reduce(estimate.mean(), "mean")))
+                    self.log_z_head.linear.bias.data.fill_(float(self.accelerator.reduce(estimate().mean(), "mean")))
                     self.log_z_head.initialized.fill_(True)
                 log_z = self.log_z_head(out[2][:, 0].detach().float())  # (B,): at s_0
 
