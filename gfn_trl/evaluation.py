@@ -26,13 +26,6 @@ class Scored:
     log_likelihood: list[float]  # untempered log R(Z⊤) under the base LM
 
 
-def _final(reward, rows, z, lengths) -> torch.Tensor:
-    """(B,) log R(Z⊤): the reward's final-state pass when it has one (one suffix copy per row), else the full one."""
-    if hasattr(reward, "final"):
-        return reward.final(rows, z, lengths)
-    return reward(rows, z, lengths).gather(1, lengths[:, None]).squeeze(1)
-
-
 def _seed(seed: int, i: int, j: int) -> int:
     return zlib.crc32(f"eval:{seed}:{i}:{j}".encode())
 
@@ -64,7 +57,7 @@ def sample_and_score(
         ctx = policy.disable_adapter() if disable_adapter else nullcontext()
         with ctx:
             z, lengths = sample_latents(policy, ids, mask, constraints, temperature, tokenizer.pad_token_id, seeds)
-        final = _final(reward, expanded, z, lengths).tolist()
+        final = reward.final(expanded, z, lengths).tolist()  # log R(Z⊤), one suffix copy per row
         for i, r in enumerate(chunk):
             sl = slice(i * n_samples, (i + 1) * n_samples)
             toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
@@ -82,7 +75,7 @@ def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents:
         if z.shape[1] == 0:
             z = torch.full((len(toks), 1), reward.stop_token_id)
         z, lengths = z.to(reward.device), lengths.to(reward.device)
-        final = _final(reward, [row] * len(toks), z, lengths)
+        final = reward.final([row] * len(toks), z, lengths)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
         out.append(Scored(row, [list(t) for t in toks], texts, final.tolist()))
     return out

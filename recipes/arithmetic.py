@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from dataclasses import dataclass, field  # noqa: E402
 
-import torch  # noqa: E402
 from gfn_trl import GFlowNetTrainer  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
@@ -75,31 +74,6 @@ class ArithmeticArguments:
                 "(not policy actions). false: the policy writes the results itself."})
 
 
-class FinalLikelihood:
-    """The reward LM's log p(Z Y | reward_prompt) of whole latents in the (B, S) layout of `LikelihoodReward`, with
-    only the final state filled (the other states get 0).  Evaluation needs only that value; it comes from
-    `LikelihoodReward.final` (one copy of Y instead of the n + 1 of the per-prefix pass)."""
-
-    def __init__(self, reward):
-        self.reward = reward
-        self.stop_token_id = reward.stop_token_id
-
-    @property
-    def device(self):
-        return self.reward.device
-
-    def final(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.reward.final(rows, z, lengths)
-
-    @torch.no_grad()
-    def __call__(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not all(r["gfn_has_suffix"] for r in rows):
-            raise ValueError("FinalLikelihood scores fixed-suffix rows only.")
-        final = self.reward.final(rows, z, lengths)
-        out = torch.zeros(len(rows), z.shape[1] + 1, device=final.device)
-        return out.scatter(1, lengths[:, None].to(final.device), final[:, None])
-
-
 def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None) -> dict:
     task = task or ArithmeticArguments()
     model, tokenizer = load_model_and_tokenizer(recipe, args)
@@ -121,7 +95,6 @@ def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None)
         seeded = trainer.seed_replay_buffer(gold_latents[:N_GOLD])
         print(f"Replay buffer seeded with {seeded} gold rationales.")
 
-    final_likelihood = FinalLikelihood(built.reward)  # the base LM's log p(Z Y | reward prompt), every method
     c = built.constraints
     eval_sets = {}
     for name, problems in tests.items():
@@ -133,7 +106,7 @@ def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None)
         eval_sets[name] = (LatentConstraints(c.stop_token_id, budget, c.min_length, c.allowed, c.tool), rows)
 
     def run_eval(prompting, disable_adapter):
-        return {name: sample_and_score(policy, final_likelihood, tokenizer, constraints, rows[prompting],
+        return {name: sample_and_score(policy, built.reward, tokenizer, constraints, rows[prompting],
                                        recipe.eval_samples, recipe.eval_temperature, seed=args.seed,
                                        disable_adapter=disable_adapter)
                 for name, (constraints, rows) in eval_sets.items()}

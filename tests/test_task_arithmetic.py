@@ -285,10 +285,10 @@ def test_trl_trainers_refuse_the_calculator_with_the_fix(tmp_path, monkeypatch):
 
 
 def test_final_likelihood_matches_the_packed_reward():
+    """The recipe evaluates with `LikelihoodReward.final` (one copy of Y): the packed per-prefix value at k = n."""
     from gfn_trl.rewards import LikelihoodReward
     from gfn_trl.testing import tiny_model
 
-    recipe = _recipe()
     model = tiny_model("llama", 24, init_std=0.5).eval()
     reward = LikelihoodReward(None, model, 0, 0)
     rows = [{"reward_prompt_ids": [3, 4, 5, 6, 7][:k], "suffix_ids": [8, 9, 10][:m], "gfn_has_suffix": True}
@@ -297,11 +297,11 @@ def test_final_likelihood_matches_the_packed_reward():
     lengths = torch.tensor([6, 0, 3])
     z[1:, :] = torch.where(torch.arange(6)[None, :] < lengths[1:, None], z[1:, :], 0)  # stop-padded
     full = reward(rows, z, lengths)
-    fast = recipe.FinalLikelihood(reward)(rows, z, lengths)
+    fast = reward.final(rows, z, lengths)
     idx = torch.arange(3)
-    assert fast.shape == full.shape
-    assert torch.allclose(fast[idx, lengths], full[idx, lengths], atol=1e-5)
-    assert (fast[idx, lengths] < 0).all()
+    assert fast.shape == (3,)
+    assert torch.allclose(fast, full[idx, lengths], atol=1e-5)
+    assert (fast < 0).all()
 
 
 def test_calculator_gold_latents_are_what_the_sampler_writes(smollm2_tokenizer):
