@@ -66,6 +66,22 @@ class TextTool:
         result = self.compute(text)
         return self.encode(result) if result else ()
 
+    def tokenize(self, text: str) -> list[int]:
+        """`text` as the latent the sampler would hold: the policy's pieces up to each trigger are tokenized on their
+        own, and where the text goes on with the tool's output, that output is the tool's tokens (e.g. a gold
+        rationale " 6 - 0 = 6, 6 - 4 = 2" -> tokens(" 6 - 0 =") + tool(" 6") + tokens(", 6 - 4 =") + tool(" 2"))."""
+        ids: list[int] = []
+        while True:
+            cut = text.find(self.trigger)
+            if cut < 0:
+                return ids + list(self.encode(text)) if text else ids
+            ids += self.encode(text[: cut + len(self.trigger)])
+            text = text[cut + len(self.trigger) :]
+            result = self.compute(self.tokenizer.decode(ids, clean_up_tokenization_spaces=False))
+            if result and text.startswith(result):
+                ids += self.encode(result)
+                text = text[len(result) :]
+
     def forced_tokens(self, latent: Sequence[int]) -> list[int]:
         latent = list(latent)
         forced, pending = [], deque()

@@ -288,17 +288,11 @@ def calculator(tokenizer) -> TextTool:
 
 def gold_latent(tokenizer, problem: Problem, tool: TextTool | None = None) -> list[int]:
     """The gold rationale as latent token ids.  With the calculator, the policy's pieces (' 6 - 0 =', ', 6 - 4 =')
-    and the tool's outputs are tokenized separately, exactly as sampling produces them (so the latent is one the
-    constrained policy can write); without it, the whole text is tokenized."""
+    and the tool's outputs are tokenized separately, exactly as sampling produces them (`TextTool.tokenize`), so the
+    latent is one the constrained policy can write; without it, the whole text is tokenized."""
     if tool is None:
         return tokenizer(gold_rationale(problem), add_special_tokens=False)["input_ids"]
-    ids, left = [], problem.operands[0]
-    for k, (op, x, result) in enumerate(zip(problem.operators, problem.operands[1:], problem.partial_results())):
-        piece = f"{',' if k else ''} {left} {op} {x} ="
-        ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
-        ids += tool.output(ids)
-        left = result
-    return ids
+    return tool.tokenize(gold_rationale(problem))
 
 
 # ----------------------------------------------------------------------------------------------------------------
