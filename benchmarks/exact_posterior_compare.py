@@ -78,6 +78,16 @@ def common_args(steps: int, seed: int) -> dict:
     }
 
 
+def rollout_args(toy: dict) -> dict:
+    """The latent space and batch of gfn_trl's own trainers (GFlowNet, PPO): one prompt x 16 latents per step."""
+    return {
+        "per_device_train_batch_size": 1,
+        "num_generations": SAMPLES_PER_STEP,
+        "max_completion_length": toy["max_length"],
+        "min_completion_length": toy["min_length"],
+    }
+
+
 def fresh_toy(reward: str, seed: int) -> dict:
     """The toy, rebuilt (the same weights every time: each method trains its own copy of the start), dropout off.
 
@@ -130,12 +140,9 @@ def train_with_gfn_signature(trainer_cls, args, toy) -> nn.Module:
 @register("gfn")
 def train_gfn(toy: dict, steps: int, seed: int) -> nn.Module:
     args = GFlowNetConfig(
-        per_device_train_batch_size=1,
-        num_generations=SAMPLES_PER_STEP,
-        max_completion_length=toy["max_length"],
-        min_completion_length=toy["min_length"],
         reward_temperature_start=1.0,
         reward_temperature_end=1.0,
+        **rollout_args(toy),
         **common_args(steps, seed),
     )
     return train_with_gfn_signature(GFlowNetTrainer, args, toy)
@@ -200,13 +207,7 @@ def train_sft(toy: dict, steps: int, seed: int) -> nn.Module:
 def train_ppo(toy: dict, steps: int, seed: int) -> nn.Module:
     from gfn_trl import PPOConfig, PPOTrainer
 
-    args = PPOConfig(
-        per_device_train_batch_size=1,
-        num_generations=SAMPLES_PER_STEP,
-        max_completion_length=toy["max_length"],
-        min_completion_length=toy["min_length"],
-        **common_args(steps, seed),
-    )
+    args = PPOConfig(**rollout_args(toy), **common_args(steps, seed))
     return train_with_gfn_signature(PPOTrainer, args, toy)
 
 

@@ -456,14 +456,18 @@ def test_gradients_with_min_length(min_length):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@st.composite
-def batches(draw):
+def _draw_shape(draw):
+    """B trajectories of width T, their lengths, a seed and a λ."""
     B = draw(st.integers(1, 5))
     T = draw(st.integers(0, 6))
     lengths = draw(st.lists(st.integers(0, T), min_size=B, max_size=B))
-    seed = draw(st.integers(0, 2**31 - 1))
+    return B, T, lengths, draw(st.integers(0, 2**31 - 1)), draw(st.floats(0.1, 3.0, exclude_min=True))
+
+
+@st.composite
+def batches(draw):
+    B, T, lengths, seed, lam = _draw_shape(draw)
     garbage = draw(st.lists(st.sampled_from(GARBAGE + (0.0, 7.0)), min_size=1, max_size=4))
-    lam = draw(st.floats(0.1, 3.0, exclude_min=True))
     min_length = draw(st.integers(0, T + 1))
     return make_batch(lengths, T, seed=seed, garbage=tuple(garbage)), lam, min_length, seed
 
@@ -657,13 +661,9 @@ def test_subtb_needs_log_z_when_s0_cannot_stop_and_batch_log_z_uses_the_first_te
 @st.composite
 def blocked_batches(draw):
     """Random batches whose trajectories have random non-terminable states (a tool writing), -inf stop there."""
-    B = draw(st.integers(1, 5))
-    T = draw(st.integers(0, 6))
-    lengths = draw(st.lists(st.integers(0, T), min_size=B, max_size=B))
-    seed = draw(st.integers(0, 2**31 - 1))
+    B, T, lengths, seed, lam = _draw_shape(draw)
     # states s_1..s_{n-1} may be blocked (s_n is where the latent stopped, so it could)
     blocked = [set(draw(st.lists(st.integers(1, n - 1), max_size=3))) if n > 1 else set() for n in lengths]
-    lam = draw(st.floats(0.1, 3.0, exclude_min=True))
     log_pf, log_pterm, log_r, lengths_t = make_batch(lengths, T, seed=seed, garbage=GARBAGE)
     terminable = torch.ones(B, T + 1, dtype=torch.bool)
     for b, states in enumerate(blocked):
