@@ -1,6 +1,7 @@
 """Train GFlowNetTrainer on the exact-posterior toy and print TV and KL to the true posterior over steps.
 
-    python benchmarks/exact_posterior.py [--reward suffix|stop] [--steps 400] [--loss subtb|tb|db] [--log_z batch|learned]  [--tool]
+    python benchmarks/exact_posterior.py [--reward suffix|stop] [--steps 400] [--loss subtb|tb|db]
+                                         [--log_z batch|learned] [--tool]
 
 The toy (gfn_trl.testing.exact_posterior_toy): a tiny GPT-2 with sharp random conditionals, prompt "x y x",
 latents of 1-3 tokens over {a, b, c, d} (84 latents), reward log p(Z Y | X) (suffix "y x y") or log p(Z ⊤ | X).

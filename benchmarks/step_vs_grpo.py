@@ -36,8 +36,8 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 from collections import defaultdict
 

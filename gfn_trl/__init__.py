@@ -2,11 +2,11 @@
 
 from .config import GFlowNetConfig, PPOConfig, RolloutConfig
 from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss
+from .ppo_trainer import PPOTrainer
 from .replay import ReplayBuffer
 from .rewards import prefix_log_rewards
-from .sampling import LatentConstraints
-from .ppo_trainer import PPOTrainer
 from .rollout import RolloutTrainer
+from .sampling import LatentConstraints
 from .trainer import GFlowNetTrainer
 
 __version__ = "0.1.0"

@@ -76,7 +76,9 @@ class RolloutConfig(_BaseConfig):
     )
 
     # Latent and sampling
-    max_completion_length: int = field(default=25, metadata={"help": "Maximum latent tokens; the stop is forced there."})
+    max_completion_length: int = field(
+        default=25, metadata={"help": "Maximum latent tokens; the stop is forced there."}
+    )
     min_completion_length: int = field(default=1, metadata={"help": "Minimum latent tokens; no stop below it."})
     stop_token: str | None = field(
         default=None, metadata={"help": "Token that ends the latent (default: the tokenizer's EOS). One token."}
@@ -124,9 +126,13 @@ class RolloutConfig(_BaseConfig):
         if self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
         if self.reward_model_quantization not in (None, "8bit", "4bit"):
-            raise ValueError(f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}.")
+            raise ValueError(
+                f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}."
+            )
         if self.reward_model_quantization and not self.reward_model_name_or_path:
-            raise ValueError("reward_model_quantization applies to a separate reward LM: set reward_model_name_or_path too.")
+            raise ValueError(
+                "reward_model_quantization applies to a separate reward LM: set reward_model_name_or_path too."
+            )
         if isinstance(self.model_init_kwargs, str):
             import json
 
@@ -192,7 +198,9 @@ class GFlowNetConfig(RolloutConfig):
     loss_type: str = field(
         default="subtb", metadata={"help": "Loss: 'subtb' (modified SubTB, paper eq. 3), 'tb' or 'db' (modified DB)."}
     )
-    subtb_lambda: float = field(default=1.0, metadata={"help": "Window weight lambda^(j-i-1) in SubTB; 1 in the paper."})
+    subtb_lambda: float = field(
+        default=1.0, metadata={"help": "Window weight lambda^(j-i-1) in SubTB; 1 in the paper."}
+    )
     log_z: str = field(
         default="batch",
         metadata={"help": "log Z source when needed: 'batch' (per-prompt VarGrad estimate) or 'learned' (a head)."},
@@ -204,7 +212,9 @@ class GFlowNetConfig(RolloutConfig):
     tempered_prob: float = field(
         default=0.5, metadata={"help": "Probability of sampling a batch at a temperature from U[min, max]."}
     )
-    replay_prob: float = field(default=0.25, metadata={"help": "Probability of drawing a batch from the replay buffer."})
+    replay_prob: float = field(
+        default=0.25, metadata={"help": "Probability of drawing a batch from the replay buffer."}
+    )
     sampling_temperature_min: float = field(default=0.5, metadata={"help": "Lowest exploration temperature."})
     sampling_temperature_max: float = field(default=2.0, metadata={"help": "Highest exploration temperature."})
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datasets import Dataset
 
 
-def tokenize_dataset(dataset: Dataset, tokenizer, model_config, max_completion_length: int, split: str = "train") -> Dataset:
+def tokenize_dataset(
+    dataset: Dataset, tokenizer, model_config, max_completion_length: int, split: str = "train"
+) -> Dataset:
     """Add `prompt_ids`, `reward_prompt_ids`, `suffix_ids`, `gfn_key` and `gfn_has_suffix` to every row.
 
     Raises a ValueError naming the row and the fix for: no `prompt` column, an empty dataset, an empty prompt or
@@ -52,7 +54,9 @@ def tokenize_dataset(dataset: Dataset, tokenizer, model_config, max_completion_l
                     f"Row {i} of the {split} dataset has a 'suffix' ({suffix!r}) that tokenizes to nothing. Give "
                     "every row a non-empty suffix, or drop the column to use the stop-token reward."
                 )
-            c_ids = tokenizer(batch["contrast_suffix"][j], add_special_tokens=False)["input_ids"] if has_contrast else []
+            c_ids = (
+                tokenizer(batch["contrast_suffix"][j], add_special_tokens=False)["input_ids"] if has_contrast else []
+            )
             if has_contrast and not c_ids:
                 raise ValueError(f"Row {i} of the {split} dataset has a 'contrast_suffix' that tokenizes to nothing.")
             need = max(len(p_ids), len(r_ids) + max(len(s_ids), len(c_ids))) + max_completion_length + 1

@@ -46,7 +46,9 @@ def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Ten
             f"log_r {tuple(log_r.shape)} must be (B, T+1), lengths {tuple(lengths.shape)} must be (B,)."
         )
     if lengths.numel() and (int(lengths.max()) > T or int(lengths.min()) < 0):
-        raise ValueError(f"lengths must lie in [0, {T}] (the latent width), got [{int(lengths.min())}, {int(lengths.max())}].")
+        raise ValueError(
+            f"lengths must lie in [0, {T}] (the latent width), got [{int(lengths.min())}, {int(lengths.max())}]."
+        )
 
 
 def state_potentials(

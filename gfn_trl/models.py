@@ -38,7 +38,9 @@ def lora_target_modules(model: PreTrainedModel) -> list[str]:
     head = {"lm_head", "embed_out", "score"}
     found = sorted(present - head)
     if not found:
-        raise ValueError(f"No linear layers found in {type(model).__name__} to put LoRA on; pass target_modules explicitly.")
+        raise ValueError(
+            f"No linear layers found in {type(model).__name__} to put LoRA on; pass target_modules explicitly."
+        )
     return found
 
 

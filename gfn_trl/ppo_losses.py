@@ -95,7 +95,9 @@ def clipped_surrogate_loss(
     return loss, clipfrac
 
 
-def clipped_value_loss(values: Tensor, values_old: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float) -> Tensor:
+def clipped_value_loss(
+    values: Tensor, values_old: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+) -> Tensor:
     """½ mean over actions of max((V - R)², (V_clip - R)²), V_clip = V_old + clip(V - V_old, ±ε_v)."""
     clipped = values_old + (values - values_old).clamp(-cliprange_value, cliprange_value)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)

@@ -123,7 +123,9 @@ class PPOTrainer(RolloutTrainer):
         prompt_ids, prompt_mask = self.prompt_batch(expanded)
         z, lengths = self.sample(expanded, prompt_ids, prompt_mask, a.sampling_temperature, step=step)
         final = self.reward.final(expanded, z, lengths).float()  # untempered log R(Z⊤): PPO needs no prefix rewards
-        log_r = torch.zeros(z.shape[0], z.shape[1] + 1, device=final.device).scatter(1, lengths[:, None], final[:, None])
+        log_r = torch.zeros(z.shape[0], z.shape[1] + 1, device=final.device).scatter(
+            1, lengths[:, None], final[:, None]
+        )
         inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "z": z, "lengths": lengths, "rows": expanded,
                   "group": group, "log_r": log_r, "step": step}  # log_r: the final reward at column n, 0 elsewhere
         self._check_finite(log_r, inputs)
@@ -176,7 +178,9 @@ class PPOTrainer(RolloutTrainer):
         log_pf, log_pterm, hidden = self._policy_pass(model, inputs, True)
         log_q = action_log_probs(log_pf.float(), log_pterm.float(), inputs["lengths"])
         mask = inputs["mask"]
-        pg_loss, clipfrac = clipped_surrogate_loss(log_q, inputs["old_log_probs"], inputs["advantages"], mask, a.cliprange)
+        pg_loss, clipfrac = clipped_surrogate_loss(
+            log_q, inputs["old_log_probs"], inputs["advantages"], mask, a.cliprange
+        )
         values = self.value_head(hidden.detach().float())
         vf_loss = clipped_value_loss(values, inputs["values"], inputs["returns"], mask, a.cliprange_value)
         loss = pg_loss + a.vf_coef * vf_loss
@@ -200,5 +204,6 @@ class PPOTrainer(RolloutTrainer):
         self.kl_coef = state["kl_coef"]
         device = self.accelerator.device
         self._rollouts = {
-            i: {k: v.to(device) if torch.is_tensor(v) else v for k, v in r.items()} for i, r in state["rollouts"].items()
+            i: {k: v.to(device) if torch.is_tensor(v) else v for k, v in r.items()}
+            for i, r in state["rollouts"].items()
         }

@@ -147,7 +147,11 @@ def trainer_from_argv(argv: list[str]) -> str:
         if a.startswith("--trainer="):
             return a.split("=", 1)[1]
     for i, a in enumerate(argv):
-        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.split("=", 1)[1] if a.startswith("--config=") else None
+        path = (
+            argv[i + 1] if a == "--config" and i + 1 < len(argv)
+            else a.split("=", 1)[1] if a.startswith("--config=")
+            else None
+        )
         if path and os.path.exists(path):
             import yaml
 
@@ -214,7 +218,8 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
                          "base-LM scoring use the policy with its adapter disabled.")
     if tool is not None and name in ("grpo", "rloo"):
         raise ValueError(f"--trainer {name} cannot use the tool: TRL's {name.upper()} samples with `generate` and "
-                         "takes no state-dependent rule for the tool's forced tokens (and would count them as actions). "
+                         "takes no state-dependent rule for the tool's forced tokens "
+                         "(and would count them as actions). "
                          "Turn the tool off (e.g. --calculator false) or use --trainer gfn, ppo or sft.")
     mask = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
     constraints = latent_constraints(tokenizer, args.max_completion_length, args.min_completion_length,
@@ -223,7 +228,8 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
         tokenizer.pad_token = tokenizer.eos_token
     if name in ("grpo", "rloo"):
         build = build_grpo_trainer if name == "grpo" else build_rloo_trainer
-        trainer = build(model, args, train_dataset, constraints, tokenizer, lora, reward_chunk_size=args.reward_chunk_size)
+        trainer = build(model, args, train_dataset, constraints, tokenizer, lora,
+                        reward_chunk_size=args.reward_chunk_size)
         policy = trainer.accelerator.unwrap_model(trainer.model)
         return Built(trainer, policy, trainer.latent_reward.reward, constraints)
     if gold_column is None or gold_column not in train_dataset.column_names:
@@ -268,7 +274,8 @@ def peft_config(args: RecipeArguments):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=args.lora_target_modules
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules,
     )
 
 

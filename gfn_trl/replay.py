@@ -75,7 +75,8 @@ class ReplayBuffer:
         for i, old in enumerate(bucket):
             same = old.tokens == entry.tokens or (
                 self.sim_tolerance > 0
-                and _edit_distance(old.tokens, entry.tokens) <= self.sim_tolerance * (len(old.tokens) + len(entry.tokens))
+                and _edit_distance(old.tokens, entry.tokens)
+                <= self.sim_tolerance * (len(old.tokens) + len(entry.tokens))
             )
             if same:
                 if entry.score > old.score:

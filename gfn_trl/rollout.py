@@ -119,7 +119,9 @@ class RolloutTrainer(_BaseTrainer):
         init_kwargs = dict(args.model_init_kwargs or {})
         if args.load_in_4bit:
             if peft_config is None:
-                raise ValueError("load_in_4bit trains a LoRA adapter on frozen 4-bit weights (QLoRA): pass peft_config.")
+                raise ValueError(
+                    "load_in_4bit trains a LoRA adapter on frozen 4-bit weights (QLoRA): pass peft_config."
+                )
             if isinstance(model, str):
                 init_kwargs.setdefault("quantization_config", bitsandbytes_config("4bit", args.device))
                 init_kwargs.setdefault("device_map", {"": args.device})
@@ -181,7 +183,9 @@ class RolloutTrainer(_BaseTrainer):
             reward_model.eval()
             reward_model.requires_grad_(False)
             if reward_model.get_output_embeddings().weight.shape[0] < len(tokenizer):
-                raise ValueError("The reward model's vocabulary is smaller than the tokenizer's: they must share a tokenizer.")
+                raise ValueError(
+                    "The reward model's vocabulary is smaller than the tokenizer's: they must share a tokenizer."
+                )
         self.reward_model = reward_model
 
         # Constraints of the policy, shared by the sampler and the loss
@@ -189,7 +193,9 @@ class RolloutTrainer(_BaseTrainer):
         if allowed is not None:
             allowed = torch.as_tensor(allowed, dtype=torch.bool)
             if allowed.ndim != 1:
-                raise ValueError(f"vocab_mask must be a 1-D bool tensor over the vocabulary, got shape {tuple(allowed.shape)}.")
+                raise ValueError(
+                    f"vocab_mask must be a 1-D bool tensor over the vocabulary, got shape {tuple(allowed.shape)}."
+                )
             if int(allowed.sum()) == 0:
                 raise ValueError("vocab_mask allows no token; a latent could only be empty.")
         self.constraints = LatentConstraints(
@@ -250,7 +256,9 @@ class RolloutTrainer(_BaseTrainer):
 
     def prompt_batch(self, expanded: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P) left-padded policy prompts and their attention mask."""
-        return left_pad([r["prompt_ids"] for r in expanded], self.processing_class.pad_token_id, self.accelerator.device)
+        return left_pad(
+            [r["prompt_ids"] for r in expanded], self.processing_class.pad_token_id, self.accelerator.device
+        )
 
     @torch.no_grad()
     def sample(self, expanded: list[dict], prompt_ids, prompt_mask, temperature: float = 1.0, step: int | None = None):
@@ -296,7 +304,9 @@ class RolloutTrainer(_BaseTrainer):
     def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
         """Average each value over the ranks and keep it until the next `log`."""
         names = list(values)
-        stacked = torch.stack([torch.as_tensor(v).detach().float().to(self.accelerator.device) for v in values.values()])
+        stacked = torch.stack(
+            [torch.as_tensor(v).detach().float().to(self.accelerator.device) for v in values.values()]
+        )
         stacked = self.accelerator.reduce(stacked, reduction="mean")
         for name, v in zip(names, stacked.tolist()):
             self._metrics[name].append(v)
@@ -388,7 +398,10 @@ class RolloutTrainer(_BaseTrainer):
         return os.path.join(folder, f"gfn_state_rank{self.args.process_index}.pt")
 
     def _save_checkpoint(self, model, trial):
-        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else self.args.hub_model_id.split("/")[-1]
+        model_name = (
+            Path(self.args.output_dir).name if self.args.hub_model_id is None
+            else self.args.hub_model_id.split("/")[-1]
+        )
         self.create_model_card(model_name=model_name)
         # The trainer's state is written into the checkpoint folder *before* the Trainer finalises it, so a
         # checkpoint that the Trainer considers complete always holds it.

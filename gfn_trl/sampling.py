@@ -169,7 +169,9 @@ def left_pad(sequences: list[list[int]], pad_token_id: int, device=None) -> tupl
     return ids.to(device), mask.to(device)
 
 
-def right_pad(sequences: list[list[int]], pad_token_id: int, width: int | None = None, device=None) -> tuple[Tensor, Tensor]:
+def right_pad(
+    sequences: list[list[int]], pad_token_id: int, width: int | None = None, device=None
+) -> tuple[Tensor, Tensor]:
     """(B, W) right-padded ids and lengths (B,)."""
     width = max([len(s) for s in sequences] + [0]) if width is None else width
     ids = torch.full((len(sequences), max(width, 0)), pad_token_id, dtype=torch.long)

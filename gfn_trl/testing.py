@@ -50,8 +50,8 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 32, init
                           num_key_value_heads=2, max_position_embeddings=128, **common)
         model = Qwen2ForCausalLM(cfg)
     elif arch == "gpt_neox":
-        cfg = GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-                            max_position_embeddings=128, **common)
+        cfg = GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=128, **common)
         model = GPTNeoXForCausalLM(cfg)
     else:
         raise ValueError(arch)
@@ -136,7 +136,8 @@ def exact_target_and_policy(trainer, toy) -> tuple[torch.Tensor, torch.Tensor]:
     was = unwrapped.training
     unwrapped.eval()
     with ctx:
-        log_r = exact_log_rewards(scorer, prompt_ids, toy["latents"], trainer.constraints.stop_token_id, tok.pad_token_id, suffix_ids)
+        log_r = exact_log_rewards(scorer, prompt_ids, toy["latents"], trainer.constraints.stop_token_id,
+                                  tok.pad_token_id, suffix_ids)
     log_q = exact_policy_log_probs(unwrapped, prompt_ids, toy["latents"], trainer.constraints, tok.pad_token_id)
     unwrapped.train(was)
     return log_r, log_q

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 
 class Tool(Protocol):

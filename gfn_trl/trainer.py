@@ -66,7 +66,7 @@ class GFlowNetTrainer(RolloutTrainer):
                 author    = {Edward J. Hu and Moksh Jain and Eric Elmoznino and Younesse Kaddar and Guillaume Lajoie and Yoshua Bengio and Nikolay Malkin},
                 year      = 2024,
                 booktitle = {The Twelfth International Conference on Learning Representations, {ICLR} 2024},
-            }"""),
+            }"""),  # noqa: E501 (the BibTeX author line)
     }
     _config_class = GFlowNetConfig
 
@@ -116,7 +116,9 @@ class GFlowNetTrainer(RolloutTrainer):
 
         replayed = None
         if mode == "replay":
-            replayed = [self.replay_buffer.sample(r["gfn_key"], k, random.Random(self._key(r["gfn_key"]))) for r in rows]
+            replayed = [
+                self.replay_buffer.sample(r["gfn_key"], k, random.Random(self._key(r["gfn_key"]))) for r in rows
+            ]
             if not self._everywhere(all(replayed)):  # a prompt with an empty buffer: explore instead, as the paper does
                 mode, replayed = "tempered", None
             else:
@@ -157,7 +159,8 @@ class GFlowNetTrainer(RolloutTrainer):
         args = self.args
         want_hidden = self.log_z_head is not None
         out = policy_log_probs(
-            model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["z"], inputs["lengths"], self.constraints, want_hidden
+            model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["z"], inputs["lengths"], self.constraints,
+            want_hidden,
         )
         log_pf, log_pterm = out[0], out[1]
         t_r = args.reward_temperature(self.state.global_step)

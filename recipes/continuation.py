@@ -1,7 +1,9 @@
 """Sentence continuation with GFlowNet fine-tuning (Hu et al. 2024, §4.1), or PPO / GRPO / RLOO (`--trainer`).
 
-    accelerate launch recipes/continuation.py                                        # offline default: SmolLM2-135M on CPU, embedded prompts
-    accelerate launch recipes/continuation.py --config recipes/configs/continuation_gpt2-xl.yaml --dataset prompts.txt   # the paper's setting
+    # offline default: SmolLM2-135M on CPU, embedded prompts
+    accelerate launch recipes/continuation.py
+    # the paper's setting
+    accelerate launch recipes/continuation.py --config recipes/configs/continuation_gpt2-xl.yaml --dataset prompts.txt
 
 Trains q(Z | X) so that q(Z) ∝ p_LM(Z "." | X)^(1/T), where X is a prompt of 1-3 sentences (ending with a space),
 Z the next sentence and "." the stop action; T_R goes linearly from 1.0 to 0.8.  The latent vocabulary is the
@@ -17,10 +19,10 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from gfn_trl.baselines import decode  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score, score_tokens  # noqa: E402
 from gfn_trl.metrics import TextEncoder, default_encoder_path  # noqa: E402
-from gfn_trl.baselines import decode  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
     build_trainer,

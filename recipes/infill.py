@@ -1,7 +1,9 @@
 """Story infilling with GFlowNet fine-tuning (Hu et al. 2024, §4.2), or PPO / GRPO / RLOO / SFT (`--trainer`).
 
-    accelerate launch recipes/infill.py                                   # offline default: SmolLM2-135M on CPU, embedded stories
-    accelerate launch recipes/infill.py --config recipes/configs/infill_gpt2-large.yaml --dataset stories.csv   # the paper's setting
+    # offline default: SmolLM2-135M on CPU, embedded stories
+    accelerate launch recipes/infill.py
+    # the paper's setting
+    accelerate launch recipes/infill.py --config recipes/configs/infill_gpt2-large.yaml --dataset stories.csv
 
 Trains q(Z | X, Y) so that q(Z) ∝ p_LM(Z Y | X), where X is sentences 1-3 of a story, Y sentence 5 and Z sentence 4.
 As in the paper, the LM is first fine-tuned on the whole training stories (`--story_lm_steps`, TRL's SFTTrainer; the
@@ -32,8 +34,9 @@ from gfn_trl.recipe import (  # noqa: E402
 from gfn_trl.tasks import infill  # noqa: E402
 
 # The offline CPU default: 11 minutes with `accelerate launch` (one thread), 7 with `python` on 2 cores. The paper's
-# values are in recipes/configs/infill_gpt2-large.yaml.  As in the paper, the LM is first fine-tuned on the training stories (the
-# paper: GPT-2 Large, 50 epochs; here 60 steps of 8 stories, ~4 epochs of the 112 embedded training stories, ~3 min):
+# values are in recipes/configs/infill_gpt2-large.yaml.  As in the paper, the LM is first fine-tuned on the training
+# stories (the paper: GPT-2 Large, 50 epochs; here 60 steps of 8 stories, ~4 epochs of the 112 embedded training
+# stories, ~3 min):
 # SmolLM2-135M-Instruct is not a story model, and with it as the reward the GFlowNet learns degenerate high-likelihood
 # infills (" to, to, to, before her, later.") that score below prompting on BLEU and BERTScore.
 CPU_DEFAULTS = dict(
@@ -79,8 +82,9 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
     encoder = TextEncoder(default_encoder_path())
 
     def run_eval(disable_adapter):
-        return sample_and_score(built.policy, built.reward, tokenizer, built.constraints, eval_rows, recipe.eval_samples,
-                                recipe.eval_temperature, seed=args.seed, disable_adapter=disable_adapter)
+        return sample_and_score(built.policy, built.reward, tokenizer, built.constraints, eval_rows,
+                                recipe.eval_samples, recipe.eval_temperature, seed=args.seed,
+                                disable_adapter=disable_adapter)
 
     metrics, scored = {}, {}
     if not recipe.skip_baseline:
@@ -98,7 +102,8 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
     save_run(trainer, recipe, args, metrics, samples)
     if trainer.accelerator.is_main_process:
         examples = [{"story": s.row["prompt"].replace("\n", " | "), "gold": s.row["gold"],
-                     **{f"{m} sample": scored[m][i].texts[0] for m in scored}} for i, s in enumerate(scored[method][:3])]
+                     **{f"{m} sample": scored[m][i].texts[0] for m in scored}}
+                    for i, s in enumerate(scored[method][:3])]
         print_summary("story infilling", metrics, examples)
     trainer.end()
     return metrics

@@ -584,7 +584,7 @@ def brute_subtb_blocked(log_pf, log_pterm, log_r, lengths, blocked, lam=1.0, log
     for b in range(log_pf.shape[0]):
         n = int(lengths[b])
 
-        def has_flow(i):
+        def has_flow(i, b=b):
             return i not in blocked[b] or i == 0
 
         for i in range(n + 1):

@@ -130,9 +130,9 @@ def test_masked_whiten_normalises_only_the_masked_entries():
 def _trainer(tmp_path, steps, **kw):
     toy = exact_posterior_toy("suffix")
     defaults = dict(
-        max_steps=steps, learning_rate=2e-3, warmup_steps=0, lr_scheduler_type="constant", per_device_train_batch_size=1,
-        num_generations=16, max_completion_length=3, min_completion_length=1, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+        max_steps=steps, learning_rate=2e-3, warmup_steps=0, lr_scheduler_type="constant",
+        per_device_train_batch_size=1, num_generations=16, max_completion_length=3, min_completion_length=1,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
     )
     defaults.update(kw)
     args = PPOConfig(str(tmp_path), **defaults)

@@ -125,4 +125,6 @@ def test_recipes_load_the_policy_in_4bit_with_the_flag(saved, tmp_path):
     dense, _ = load_model_and_tokenizer(RecipeArguments(model_name_or_path=path), _config(tmp_path))
     assert not getattr(dense, "is_loaded_in_4bit", False)
     with pytest.raises(ValueError, match="GGUF"):
-        load_model_and_tokenizer(RecipeArguments(model_name_or_path="/x/model.gguf"), _config(tmp_path, load_in_4bit=True))
+        load_model_and_tokenizer(
+            RecipeArguments(model_name_or_path="/x/model.gguf"), _config(tmp_path, load_in_4bit=True)
+        )

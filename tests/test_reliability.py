@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
     import json
     with open(os.path.join(out, f"result_{mode}.json"), "w") as f:
         json.dump({"losses": losses, "weights": weights}, f)
-    """
+    """  # noqa: E501 (a line of the embedded script)
 )
 
 
@@ -80,8 +80,8 @@ def test_resuming_from_an_incomplete_checkpoint_names_the_fix(tmp_path):
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"trunc')
     tok = tiny_tokenizer()
     args = GFlowNetConfig(output_dir=str(tmp_path), max_steps=1, num_generations=2, report_to="none", use_cpu=True)
-    trainer = GFlowNetTrainer(tiny_model("gpt2", len(tok)), args, train_dataset=Dataset.from_dict({"prompt": ["a cat"]}),
-                              processing_class=tok)
+    trainer = GFlowNetTrainer(tiny_model("gpt2", len(tok)), args,
+                              train_dataset=Dataset.from_dict({"prompt": ["a cat"]}), processing_class=tok)
     with pytest.raises(ValueError, match="not a complete GFlowNetTrainer checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
     with pytest.raises(ValueError, match="holds no complete checkpoint"):

