@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl.trainer.base_config import _BaseConfig
+
+
+def resolve_bf16(config) -> None:
+    """Fill an unset (None) `bf16`: on only on a CUDA device that supports it (TRL's own default, on everywhere, would
+    autocast CPU runs behind the user's back), and only where `accelerate launch` asks for bf16 or says nothing. Every
+    GPU config in accelerate_configs/ says bf16; one that says "no" gets fp32 (DeepSpeed refuses arguments that
+    disagree with its config: "ds bf16.enabled=False vs hf bf16=True")."""
+    if config.bf16 is not None:
+        return
+    capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "bf16")
+    config.bf16 = bool(capable) and launcher == "bf16" and not config.fp16
 
 
 @dataclass
@@ -72,7 +85,8 @@ class RolloutConfig(_BaseConfig):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "Use bf16 mixed precision. Defaults to True only on a CUDA device that supports it."},
+        metadata={"help": "Use bf16 mixed precision. Unset: on only on a CUDA device that supports it, unless "
+                  "`accelerate launch` sets another mixed_precision."},
     )
 
     # Latent and sampling
@@ -113,8 +127,7 @@ class RolloutConfig(_BaseConfig):
     )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        resolve_bf16(self)
         super().__post_init__()
         if self.max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}.")

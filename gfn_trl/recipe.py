@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, RLOOConfig, SFTConfig, TrlParser
 
-from .config import GFlowNetConfig, PPOConfig
+from .config import GFlowNetConfig, PPOConfig, resolve_bf16
 from .models import bitsandbytes_config, load_causal_lm, load_tokenizer, smollm2_gguf_path
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints
@@ -80,12 +80,6 @@ class RecipeArguments:
 # The settings of TRL's trainers, with the latent's constraints that GFlowNetConfig / PPOConfig have
 
 
-def _cpu_safe_bf16(config) -> None:
-    # TRL turns bf16 on by default; as in RolloutConfig, only do so on a CUDA device that supports it
-    if config.bf16 is None:
-        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not config.fp16
-
-
 @dataclass
 class _LatentFields:
     min_completion_length: int = field(default=1, metadata={"help": "Minimum latent tokens; no stop below it."})
@@ -103,7 +97,7 @@ class LatentGRPOConfig(GRPOConfig, _LatentFields):
     disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
 
     def __post_init__(self):
-        _cpu_safe_bf16(self)
+        resolve_bf16(self)
         super().__post_init__()
 
 
@@ -114,7 +108,7 @@ class LatentRLOOConfig(RLOOConfig, _LatentFields):
     disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
 
     def __post_init__(self):
-        _cpu_safe_bf16(self)
+        resolve_bf16(self)
         super().__post_init__()
 
 
@@ -125,7 +119,7 @@ class LatentSFTConfig(SFTConfig, _LatentFields):
     max_completion_length: int = field(default=25, metadata={"help": "Maximum latent tokens (evaluation)."})
 
     def __post_init__(self):
-        _cpu_safe_bf16(self)
+        resolve_bf16(self)
         super().__post_init__()
 
 

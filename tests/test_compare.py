@@ -38,6 +38,46 @@ def test_every_recipe_parses_every_trainer(task, trainer):
         assert args.output_dir.endswith(f"-{trainer}")
 
 
+@pytest.mark.parametrize("trainer", ["gfn", "ppo", "grpo", "rloo", "sft"])
+@pytest.mark.parametrize("launcher", [None, "no", "bf16"])
+def test_unset_bf16_is_off_on_a_cpu_whatever_the_launcher_says(trainer, launcher, monkeypatch):
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    argv = ["--trainer", trainer]
+    args = _load("continuation").make_parser(argv).parse_args_into_dataclasses(argv)[1]
+    assert args.bf16 is False  # transformers refuses bf16 on a CPU without use_cpu
+
+
+@pytest.mark.parametrize(("cuda_bf16", "launcher", "fp16", "want"), [
+    (True, None, False, True),
+    (True, "bf16", False, True),  # accelerate_configs/*gpu*, deepspeed_*, fsdp2: all say bf16
+    (True, "no", False, False),  # an fp32 launcher: DeepSpeed refuses bf16 arguments against it
+    (True, "fp16", False, False),
+    (True, None, True, False),
+    (False, "bf16", False, False),
+])
+def test_resolve_bf16_on_a_gpu_follows_the_launcher(cuda_bf16, launcher, fp16, want, monkeypatch):
+    # the GPU side cannot run here: stand in for the device's capability only
+    from types import SimpleNamespace
+
+    from gfn_trl.config import resolve_bf16
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: cuda_bf16)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a, **k: cuda_bf16)
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    config = SimpleNamespace(bf16=None, fp16=fp16)
+    resolve_bf16(config)
+    assert config.bf16 is want
+    explicit = SimpleNamespace(bf16=False, fp16=False)
+    resolve_bf16(explicit)
+    assert explicit.bf16 is False
+
+
 def test_unknown_trainer_is_refused_with_the_choices():
     module = _load("infill")
     with pytest.raises(ValueError, match="gfn, ppo, grpo, rloo, sft"):
