@@ -4,6 +4,7 @@
     python benchmarks/gpu_check.py --preset gptj6b --reward 8bit         # separate reward LM in 8-bit
     accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml --num_processes 1 benchmarks/gpu_check.py
     python benchmarks/gpu_check.py --preset tiny --device cpu            # dry run of this script on a CPU
+    GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh                     # all of gpu_check.sh, tiny, on a CPU
 
 Infilling shapes: one prompt of 40 tokens x 64 latents of up to 25 tokens, a 12-token suffix, LoRA r=64 on
 q/k/v/out_proj, bf16. Prints the device, peak memory, and the time of each training step (the first includes
@@ -13,6 +14,7 @@ warm-up). benchmarks/gpu_check.sh runs all of it in one go.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -44,6 +46,24 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         self._sync()
         self.times.append(time.perf_counter() - self._t)
+
+
+def versions() -> dict:
+    out = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes", "deepspeed"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_backend(device: str) -> dict:
+    """A CPU rehearsal: plain runs are told use_cpu; under DeepSpeed (DS_ACCELERATOR=cpu) that would turn DeepSpeed
+    off, so they name the gloo backend instead."""
+    if device != "cpu":
+        return {}
+    return {"ddp_backend": "gloo"} if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else {"use_cpu": True}
 
 
 def main(argv=None):
@@ -78,9 +98,9 @@ def main(argv=None):
         output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=1, num_generations=a.samples,
         max_completion_length=25, min_completion_length=5, learning_rate=1e-4, warmup_steps=0,
         on_policy_prob=1.0, tempered_prob=0.0, replay_prob=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=True, use_cpu=a.device == "cpu", activation_checkpointing=a.activation_checkpointing,
+        report_to="none", disable_tqdm=True, activation_checkpointing=a.activation_checkpointing,
         reward_model_name_or_path=reward_path, reward_model_quantization="8bit" if reward_path else None,
-        reward_chunk_size=16,
+        reward_chunk_size=16, **cpu_backend(a.device),
     )
     lora = LoraConfig(r=64, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
     trainer = GFlowNetTrainer(model, args, processing_class=tok, peft_config=lora,
@@ -97,6 +117,7 @@ def main(argv=None):
         "step_seconds": [round(t, 3) for t in timer.times],
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "loss": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "versions": versions(),
     }
     if trainer.accelerator.is_main_process:
         print("GPU_CHECK " + json.dumps(result), flush=True)
