@@ -16,6 +16,10 @@ _LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    # PEFT refuses LoRA on Mamba's out_proj (and its conv1d); its dt_proj weight is read directly, not called, so a
+    # LoRA there would never train
+    "mamba": ["in_proj", "x_proj"],
+    "falcon_mamba": ["in_proj", "x_proj"],
 }
 
 

@@ -19,8 +19,10 @@ thing (test_rewards.py proves they agree with the naive loop) over one shared co
        log p(y_{t+1} | s_k, y_1..y_t).  Several copies of a row share a row of the pass (`_copies_per_row`
        trades the copies' attention to each other against copying the prefix's keys).
 
-A and Z are all the stop-token reward needs.  Where the prompt's cache cannot be shared (sliding-window or hybrid
-caches) one pass per row over [prompt][z_1..z_T][copy 0]..[copy T] with a 4-D attention mask does it instead.
+A and Z are all the stop-token reward needs.  Where the prompt's cache cannot be shared (sliding-window caches)
+one pass per row over [prompt][z_1..z_T][copy 0]..[copy T] with a 4-D attention mask does it instead.  LMs for
+which no such layout is exact (ALiBi, recurrent or convolutional layers: `_packing_obstacle`), and sequences
+longer than a sliding window, get one ordinary pass per prefix (`suffix_log_rewards_naive`).
 Three more things keep the pass cheap:
 
 * the output layer runs only where a log-probability is read, on gathered hidden states, `_HEAD_CHUNK_ELEMENTS`
@@ -163,6 +165,34 @@ def _sliding_window(model) -> int | None:
     if getattr(config, "use_sliding_window", True) is False:  # Qwen2-style configs carry a window they do not use
         window = None
     return window if isinstance(window, int) and window > 0 else None
+
+
+# Layer kinds whose attention reads token order from position_ids and visibility from the attention mask.
+_PACKABLE_LAYERS = {"full_attention", "sliding_attention", "attention"}
+
+
+def _packing_obstacle(model) -> str | None:
+    """Why the packed layout would not give this LM's exact rewards, or None.
+
+    The packed passes put the suffix copies after z_T in the sequence and tell the model their true positions
+    through `position_ids` and what each token sees through a 4-D attention mask.  That is exact only for an LM
+    whose every layer is attention that reads both: not for LMs that take positions from the token order (ALiBi:
+    BLOOM, MPT, Falcon with alibi) or recurrent / convolutional / linear-attention layers (Mamba, RWKV, hybrids),
+    whose state runs over the copies in sequence order."""
+    hf = _hf_model(model)
+    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    try:
+        takes_positions = "position_ids" in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        takes_positions = True
+    if not takes_positions:
+        return f"{type(hf).__name__} takes no position_ids (positions come from the token order)"
+    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
+        return f"{type(hf).__name__} uses ALiBi (positions come from the token order)"
+    kinds = set(getattr(config, "layer_types", None) or []) - _PACKABLE_LAYERS
+    if kinds:
+        return f"{type(hf).__name__} has {', '.join(sorted(map(str, kinds)))} layers (not attention over a mask)"
+    return None
 
 
 def _cache_kwarg(fn) -> str:
@@ -523,10 +553,13 @@ def _prefix_log_rewards_sets(
             raise ValueError("An empty suffix: a fixed-suffix reward needs at least one suffix token.")
     window = _sliding_window(model)
     span = max(map(len, prompt_ids)) + z.shape[1] + max(max(map(len, s)) if s else 1 for s in suffix_sets)
-    if window is not None and span > window:
-        # the packed masks do not apply sliding windows: let the model mask each prefix's pass itself (exact, slow)
-        warnings.warn(f"Sequences of up to {span} tokens exceed the reward LM's sliding window ({window}): the "
-                      "per-prefix rewards use one pass per prefix.", stacklevel=3)
+    obstacle = _packing_obstacle(model)
+    if window is not None and span > window:  # the packed masks do not apply sliding windows
+        obstacle = f"sequences of up to {span} tokens exceed the reward LM's sliding window ({window})"
+    if obstacle is not None:
+        # let the model see each prefix as an ordinary left-padded sequence: exact, one pass per prefix (slow)
+        warnings.warn(f"Packed rewards would not be exact: {obstacle}. The per-prefix rewards use one pass per "
+                      "prefix instead.", stacklevel=3)
         return [suffix_log_rewards_naive(model, prompt_ids, z, lengths,
                                          [[stop_token_id]] * z.shape[0] if s is None else s, pad_token_id)
                 for s in suffix_sets]

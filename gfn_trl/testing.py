@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTJConfig,
@@ -13,6 +15,10 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    MptConfig,
+    MptForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -53,6 +59,15 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 32, init
         cfg = GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=128, **common)
         model = GPTNeoXForCausalLM(cfg)
+    elif arch == "bloom":  # ALiBi: positions from the token order
+        cfg = BloomConfig(hidden_size=hidden, n_layer=2, n_head=4, **common)
+        model = BloomForCausalLM(cfg)
+    elif arch == "mpt":  # ALiBi too
+        cfg = MptConfig(d_model=hidden, n_layers=2, n_heads=4, max_seq_len=128, **common)
+        model = MptForCausalLM(cfg)
+    elif arch == "mamba":  # a state-space model: no attention at all
+        cfg = MambaConfig(hidden_size=hidden, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4, **common)
+        model = MambaForCausalLM(cfg)
     else:
         raise ValueError(arch)
     if init_std is not None:  # sharper conditionals
@@ -64,6 +79,9 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 32, init
 
 
 ARCHS = ["gpt2", "gptj", "llama", "qwen2", "gpt_neox"]
+# LMs for which the packed reward layout is not exact (positions from the token order, or recurrent layers): their
+# rewards take one ordinary pass per prefix (`gfn_trl.rewards._packing_obstacle`)
+UNPACKABLE_ARCHS = ["bloom", "mpt", "mamba"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 import gfn_trl.rewards as rewards
 from gfn_trl.rewards import prefix_log_rewards, suffix_log_rewards_naive
 from gfn_trl.sampling import left_pad, position_ids_from_mask
-from gfn_trl.testing import ARCHS, tiny_model
+from gfn_trl.testing import ARCHS, UNPACKABLE_ARCHS, tiny_model
 
 V = 40
 STOP = 0
@@ -243,6 +243,33 @@ def test_fallbacks_equal_naive_loop(name):
     for b in (0, 3):
         k = int(lengths[b])
         assert abs(stop[b, k].item() - _direct_log_prob(model, prompts[b], z[b, :k].tolist() + [STOP])) < 1e-4
+
+
+@pytest.mark.parametrize("arch", UNPACKABLE_ARCHS)
+def test_lms_the_packed_layout_cannot_serve_get_exact_rewards_one_pass_per_prefix(arch):
+    """ALiBi LMs (BLOOM, MPT) read positions from the token order and Mamba's state runs over the tokens in order:
+    the packed layout would crash on them or, for MPT, return wrong rewards without a word. They are scored with
+    one ordinary pass per prefix, with a warning, and equal plain forward passes."""
+    import warnings
+
+    model = tiny_model(arch, V, seed=22).eval()
+    assert rewards._packing_obstacle(model) is not None
+    prompts, suffixes, z, lengths = _batch(seed=23, shared=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
+        stop = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, None)
+    assert any("would not be exact" in str(w.message) for w in caught)
+    for b in range(z.shape[0]):
+        for k in range(int(lengths[b]) + 1):
+            latent = z[b, :k].tolist()
+            assert abs(packed[b, k].item() - _direct_log_prob(model, prompts[b], latent + suffixes[b])) < 1e-4
+            assert abs(stop[b, k].item() - _direct_log_prob(model, prompts[b], latent + [STOP])) < 1e-4
+
+
+def test_every_tested_attention_lm_takes_the_packed_layout():
+    for arch in ARCHS:
+        assert rewards._packing_obstacle(tiny_model(arch, V)) is None, arch
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

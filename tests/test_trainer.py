@@ -8,7 +8,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from gfn_trl import GFlowNetConfig, GFlowNetTrainer
-from gfn_trl.testing import ARCHS, tiny_model, tiny_tokenizer
+from gfn_trl.testing import ARCHS, UNPACKABLE_ARCHS, tiny_model, tiny_tokenizer
 
 ROWS = {
     "prompt": ["the cat", "a dog", "the big dog", "a red cat"],
@@ -48,7 +48,7 @@ def _trainer(tmp_path, arch="gpt2", rows=ROWS, peft=True, **kw):
     )
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + UNPACKABLE_ARCHS)
 def test_lora_training_on_each_architecture(tmp_path, arch):
     trainer = _trainer(tmp_path, arch)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
