@@ -2,11 +2,12 @@
 # The GPU check of issue #5, for an offline H100/H200 lent through the device tool. From the repository root, after
 # benchmarks/gpu_wheels.sh has filled .whl/ on a machine with PyPI access:
 #
-#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
 #
-# About 5 minutes: a GPT-J-6B-shaped GFlowNet step (random weights, bf16, LoRA r=64, 64 latents of <= 25 tokens)
+# About 6-8 minutes: a GPT-J-6B-shaped GFlowNet step (random weights, bf16, LoRA r=64, 64 latents of <= 25 tokens)
 # with the adapter-disabled reward, the same with an 8-bit separate reward LM, DeepSpeed ZeRO-2 and ZeRO-3
-# single-GPU launches of the adapter case, and the packed reward against the naive loop at GPT-J shapes.
+# single-GPU launches of the adapter case, the packed reward against the naive loop at GPT-J shapes, and last an
+# FSDP2 single-GPU launch (never run yet; it cannot be rehearsed on a CPU).
 # Each step's full log is in $OUT/<step>.log; the results, one JSON line per step, in $OUT/gpu_check.jsonl.
 #
 # GPU_CHECK_DRY_RUN=1 rehearses every step on a CPU with a tiny GPT-J (DeepSpeed on its CPU accelerator, gloo,
@@ -69,4 +70,8 @@ for z in 2 3; do
 done
 step packed_reward 200 "$PY" benchmarks/packed_reward.py "${PACKED[@]}"
 grep -E "speed-up|packed|naive|device" "$OUT/packed_reward.log" | tail -8
+if [ -z "${GPU_CHECK_DRY_RUN:-}" ]; then  # last, as it has never run: Accelerate enables FSDP only on an accelerator
+  step fsdp2 200 "$PY" -m accelerate.commands.launch --config_file accelerate_configs/fsdp2.yaml --num_processes 1 \
+    benchmarks/gpu_check.py "${MODEL[@]}" --reward adapter --steps 2 --out "$J"
+fi
 exit $FAILED
