@@ -22,7 +22,8 @@ thing (test_rewards.py proves they agree with the naive loop) over one shared co
 A and Z are all the stop-token reward needs.  Where the prompt's cache cannot be shared (sliding-window caches)
 one pass per row over [prompt][z_1..z_T][copy 0]..[copy T] with a 4-D attention mask does it instead.  LMs for
 which no such layout is exact (ALiBi, recurrent or convolutional layers: `_packing_obstacle`), and sequences
-longer than a sliding window, get one ordinary pass per prefix (`suffix_log_rewards_naive`).
+longer than a sliding window, get ordinary passes instead: one per prefix for a suffix
+(`suffix_log_rewards_naive`), one in all for the stop token (`stop_log_rewards_plain`).
 Three more things keep the pass cheap:
 
 * the output layer runs only where a log-probability is read, on gathered hidden states, `_HEAD_CHUNK_ELEMENTS`
@@ -449,30 +450,6 @@ def _unique_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     return [list(p) for p in index], rows
 
 
-@torch.no_grad()
-def stop_token_log_rewards(
-    model, prompt_ids: Tensor, prompt_mask: Tensor, z: Tensor, lengths: Tensor, stop_token_id: int
-) -> Tensor:
-    """(B, S) untempered log p(z_1..z_k ⊤ | prompt) for every k (one pass over the prompts, one over the latents)."""
-    stop = torch.full((z.shape[0],), stop_token_id, dtype=torch.long, device=z.device)
-    return _packed_log_rewards(model, prompt_ids, prompt_mask, None, z, lengths, [_stop_target(stop)])[0]
-
-
-@torch.no_grad()
-def suffix_log_rewards_packed(
-    model,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    z: Tensor,
-    lengths: Tensor,
-    suffix_ids: Tensor,
-    suffix_lengths: Tensor,
-) -> Tensor:
-    """(B, S) untempered log p(z_1..z_k Y | prompt) for every k, packed (see module docstring)."""
-    target = (suffix_ids[:, 0], suffix_ids[:, 1:], suffix_lengths - 1)
-    return _packed_log_rewards(model, prompt_ids, prompt_mask, None, z, lengths, [target])[0]
-
-
 def _stop_target(stop: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return stop, stop.new_zeros(stop.shape[0], 0), stop.new_zeros(stop.shape[0])
 
@@ -501,6 +478,22 @@ def suffix_log_rewards_naive(
             n_scored = k + len(suffix_ids[b])  # the latent prefix and the suffix
             out[b, k] = lp[b, width - 1 - n_scored :].sum()
     return _mask_states(out, lengths)
+
+
+def stop_log_rewards_plain(
+    model, prompt_ids: list[list[int]], z: Tensor, lengths: Tensor, stop_token_id: int, pad_token_id: int
+) -> Tensor:
+    """(B, S) log p(z_1..z_k ⊤ | prompt) by one ordinary pass over the left-padded [prompt z_1..z_T]: the logits at
+    s_k give log p(⊤ | s_k), and log p(z_1..z_k | prompt) is a running sum.  Exact for any causal LM."""
+    T = z.shape[1]
+    ids, mask = left_pad([prompt_ids[b] + z[b].tolist() for b in range(z.shape[0])], pad_token_id, z.device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                   use_cache=False).logits[:, -(T + 1):]  # (B, S, V): the next-token logits at s_0..s_T
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    log_stop = _token_log_probs(logits, torch.full_like(lse, stop_token_id, dtype=torch.long), lse)  # (B, S)
+    log_z = _token_log_probs(logits[:, :-1], z, lse[:, :-1])  # (B, T): log p(z_k | s_{k-1})
+    prefix = torch.cat([torch.zeros_like(log_stop[:, :1]), log_z.cumsum(1)], dim=1)  # (B, S)
+    return _mask_states(prefix + log_stop, lengths)
 
 
 def prefix_log_rewards(
@@ -557,12 +550,11 @@ def _prefix_log_rewards_sets(
     if window is not None and span > window:  # the packed masks do not apply sliding windows
         obstacle = f"sequences of up to {span} tokens exceed the reward LM's sliding window ({window})"
     if obstacle is not None:
-        # let the model see each prefix as an ordinary left-padded sequence: exact, one pass per prefix (slow)
-        warnings.warn(f"Packed rewards would not be exact: {obstacle}. The per-prefix rewards use one pass per "
-                      "prefix instead.", stacklevel=3)
-        return [suffix_log_rewards_naive(model, prompt_ids, z, lengths,
-                                         [[stop_token_id]] * z.shape[0] if s is None else s, pad_token_id)
-                for s in suffix_sets]
+        # let the model see ordinary left-padded sequences: exact; with a suffix, one pass per prefix (slow)
+        warnings.warn(f"Packed rewards would not be exact: {obstacle}. The per-prefix rewards use ordinary passes "
+                      "instead (one per prefix with a suffix: slower).", stacklevel=3)
+        return [stop_log_rewards_plain(model, prompt_ids, z, lengths, stop_token_id, pad_token_id) if s is None
+                else suffix_log_rewards_naive(model, prompt_ids, z, lengths, s, pad_token_id) for s in suffix_sets]
     # identical rows (same prompt, latent and suffixes: frequent among the samples of a trained policy) once
     n_list = lengths.tolist()
     z_list = z.tolist()

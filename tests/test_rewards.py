@@ -84,6 +84,9 @@ def test_stop_token_rewards_equal_direct_scoring(arch, shared):
             want = _direct_log_prob(model, prompts[b], z[b, :k].tolist() + [STOP])
             assert abs(log_r[b, k].item() - want) < 1e-4, (b, k)
         assert (log_r[b, int(lengths[b]) + 1 :] == 0).all()  # states past the latent are zeroed
+    # the plain one-pass form (for LMs the packed layout cannot serve) agrees
+    plain = rewards.stop_log_rewards_plain(model, prompts, z, lengths, STOP, STOP)
+    torch.testing.assert_close(plain, log_r, atol=1e-4, rtol=0)
 
 
 def test_fixed_suffix_reward_has_no_stop_term():
