@@ -12,14 +12,15 @@ from trl.trainer.base_config import _BaseConfig
 
 def resolve_bf16(config) -> None:
     """Fill an unset (None) `bf16`: on only on a CUDA device that supports it (TRL's own default, on everywhere, would
-    autocast CPU runs behind the user's back), and only where `accelerate launch` asks for bf16 or says nothing. Every
-    GPU config in accelerate_configs/ says bf16; one that says "no" gets fp32 (DeepSpeed refuses arguments that
-    disagree with its config: "ds bf16.enabled=False vs hf bf16=True")."""
+    autocast CPU runs behind the user's back).  Under DeepSpeed, which refuses arguments that disagree with its
+    config ("ds bf16.enabled=True vs hf bf16=False"), it follows `accelerate launch`'s mixed_precision instead: on
+    for bf16 (every GPU config in accelerate_configs/) and fp8 (which DeepSpeed runs in bf16), off otherwise."""
     if config.bf16 is not None:
         return
-    capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "bf16")
-    config.bf16 = bool(capable) and launcher == "bf16" and not config.fp16
+    on = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not config.fp16
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        on = on and os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower() in ("bf16", "fp8")
+    config.bf16 = on
 
 
 @dataclass
@@ -85,8 +86,8 @@ class RolloutConfig(_BaseConfig):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "Use bf16 mixed precision. Unset: on only on a CUDA device that supports it, unless "
-                  "`accelerate launch` sets another mixed_precision."},
+        metadata={"help": "Use bf16 mixed precision. Unset: on only on a CUDA device that supports it (under "
+                  "DeepSpeed, only if `accelerate launch` also says bf16)."},
     )
 
     # Latent and sampling

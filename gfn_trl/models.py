@@ -16,11 +16,14 @@ _LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    # PEFT refuses LoRA on Mamba's out_proj (and its conv1d); its dt_proj weight is read directly, not called, so a
-    # LoRA there would never train
-    "mamba": ["in_proj", "x_proj"],
-    "falcon_mamba": ["in_proj", "x_proj"],
+    # Mamba: in_proj is the one projection both its paths call as a module. PEFT refuses LoRA on out_proj and
+    # conv1d; dt_proj's weight (and, with the mamba_ssm kernels, x_proj's) is read directly, so a LoRA there would
+    # never train
+    "mamba": ["in_proj"],
+    "falcon_mamba": ["in_proj"],
 }
+# Model types on which PEFT refuses LoRA on these modules (left out of the every-linear-layer default)
+_LORA_REFUSED = {t: {"out_proj", "conv1d"} for t in ("mamba2", "falcon_h1", "nemotron_h")}
 
 
 def _linear_leaf_names(model: nn.Module) -> set[str]:
@@ -40,7 +43,7 @@ def lora_target_modules(model: PreTrainedModel) -> list[str]:
         if found:
             return found
     head = {"lm_head", "embed_out", "score"}
-    found = sorted(present - head)
+    found = sorted(present - head - _LORA_REFUSED.get(model.config.model_type, set()))
     if not found:
         raise ValueError(
             f"No linear layers found in {type(model).__name__} to put LoRA on; pass target_modules explicitly."

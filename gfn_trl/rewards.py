@@ -89,6 +89,12 @@ def _hf_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _text_config(model):
+    """The (text) config of the transformers model inside `model`."""
+    config = _hf_model(model).config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def _split_lm_head(model):
     """(backbone, head) with `model(x).logits == head(backbone(x).last_hidden_state)`, or None.
 
@@ -102,7 +108,7 @@ def _split_lm_head(model):
     if hf in _SPLIT_CHECKED:
         return _SPLIT_CHECKED[hf]
     split = None
-    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    config = _text_config(hf)
     backbone = getattr(hf, "base_model", None)
     head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     transformed = [name for name in _LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
@@ -159,17 +165,22 @@ def _prefix_cache(cache, rows: Tensor, record: bool = False):
 
 
 def _sliding_window(model) -> int | None:
-    """The attention window of an LM with sliding-window layers, or None."""
-    config = _hf_model(model).config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    window = getattr(config, "sliding_window", None)
-    if getattr(config, "use_sliding_window", True) is False:  # Qwen2-style configs carry a window they do not use
-        window = None
-    return window if isinstance(window, int) and window > 0 else None
+    """The attention window of an LM with sliding-window (or Llama-4-style chunked) layers, or None.  The packed
+    masks do not apply it, so they are exact only while a sequence's true length stays within it."""
+    config = _text_config(model)
+    windows = [getattr(config, "attention_chunk_size", None)]
+    if getattr(config, "use_sliding_window", True) is not False:  # Qwen2-style configs carry a window they do not use
+        windows.append(getattr(config, "sliding_window", None))
+    windows = [w for w in windows if isinstance(w, int) and w > 0]
+    return min(windows) if windows else None
 
 
-# Layer kinds whose attention reads token order from position_ids and visibility from the attention mask.
-_PACKABLE_LAYERS = {"full_attention", "sliding_attention", "attention"}
+# Layer kinds whose attention reads token order from position_ids and visibility from the attention mask (windows
+# and chunks apart: `_sliding_window`).
+_PACKABLE_LAYERS = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
+# Config fields of hybrid attention / state-space LMs from before `layer_types` described them.
+_HYBRID_FIELDS = ("layers_block_type", "hybrid_override_pattern", "attn_layer_period", "mamba_d_state")
+_OBSTACLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # HF model -> `_packing_obstacle`
 
 
 def _packing_obstacle(model) -> str | None:
@@ -177,22 +188,34 @@ def _packing_obstacle(model) -> str | None:
 
     The packed passes put the suffix copies after z_T in the sequence and tell the model their true positions
     through `position_ids` and what each token sees through a 4-D attention mask.  That is exact only for an LM
-    whose every layer is attention that reads both: not for LMs that take positions from the token order (ALiBi:
-    BLOOM, MPT, Falcon with alibi) or recurrent / convolutional / linear-attention layers (Mamba, RWKV, hybrids),
-    whose state runs over the copies in sequence order."""
+    whose every layer is attention that reads both: not for recurrent / convolutional / linear-attention layers
+    (Mamba, RWKV, hybrids), whose state runs over the copies in sequence order, nor for LMs that take positions or
+    windows from the token order (ALiBi: BLOOM, MPT, Falcon with alibi; GPT-Neo's local layers)."""
     hf = _hf_model(model)
-    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    if hf not in _OBSTACLES:
+        _OBSTACLES[hf] = _find_packing_obstacle(hf)
+    return _OBSTACLES[hf]
+
+
+def _find_packing_obstacle(hf) -> str | None:
+    name, config = type(hf).__name__, _text_config(hf)
+    kinds = set(map(str, getattr(config, "layer_types", None) or [])) - _PACKABLE_LAYERS
+    if kinds:
+        return f"{name} has {', '.join(sorted(kinds))} layers (a state over the token order, not attention)"
+    if any(getattr(config, f, None) is not None for f in _HYBRID_FIELDS):
+        return f"{name} has state-space layers (a state over the token order, not attention)"
     try:
         takes_positions = "position_ids" in inspect.signature(hf.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover
         takes_positions = True
     if not takes_positions:
-        return f"{type(hf).__name__} takes no position_ids (positions come from the token order)"
-    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
-        return f"{type(hf).__name__} uses ALiBi (positions come from the token order)"
-    kinds = set(getattr(config, "layer_types", None) or []) - _PACKABLE_LAYERS
-    if kinds:
-        return f"{type(hf).__name__} has {', '.join(sorted(map(str, kinds)))} layers (not attention over a mask)"
+        return f"{name} takes no position_ids (positions come from the token order)"
+    attn = getattr(config, "attn_config", None)
+    attn_alibi = attn.get("alibi", False) if isinstance(attn, dict) else getattr(attn, "alibi", False)
+    if getattr(config, "alibi", False) or attn_alibi or getattr(config, "position_embedding_type", None) == "alibi":
+        return f"{name} uses ALiBi (positions come from the token order)"
+    if "local" in (getattr(config, "attention_layers", None) or []):
+        return f"{name} has local attention layers whose window follows the token order"
     return None
 
 
@@ -311,9 +334,7 @@ def _copies_passes(scorer, cache, prefix, fed, rows, key_ok, prompt_len, lengths
     B, W1 = fed.shape
     P = key_ok.shape[1]
     T = prefix[0][0].shape[-2] - P
-    config = _hf_model(scorer.model).config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = getattr(config, "hidden_size", None) or prefix[0][0].shape[1] * prefix[0][0].shape[-1]
+    hidden = getattr(_text_config(scorer.model), "hidden_size", None) or prefix[0][0].shape[1] * prefix[0][0].shape[-1]
     count = lengths - first + 1  # copies of row b
     C = _copies_per_row(count, P + T, W1, hidden)
     groups = torch.div(count + C - 1, C, rounding_mode="floor")  # rows of the pass for row b
@@ -363,8 +384,6 @@ def _packed_log_rewards(
     B, T = z.shape
     P = prompt_ids.shape[1]
     S = T + 1
-    if bool((prompt_mask.sum(1) == 0).any()):
-        raise ValueError("An empty reward prompt: the reward LM needs at least one token to condition on.")
     rows = torch.arange(B, device=device) if rows is None else rows
     prompt_len = prompt_mask.sum(1)  # (U,)
     key_ok = prompt_mask.bool()  # (U, P)
@@ -462,24 +481,27 @@ def suffix_log_rewards_naive(
     lengths: Tensor,
     suffix_ids: list[list[int]],
     pad_token_id: int,
+    final_only: bool = False,
 ) -> Tensor:
-    """Reference implementation: one forward pass per prefix length k (n + 1 passes).  (B, S) untempered."""
+    """Reference implementation: one ordinary forward pass per prefix length k (n + 1 passes).  (B, S) untempered.
+
+    With `final_only`, one pass, for k = n only (the other states are 0)."""
     B, T = z.shape
-    device = z.device
-    out = torch.zeros(B, T + 1, device=device)
-    for k in range(T + 1):
-        rows = [prompt_ids[b] + z[b, :k].tolist() + suffix_ids[b] for b in range(B)]
-        ids, mask = left_pad(rows, pad_token_id, device)
-        position_ids = position_ids_from_mask(mask)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
-        lp = _token_log_probs(logits[:, :-1], ids[:, 1:])  # (B, L-1): log p(token t+1 | ..t)
-        width = ids.shape[1]
-        for b in range(B):
-            n_scored = k + len(suffix_ids[b])  # the latent prefix and the suffix
-            out[b, k] = lp[b, width - 1 - n_scored :].sum()
+    out = torch.zeros(B, T + 1, device=z.device)
+    for ks in [lengths.tolist()] if final_only else [[k] * B for k in range(T + 1)]:
+        rows = [prompt_ids[b] + z[b, :k].tolist() + suffix_ids[b] for b, k in enumerate(ks)]
+        ids, mask = left_pad(rows, pad_token_id, z.device)
+        scored = [k + len(suffix_ids[b]) for b, k in enumerate(ks)]  # the latent prefix and the suffix, per row
+        keep = max(scored) + 1  # left-padded: the scored tokens end every row; logits only where they are read
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                       use_cache=False, logits_to_keep=keep).logits[:, -keep:]
+        lp = _token_log_probs(logits[:, :-1], ids[:, 1 - keep:])  # (B, keep-1): log p(token | the ones before)
+        for b, k in enumerate(ks):
+            out[b, k] = lp[b, keep - 1 - scored[b]:].sum()
     return _mask_states(out, lengths)
 
 
+@torch.no_grad()
 def stop_log_rewards_plain(
     model, prompt_ids: list[list[int]], z: Tensor, lengths: Tensor, stop_token_id: int, pad_token_id: int
 ) -> Tensor:
@@ -488,7 +510,7 @@ def stop_log_rewards_plain(
     T = z.shape[1]
     ids, mask = left_pad([prompt_ids[b] + z[b].tolist() for b in range(z.shape[0])], pad_token_id, z.device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                   use_cache=False).logits[:, -(T + 1):]  # (B, S, V): the next-token logits at s_0..s_T
+                   use_cache=False, logits_to_keep=T + 1).logits[:, -(T + 1):]  # (B, S, V): next-token logits at s_k
     lse = torch.logsumexp(logits.float(), dim=-1)
     log_stop = _token_log_probs(logits, torch.full_like(lse, stop_token_id, dtype=torch.long), lse)  # (B, S)
     log_z = _token_log_probs(logits[:, :-1], z, lse[:, :-1])  # (B, T): log p(z_k | s_{k-1})
@@ -544,17 +566,8 @@ def _prefix_log_rewards_sets(
     for suffixes in suffix_sets:
         if suffixes is not None and any(len(s) == 0 for s in suffixes):
             raise ValueError("An empty suffix: a fixed-suffix reward needs at least one suffix token.")
-    window = _sliding_window(model)
-    span = max(map(len, prompt_ids)) + z.shape[1] + max(max(map(len, s)) if s else 1 for s in suffix_sets)
-    obstacle = _packing_obstacle(model)
-    if window is not None and span > window:  # the packed masks do not apply sliding windows
-        obstacle = f"sequences of up to {span} tokens exceed the reward LM's sliding window ({window})"
-    if obstacle is not None:
-        # let the model see ordinary left-padded sequences: exact; with a suffix, one pass per prefix (slow)
-        warnings.warn(f"Packed rewards would not be exact: {obstacle}. The per-prefix rewards use ordinary passes "
-                      "instead (one per prefix with a suffix: slower).", stacklevel=3)
-        return [stop_log_rewards_plain(model, prompt_ids, z, lengths, stop_token_id, pad_token_id) if s is None
-                else suffix_log_rewards_naive(model, prompt_ids, z, lengths, s, pad_token_id) for s in suffix_sets]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("An empty reward prompt: the reward LM needs at least one token to condition on.")
     # identical rows (same prompt, latent and suffixes: frequent among the samples of a trained policy) once
     n_list = lengths.tolist()
     z_list = z.tolist()
@@ -574,11 +587,29 @@ def _prefix_log_rewards_sets(
         index = torch.tensor(inverse, device=device)
         return [r[index] for r in sub]
 
+    window = _sliding_window(model)
+    span = max(map(len, prompt_ids)) + z.shape[1] + max(max(map(len, s)) if s else 1 for s in suffix_sets)
+    obstacle = _packing_obstacle(model)
+    if window is not None and span > window:  # the packed masks do not apply sliding windows
+        obstacle = f"sequences of up to {span} tokens exceed the reward LM's sliding window ({window})"
+    if obstacle is not None:
+        warnings.warn(f"Packed rewards would not be exact: {obstacle}. The rewards use ordinary forward passes "
+                      "instead: one for the stop-token reward, one per prefix with a fixed suffix (slower).",
+                      stacklevel=3)
+
     B = z.shape[0]
     chunk_size = chunk_size or B
     parts: list[list[Tensor]] = [[] for _ in suffix_sets]
     for lo in range(0, B, chunk_size):
         hi = min(B, lo + chunk_size)
+        if obstacle is not None:  # ordinary left-padded sequences, which the model masks itself: exact
+            for i, suffixes in enumerate(suffix_sets):
+                parts[i].append(
+                    stop_log_rewards_plain(model, prompt_ids[lo:hi], z[lo:hi], lengths[lo:hi], stop_token_id,
+                                           pad_token_id) if suffixes is None
+                    else suffix_log_rewards_naive(model, prompt_ids[lo:hi], z[lo:hi], lengths[lo:hi],
+                                                  suffixes[lo:hi], pad_token_id, final_only))
+            continue
         unique, rows = _unique_rows(prompt_ids[lo:hi])
         p_ids, p_mask = left_pad(unique, pad_token_id, device)
         rows = torch.tensor(rows, dtype=torch.long, device=device)

@@ -7,10 +7,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
+    FalconConfig,
+    FalconForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTJConfig,
     GPTJForCausalLM,
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     LlamaConfig,
@@ -65,6 +69,13 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 32, init
     elif arch == "mpt":  # ALiBi too
         cfg = MptConfig(d_model=hidden, n_layers=2, n_heads=4, max_seq_len=128, **common)
         model = MptForCausalLM(cfg)
+    elif arch == "falcon_alibi":  # Falcon with ALiBi instead of rotary positions
+        cfg = FalconConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, alibi=True, **common)
+        model = FalconForCausalLM(cfg)
+    elif arch == "gpt_neo":  # a local layer whose 4-token window follows the token order
+        cfg = GPTNeoConfig(hidden_size=hidden, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                           window_size=4, max_position_embeddings=128, **common)
+        model = GPTNeoForCausalLM(cfg)
     elif arch == "mamba":  # a state-space model: no attention at all
         cfg = MambaConfig(hidden_size=hidden, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4, **common)
         model = MambaForCausalLM(cfg)
@@ -79,9 +90,9 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden: int = 32, init
 
 
 ARCHS = ["gpt2", "gptj", "llama", "qwen2", "gpt_neox"]
-# LMs for which the packed reward layout is not exact (positions from the token order, or recurrent layers): their
-# rewards take one ordinary pass per prefix (`gfn_trl.rewards._packing_obstacle`)
-UNPACKABLE_ARCHS = ["bloom", "mpt", "mamba"]
+# LMs for which the packed reward layout is not exact (positions or windows from the token order, or recurrent
+# layers): their rewards take ordinary forward passes (`gfn_trl.rewards._packing_obstacle`)
+UNPACKABLE_ARCHS = ["bloom", "mpt", "falcon_alibi", "gpt_neo", "mamba"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

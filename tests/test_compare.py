@@ -41,6 +41,8 @@ def test_every_recipe_parses_every_trainer(task, trainer):
 @pytest.mark.parametrize("trainer", ["gfn", "ppo", "grpo", "rloo", "sft"])
 @pytest.mark.parametrize("launcher", [None, "no", "bf16"])
 def test_unset_bf16_is_off_on_a_cpu_whatever_the_launcher_says(trainer, launcher, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # also where the test machine has a GPU
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     if launcher is None:
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     else:
@@ -50,15 +52,17 @@ def test_unset_bf16_is_off_on_a_cpu_whatever_the_launcher_says(trainer, launcher
     assert args.bf16 is False  # transformers refuses bf16 on a CPU without use_cpu
 
 
-@pytest.mark.parametrize(("cuda_bf16", "launcher", "fp16", "want"), [
-    (True, None, False, True),
-    (True, "bf16", False, True),  # accelerate_configs/*gpu*, deepspeed_*, fsdp2: all say bf16
-    (True, "no", False, False),  # an fp32 launcher: DeepSpeed refuses bf16 arguments against it
-    (True, "fp16", False, False),
-    (True, None, True, False),
-    (False, "bf16", False, False),
+@pytest.mark.parametrize(("cuda_bf16", "deepspeed", "launcher", "fp16", "want"), [
+    (True, False, None, False, True),
+    (True, False, "no", False, True),  # a bare `accelerate launch` says "no": the arguments decide, as in TRL
+    (True, True, "bf16", False, True),  # accelerate_configs/deepspeed_*.yaml
+    (True, True, "fp8", False, True),  # DeepSpeed runs fp8 launches in bf16
+    (True, True, "no", False, False),  # an fp32 DeepSpeed launch refuses bf16 arguments
+    (True, True, "fp16", False, False),
+    (True, False, None, True, False),
+    (False, True, "bf16", False, False),
 ])
-def test_resolve_bf16_on_a_gpu_follows_the_launcher(cuda_bf16, launcher, fp16, want, monkeypatch):
+def test_resolve_bf16_on_a_gpu_follows_deepspeed_launches(cuda_bf16, deepspeed, launcher, fp16, want, monkeypatch):
     # the GPU side cannot run here: stand in for the device's capability only
     from types import SimpleNamespace
 
@@ -66,6 +70,7 @@ def test_resolve_bf16_on_a_gpu_follows_the_launcher(cuda_bf16, launcher, fp16, w
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: cuda_bf16)
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true" if deepspeed else "false")
     if launcher is None:
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     else:

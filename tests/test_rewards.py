@@ -250,9 +250,10 @@ def test_fallbacks_equal_naive_loop(name):
 
 @pytest.mark.parametrize("arch", UNPACKABLE_ARCHS)
 def test_lms_the_packed_layout_cannot_serve_get_exact_rewards_one_pass_per_prefix(arch):
-    """ALiBi LMs (BLOOM, MPT) read positions from the token order and Mamba's state runs over the tokens in order:
-    the packed layout would crash on them or, for MPT, return wrong rewards without a word. They are scored with
-    one ordinary pass per prefix, with a warning, and equal plain forward passes."""
+    """ALiBi LMs (BLOOM, MPT, Falcon with alibi) read positions from the token order, GPT-Neo's local layers their
+    window, and Mamba's state runs over the tokens in order: the packed layout would crash on them or (MPT, GPT-Neo)
+    return wrong rewards without a word. They are scored by ordinary passes, with a warning, and equal plain
+    forward passes, also with `final_only` and in chunks."""
     import warnings
 
     model = tiny_model(arch, V, seed=22).eval()
@@ -268,6 +269,8 @@ def test_lms_the_packed_layout_cannot_serve_get_exact_rewards_one_pass_per_prefi
             latent = z[b, :k].tolist()
             assert abs(packed[b, k].item() - _direct_log_prob(model, prompts[b], latent + suffixes[b])) < 1e-4
             assert abs(stop[b, k].item() - _direct_log_prob(model, prompts[b], latent + [STOP])) < 1e-4
+    final = rewards.final_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes, chunk_size=4)
+    torch.testing.assert_close(final, packed.gather(1, lengths[:, None]).squeeze(1), atol=1e-5, rtol=0)
 
 
 def test_every_tested_attention_lm_takes_the_packed_layout():
