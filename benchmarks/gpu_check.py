@@ -60,10 +60,11 @@ def versions() -> dict:
 
 def cpu_backend(device: str) -> dict:
     """A CPU rehearsal: plain runs are told use_cpu; under DeepSpeed (DS_ACCELERATOR=cpu) that would turn DeepSpeed
-    off, so they name the gloo backend instead."""
+    off, so they name the gloo backend instead.  fp32 throughout."""
     if device != "cpu":
         return {}
-    return {"ddp_backend": "gloo"} if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else {"use_cpu": True}
+    backend = {"ddp_backend": "gloo"} if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else {"use_cpu": True}
+    return {**backend, "bf16": False}  # fp32 everywhere in the rehearsal, also on a host that has a GPU
 
 
 def main(argv=None):

@@ -6,7 +6,8 @@
 #
 # The device tool carries at most 64 MiB, and the bitsandbytes wheel alone is 43 MB, almost all of it CUDA 11/12 and
 # ROCm kernels. We keep its CPU and CUDA 13 libraries only (the wheel is rebuilt without the others and their RECORD
-# lines); the result is about 25 MB in all.
+# lines); the result is about 27 MB in all. (Those machines have huggingface_hub 1.33, tokenizers 0.23 and
+# safetensors 0.8, which transformers 5.24 accepts.)
 #
 #   benchmarks/gpu_wheels.sh            # then: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"])
 set -euo pipefail
@@ -18,7 +19,7 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platfo
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" -d .whl \
   trl==1.16.0 datasets==5.2.0 bitsandbytes==0.50.2 dill==0.4.0 multiprocess==0.70.18 hjson \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection \
-  transformers==5.24.0 huggingface_hub==1.33.0 "click>=8.4.2"
+  transformers==5.24.0
 "$PY" -m pip download -q --no-deps --no-binary=:all: -d .whl deepspeed==0.19.8
 
 "$PY" - <<'EOF'

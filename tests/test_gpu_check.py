@@ -37,4 +37,6 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
         assert sharded["loss"] == [pytest.approx(x, rel=1e-5) for x in adapter["loss"]]
     assert reward_8bit["loss"] != adapter["loss"]
     assert reward_8bit["loss"] == [pytest.approx(x, rel=1e-2) for x in adapter["loss"]]
-    assert "max |packed - naive|" in (tmp_path / "packed_reward.log").read_text()
+    log = (tmp_path / "steps.log").read_text()
+    assert "max |packed - naive|" in log and log.count("=====") == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.jsonl", "steps.log"]  # the tool returns <= 8
