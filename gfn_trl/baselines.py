@@ -410,9 +410,7 @@ class _ConstrainedLogProbs(LogitsProcessor):
         self.constraints, self.prompt_width = constraints, prompt_width
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_width
-        forced = self.constraints.forced_next(input_ids[:, self.prompt_width :].tolist(), scores.device)
-        return torch.log_softmax(self.constraints.apply(scores.float(), step, forced), dim=-1)
+        return torch.log_softmax(self.constraints.apply_decoding(scores, input_ids[:, self.prompt_width :]), dim=-1)
 
 
 @torch.no_grad()

@@ -104,10 +104,14 @@ def bitsandbytes_config(bits: str, device):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
+def quantized_load_kwargs(bits: str, device) -> dict:
+    """`from_pretrained` keyword arguments that load a model's weights in 8 or 4 bits, whole on `device`."""
+    return {"quantization_config": bitsandbytes_config(bits, device), "device_map": {"": device}}
+
+
 def load_quantized_reward_model(name_or_path: str, bits: str, device) -> PreTrainedModel:
     """A frozen reward LM in 8 or 4 bits (bitsandbytes), placed on `device`, never wrapped by DeepSpeed/FSDP."""
-    quant = bitsandbytes_config(bits, device)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, quantization_config=quant, device_map={"": device})
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **quantized_load_kwargs(bits, device))
 
 
 def prepare_kbit_model(model: PreTrainedModel, activation_checkpointing: bool) -> PreTrainedModel:

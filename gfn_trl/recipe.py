@@ -19,7 +19,7 @@ import torch
 from trl import GRPOConfig, RLOOConfig, SFTConfig, TrlParser
 
 from .config import GFlowNetConfig, PPOConfig, resolve_bf16
-from .models import bitsandbytes_config, load_causal_lm, load_tokenizer, smollm2_gguf_path
+from .models import load_causal_lm, load_tokenizer, quantized_load_kwargs, smollm2_gguf_path
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints
 
@@ -244,10 +244,7 @@ def load_model_and_tokenizer(args: RecipeArguments, train_args=None):
         raise ValueError("--load_in_4bit quantizes safetensors/PyTorch weights; a GGUF model (the embedded default) "
                          "cannot be loaded that way. Pass --model_name_or_path with a hub id or a local checkpoint.")
     tokenizer = load_tokenizer(name)
-    kwargs = {}
-    if quantize:
-        kwargs = {"quantization_config": bitsandbytes_config("4bit", train_args.device),
-                  "device_map": {"": train_args.device}}
+    kwargs = quantized_load_kwargs("4bit", train_args.device) if quantize else {}
     model = load_causal_lm(name, dtype=getattr(torch, args.dtype), **kwargs)
     return model, tokenizer
 

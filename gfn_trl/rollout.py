@@ -35,11 +35,11 @@ from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from .config import RolloutConfig
 from .data import tokenize_dataset
 from .models import (
-    bitsandbytes_config,
     load_causal_lm,
     load_quantized_reward_model,
     load_tokenizer,
     prepare_kbit_model,
+    quantized_load_kwargs,
     resolve_peft_config,
     resolve_stop_token_id,
 )
@@ -123,8 +123,7 @@ class RolloutTrainer(_BaseTrainer):
                     "load_in_4bit trains a LoRA adapter on frozen 4-bit weights (QLoRA): pass peft_config."
                 )
             if isinstance(model, str):
-                init_kwargs.setdefault("quantization_config", bitsandbytes_config("4bit", args.device))
-                init_kwargs.setdefault("device_map", {"": args.device})
+                init_kwargs = {**quantized_load_kwargs("4bit", args.device), **init_kwargs}
             elif not getattr(model, "is_loaded_in_4bit", False):
                 raise ValueError("load_in_4bit loads the model in 4 bits itself: pass the model's name or path (the "
                                  "model passed is not 4-bit), or load it quantized and leave load_in_4bit off.")

@@ -64,6 +64,12 @@ class LatentConstraints:
             return None
         return torch.tensor([self.tool.forced_tokens(p)[-1] for p in prefixes], dtype=torch.long, device=device)
 
+    def apply_decoding(self, logits: Tensor, written: Tensor) -> Tensor:
+        """`apply` at a decoder's current state, where `written` (B, k) holds the latent tokens generated so far
+        (the tool is asked for its next token only if there is a tool: no host copy of the ids otherwise)."""
+        forced = None if self.tool is None else self.forced_next(written.tolist(), logits.device)
+        return self.apply(logits.float(), written.shape[1], forced)
+
     def admits(self, latent: list[int]) -> bool:
         """Whether the constrained policy can write `latent` (then stop): its length, vocabulary and tool outputs."""
         if not self.min_length <= len(latent) <= self.max_length:
@@ -150,8 +156,7 @@ class _ConstrainedSampler(LogitsProcessor):
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         step = input_ids.shape[1] - self.prompt_width
-        forced = self.constraints.forced_next(input_ids[:, self.prompt_width :].tolist(), scores.device)
-        scores = self.constraints.apply(scores.float(), step, forced) / self.temperature
+        scores = self.constraints.apply_decoding(scores, input_ids[:, self.prompt_width :]) / self.temperature
         if self.row_seeds is not None:
             scores = scores + gumbel_noise(self.row_seeds, step, scores.shape[-1]).to(scores.dtype)
         return scores

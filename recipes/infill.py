@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from gfn_trl import GFlowNetTrainer  # noqa: E402
 from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.metrics import TextEncoder, default_encoder_path  # noqa: E402
@@ -74,7 +75,7 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
     built = build_trainer(recipe, args, model, tokenizer, infill.to_contract(train),
                           vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column="gold")
     trainer, method = built.trainer, recipe.trainer
-    if task.seed_gold and hasattr(trainer, "seed_replay_buffer"):
+    if task.seed_gold and isinstance(trainer, GFlowNetTrainer):
         gold = tokenizer(list(trainer.train_dataset["gold"]), add_special_tokens=False)["input_ids"]
         print(f"Replay buffer seeded with {trainer.seed_replay_buffer(gold)} gold infills of {len(gold)} stories.")
     eval_rows = list(tokenize_dataset(infill.to_contract(held_out), tokenizer, model.config,
