@@ -61,7 +61,8 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', to
       transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__, '| trl', trl.__version__)" \
   2>&1 | tail -3
 
-step() {  # step NAME LIMIT CMD...: output appended to $OUT/steps.log; the result line, or the output's tail on failure
+step() {  # [SHOW=regex] step NAME LIMIT CMD...: output appended to $OUT/steps.log; prints the lines matching SHOW
+          # (default: the GPU_CHECK result line), and the output's tail on failure
   local name=$1 limit=$2; shift 2
   case " $STEPS " in *" $name "*) ;; *) return ;; esac
   local left=$((BUDGET - (SECONDS - START)))
@@ -72,9 +73,8 @@ step() {  # step NAME LIMIT CMD...: output appended to $OUT/steps.log; the resul
   local rc=$?
   echo "== $name: rc $rc, $((SECONDS - t0)) s (limit $limit s)"
   { echo "===== $name: rc $rc, $((SECONDS - t0)) s"; cat "$log"; } >> "$OUT/steps.log"
-  grep -E "^GPU_CHECK " "$log" | tail -1
+  grep -E "${SHOW:-^GPU_CHECK }" "$log" | tail -8
   if [ $rc -ne 0 ]; then FAILED=1; grep -vE "^\s*$" "$log" | tail -12; fi
-  if [ "$name" = packed_reward ]; then grep -E "speed-up|packed|naive|device" "$log" | tail -8; fi
 }
 
 J=$OUT/gpu_check.jsonl
@@ -84,7 +84,7 @@ for z in 2 3; do
   step "zero$z" 200 "$PY" -m accelerate.commands.launch --config_file "accelerate_configs/deepspeed_zero$z.yaml" \
     --num_processes 1 "${LAUNCH[@]}" benchmarks/gpu_check.py "${MODEL[@]}" --reward adapter --steps 2 --out "$J"
 done
-step packed_reward 150 "$PY" benchmarks/packed_reward.py "${PACKED[@]}"
+SHOW="speed-up|packed|naive|device" step packed_reward 150 "$PY" benchmarks/packed_reward.py "${PACKED[@]}"
 step fsdp2 200 "$PY" -m accelerate.commands.launch --config_file accelerate_configs/fsdp2.yaml --num_processes 1 \
   benchmarks/gpu_check.py "${MODEL[@]}" --reward adapter --steps 2 --out "$J"
 echo "total: $((SECONDS - START)) s"
