@@ -1,28 +1,54 @@
-"""gfn_trl: GFlowNet fine-tuning of language models on Hugging Face TRL (Hu et al., ICLR 2024)."""
+"""gfn_trl: GFlowNet fine-tuning of language models on Hugging Face TRL (Hu et al., ICLR 2024).
 
-from .config import GFlowNetConfig, PPOConfig, RolloutConfig
-from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss
-from .ppo_trainer import PPOTrainer
-from .replay import ReplayBuffer
-from .rewards import prefix_log_rewards
-from .rollout import RolloutTrainer
-from .sampling import LatentConstraints
-from .trainer import GFlowNetTrainer
+The public names are imported on first use, so that `import gfn_trl.cli` (the `gfn-trl` command and its `--help`)
+does not load torch, transformers and TRL.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GFlowNetConfig",
-    "GFlowNetTrainer",
-    "LatentConstraints",
-    "PPOConfig",
-    "PPOTrainer",
-    "ReplayBuffer",
-    "RolloutConfig",
-    "RolloutTrainer",
-    "batch_log_z",
-    "modified_db_loss",
-    "modified_subtb_loss",
-    "prefix_log_rewards",
-    "tb_loss",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "GFlowNetConfig": "config",
+    "PPOConfig": "config",
+    "RolloutConfig": "config",
+    "batch_log_z": "losses",
+    "modified_db_loss": "losses",
+    "modified_subtb_loss": "losses",
+    "tb_loss": "losses",
+    "PPOTrainer": "ppo_trainer",
+    "ReplayBuffer": "replay",
+    "prefix_log_rewards": "rewards",
+    "RolloutTrainer": "rollout",
+    "LatentConstraints": "sampling",
+    "GFlowNetTrainer": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'gfn_trl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .config import GFlowNetConfig, PPOConfig, RolloutConfig
+    from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss
+    from .ppo_trainer import PPOTrainer
+    from .replay import ReplayBuffer
+    from .rewards import prefix_log_rewards
+    from .rollout import RolloutTrainer
+    from .sampling import LatentConstraints
+    from .trainer import GFlowNetTrainer
