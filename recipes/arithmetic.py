@@ -24,7 +24,9 @@ and the base-LM log p(Z Y | reward prompt) of the samples, for:
     3-shot     the untuned LM prompted with the 3 demonstrations of the reward prompt (k-shot CoT);
     gfn        the trained policy.
 Each test gets a latent budget that holds its longest gold rationale (the paper: 18 tokens in training, 21 in
-evaluation).  Writes, under --output_dir: the adapter, metrics.json, samples.jsonl (rationales next to the gold).
+evaluation).  Writes, under --output_dir: the adapter and tokenizer (the GGUF default's de-quantized base in
+`base_model/`), metrics.json, samples.jsonl (rationales next to the gold) and policy_check.json (see
+gfn_trl.recipe.save_run).
 """
 
 import os
@@ -38,11 +40,14 @@ from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    TaskSpec,
     build_trainer,
+    load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
     print_summary,
     save_run,
+    validate,
 )
 from gfn_trl.sampling import LatentConstraints  # noqa: E402
 from gfn_trl.tasks import arithmetic  # noqa: E402
@@ -66,6 +71,10 @@ CPU_DEFAULTS = dict(
     num_train=16, num_eval=6, eval_samples=3, eval_temperature=0.1, seed=0,
 )
 
+# What `validate` checks before any model is loaded: JSON / JSON Lines problems or the paper's data directory, gold
+# rationales (--trainer sft), no encoder
+SPEC = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
+
 
 @dataclass
 class ArithmeticArguments:
@@ -74,11 +83,18 @@ class ArithmeticArguments:
                 "(not policy actions). false: the policy writes the results itself."})
 
 
+def check(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None) -> None:
+    """Every argument, file and package the run needs, checked before any model loads (`gfn_trl.recipe.validate`)."""
+    validate(recipe, args, SPEC, tool=(task or ArithmeticArguments()).calculator)
+
+
 def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None) -> dict:
     task = task or ArithmeticArguments()
+    check(recipe, args, task)
+    splits = load_data(arithmetic.load_splits, recipe.dataset, seed=args.seed, n_train=recipe.num_train,
+                       n_test_per_length=recipe.num_eval, n_shots=N_SHOTS)
     model, tokenizer = load_model_and_tokenizer(recipe, args)
     tool = arithmetic.calculator(tokenizer) if task.calculator else None
-    splits = arithmetic.load_splits(recipe.dataset, args.seed, recipe.num_train, recipe.num_eval, N_SHOTS)
     shots, train = splits["shots"], splits["train"]
     tests = {name: splits[key] for name, key in SPLITS.items() if splits.get(key)}
 
@@ -126,7 +142,7 @@ def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None)
          "log_likelihood": s.log_likelihood}
         for method, per_split in scored.items() for name, rows in per_split.items() for s in rows
     ]
-    save_run(trainer, recipe, args, metrics, samples)
+    save_run(trainer, recipe, args, metrics, samples, built, next(iter(scored[method].values())))
     if trainer.accelerator.is_main_process:
         examples = [{"question": s.row["question"], "answer": s.row["answer"], "gold": s.row["gold"],
                      **{f"{m} sample": scored[m][name][i].texts[0] for m in scored}}

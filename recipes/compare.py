@@ -9,7 +9,9 @@ Each trainer runs as its own process, `<launcher> recipes/<task>.py --trainer T 
 run samples its evaluation latents from the same constrained latent space and scores them with the same base-LM
 likelihood and the same metric code (gfn_trl.evaluation, gfn_trl.metrics), so the rows are comparable.  The
 untuned baselines (the prompt / LM / zero-shot rows, and `--decoding` for continuation) are evaluated by the first
-run only.  Everything after `--` goes to every run unchanged.
+run only.  Everything after `--` goes to every run unchanged.  Before the first run starts, every run's arguments
+are parsed and checked by its recipe (files, model path, packages), so that a later run does not fail after the
+earlier ones have spent their time.
 
 Writes OUT/comparison.md, OUT/comparison.json and OUT/comparison.png (for continuation, the paper's figure: the
 max log-likelihood of each prompt's samples against their diversity; for the other tasks, one bar chart per metric).
@@ -31,13 +33,46 @@ TASKS = ("infill", "continuation", "subjectivity", "arithmetic")
 TRAINERS = ("gfn", "ppo", "grpo", "rloo", "sft")
 
 
+def recipe_argv(trainer: str, out: Path, extra: list[str], first: bool, decoding: list[str]) -> list[str]:
+    """The recipe's command-line arguments for one trainer's run."""
+    argv = ["--trainer", trainer, "--output_dir", str(out / trainer), *extra]
+    if not first:
+        argv += ["--skip_baseline", "true"]
+    elif decoding:
+        argv += ["--decoding", *decoding]
+    return argv
+
+
+def check_runs(task: str, trainers: list[str], out: Path, launcher: list[str], extra: list[str],
+               decoding: list[str]) -> None:
+    """Before the first run starts: the launcher exists, matplotlib (for the plot) is installed, and every run's
+    arguments parse and pass its recipe's `check` (data files, model path, packages, trainer choice), so that no run
+    fails after the ones before it have spent their minutes."""
+    import importlib.util
+    import shutil
+
+    if shutil.which(launcher[0]) is None:
+        raise SystemExit(f"--launcher {shlex.join(launcher)}: {launcher[0]} is not an executable on PATH.")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("compare.py plots with matplotlib, which is not installed: pip install matplotlib")
+    spec = importlib.util.spec_from_file_location(f"recipe_{task}", ROOT / f"{task}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for i, trainer in enumerate(trainers):
+        argv = recipe_argv(trainer, out, extra, i == 0, decoding)
+        try:
+            parsed = module.make_parser(argv).parse_args_and_config(args=argv)
+        except SystemExit as e:
+            raise SystemExit(f"The {trainer} run's arguments are refused (above): {shlex.join(argv)}") from e
+        try:
+            module.check(*parsed)
+        except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+            raise SystemExit(f"The {trainer} run would fail: {e}") from e
+
+
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
             decoding: list[str]) -> None:
-    cmd = [*launcher, str(ROOT / f"{task}.py"), "--trainer", trainer, "--output_dir", str(out / trainer), *extra]
-    if not first:
-        cmd += ["--skip_baseline", "true"]
-    elif decoding:
-        cmd += ["--decoding", *decoding]
+    cmd = [*launcher, str(ROOT / f"{task}.py"), *recipe_argv(trainer, out, extra, first, decoding)]
     print("$", shlex.join(cmd), flush=True)
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"})
     if done.returncode != 0:
@@ -122,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         p.error("--decoding applies to --task continuation only")
     out = Path(a.output_dir or f"runs/compare/{a.task}")
     if not a.collect:
+        check_runs(a.task, a.trainers, out, shlex.split(a.launcher), extra, a.decoding)
         for i, trainer in enumerate(a.trainers):
             run_one(a.task, trainer, out, shlex.split(a.launcher), extra, first=i == 0, decoding=a.decoding)
     methods = collect(out, a.trainers)

@@ -11,7 +11,8 @@ paper's ban list (`gfn_trl.tasks.continuation.vocab_mask`; it always applies, so
 Before and after training it samples `eval_samples` continuations for each of `num_eval` held-out prompts with the
 same sampler, from the untuned LM (the adapter disabled: the paper's "LM" baseline) and from the GFlowNet policy,
 and scores both the same way: base-LM log p(Z "." | X) (mean and max) and embedding diversity.
-Writes, under --output_dir: the adapter, metrics.json, samples.jsonl (sampled continuations per prompt).
+Writes, under --output_dir: the adapter and tokenizer (the GGUF default's de-quantized base in `base_model/`),
+metrics.json, samples.jsonl (sampled continuations per prompt) and policy_check.json; see gfn_trl.recipe.save_run.
 """
 
 import functools
@@ -25,11 +26,14 @@ from gfn_trl.evaluation import sample_and_score, score_tokens  # noqa: E402
 from gfn_trl.metrics import TextEncoder, default_encoder_path  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    TaskSpec,
     build_trainer,
+    load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
     print_summary,
     save_run,
+    validate,
 )
 from gfn_trl.tasks import continuation  # noqa: E402
 
@@ -45,13 +49,23 @@ CPU_DEFAULTS = dict(
     strip_trailing_space=True,  # SmolLM2 splits ' 2' into ' ' + '2': a trailing space steers latents to digits
 )
 
+# What `validate` checks before any model is loaded: prompt files, no gold latents (no --trainer sft), the sentence
+# encoder of the diversity metric, --decoding baselines
+SPEC = TaskSpec("continuation", data_formats=(".txt", ".jsonl"), gold=False, encoder=True, decoding=True)
 
-def main(recipe: RecipeArguments, args) -> dict:
+
+def check(recipe: RecipeArguments, args) -> None:
+    """Every argument, file and package the run needs, checked before any model loads (`gfn_trl.recipe.validate`)."""
     if args.stop_token is None:
         raise ValueError('Sentence continuation ends a latent with "."; set --stop_token "."')
-    model, tokenizer = load_model_and_tokenizer(recipe, args)
-    prompts = continuation.load_prompts(recipe.dataset)
+    validate(recipe, args, SPEC)
+
+
+def main(recipe: RecipeArguments, args) -> dict:
+    check(recipe, args)
+    prompts = load_data(continuation.load_prompts, recipe.dataset)
     train, held_out = continuation.split(prompts, num_eval=min(recipe.num_eval, 50) if len(prompts) < 1000 else 50)
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     if recipe.num_train:
         train = train.select(range(min(recipe.num_train, len(train))))
     held_out = held_out.select(range(min(recipe.num_eval, len(held_out))))
@@ -87,7 +101,7 @@ def main(recipe: RecipeArguments, args) -> dict:
         {"method": method, "prompt": s.row["prompt"], "samples": s.texts, "log_likelihood": s.log_likelihood}
         for method, rows in scored.items() for s in rows
     ]
-    save_run(trainer, recipe, args, metrics, samples)
+    save_run(trainer, recipe, args, metrics, samples, built, scored[method])
     if trainer.accelerator.is_main_process:
         examples = [{"prompt": s.row["prompt"],
                      **{f"{m} samples": " | ".join(t + "." for t in scored[m][i].texts[:3]) for m in scored}}

@@ -11,7 +11,10 @@ paper's config starts from such a checkpoint instead), and that story LM is the 
 evaluation likelihood; the gold sentence 4 of the training stories seeds the replay buffer (`--seed_gold`).
 Before and after training it samples `eval_samples` infills for each of `num_eval` held-out stories and scores them
 the same way: base-LM log p(Z Y | X) (mean and max), BLEU-4, GLEU-4 and BERTScore against the gold sentence 4.
-Writes, under --output_dir: the adapter, metrics.json, samples.jsonl (sampled infills next to the gold ones).
+Writes, under --output_dir: the adapter and tokenizer, the base they were trained on (`base_model/`: the story LM,
+or the de-quantized GGUF default; a hub or local base is referenced, not copied), metrics.json, samples.jsonl (sampled
+infills next to the gold ones) and policy_check.json; `AutoPeftModelForCausalLM.from_pretrained(output_dir)` reloads
+the evaluated policy.  Every argument, file and package is checked before the model is loaded.
 """
 
 import os
@@ -25,12 +28,17 @@ from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.metrics import TextEncoder, default_encoder_path  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    TaskSpec,
     build_trainer,
+    is_local_file,
+    load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
     print_summary,
+    read_table,
     save_run,
     single_line_mask,
+    validate,
 )
 from gfn_trl.tasks import infill  # noqa: E402
 
@@ -47,6 +55,19 @@ CPU_DEFAULTS = dict(
     num_train=32, seed=0, story_lm_steps=60, story_lm_learning_rate=1e-4, seed_gold=True,
 )
 
+# What `validate` checks before any model is loaded: ROCStories-format CSV (or TSV) files, gold infills for
+# --trainer sft, the sentence encoder of BERTScore
+SPEC = TaskSpec("infill", data_formats=(".csv", ".tsv"), data_columns=tuple(infill.SENTENCES), gold=True,
+                encoder=True)
+
+
+def load_stories(source: str | None):
+    """A local .csv / .tsv file (any case of extension; errors name the line), else the embedded stories or a hub
+    dataset id (`gfn_trl.tasks.infill.load_stories`)."""
+    if is_local_file(source):
+        return read_table(os.path.expanduser(source), tuple(infill.SENTENCES))
+    return infill.load_stories(source)
+
 
 @dataclass
 class InfillArguments:
@@ -60,11 +81,19 @@ class InfillArguments:
     story_lm_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the story LM stage."})
 
 
+def check(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> None:
+    """Every argument, file and package the run needs, checked before any model loads (`gfn_trl.recipe.validate`)."""
+    validate(recipe, args, SPEC)
+    if (task or InfillArguments()).story_lm_steps < 0:
+        raise ValueError("--story_lm_steps must be 0 (no story-LM stage) or more.")
+
+
 def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> dict:
     task = task or InfillArguments()
-    model, tokenizer = load_model_and_tokenizer(recipe, args)
-    stories = infill.load_stories(recipe.dataset)
+    check(recipe, args, task)
+    stories = load_data(load_stories, recipe.dataset)
     train, held_out = infill.split(stories, num_eval=min(recipe.num_eval, 100) if len(stories) < 1000 else 100)
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     if task.story_lm_steps > 0:  # on every training story, before --num_train subsamples them for the GFlowNet
         model = infill.finetune_story_lm(model, tokenizer, train, task.story_lm_steps, task.story_lm_learning_rate,
                                          seed=args.seed)
@@ -73,7 +102,8 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
     held_out = held_out.select(range(min(recipe.num_eval, len(held_out))))
 
     built = build_trainer(recipe, args, model, tokenizer, infill.to_contract(train),
-                          vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column="gold")
+                          vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column="gold",
+                          base_modified=task.story_lm_steps > 0)  # the story LM is saved as the adapter's base
     trainer, method = built.trainer, recipe.trainer
     if task.seed_gold and isinstance(trainer, GFlowNetTrainer):
         gold = tokenizer(list(trainer.train_dataset["gold"]), add_special_tokens=False)["input_ids"]
@@ -100,7 +130,7 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
          "log_likelihood": s.log_likelihood}
         for method, rows in scored.items() for s in rows
     ]
-    save_run(trainer, recipe, args, metrics, samples)
+    save_run(trainer, recipe, args, metrics, samples, built, scored[method])
     if trainer.accelerator.is_main_process:
         examples = [{"story": s.row["prompt"].replace("\n", " | "), "gold": s.row["gold"],
                      **{f"{m} sample": scored[m][i].texts[0] for m in scored}}

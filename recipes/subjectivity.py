@@ -13,7 +13,9 @@ review's prediction is the majority vote.  Methods:
     zero_shot   an empty rationale (Z = nothing)
     untuned     rationales sampled from the untuned LM (the adapter disabled), same prompt, same sampler
     gfn         rationales sampled from the GFlowNet-fine-tuned policy
-Writes, under --output_dir: the adapter, metrics.json, samples.jsonl (rationales with their predicted labels).
+Writes, under --output_dir: the adapter and tokenizer (the GGUF default's de-quantized base in `base_model/`),
+metrics.json, samples.jsonl (rationales with their predicted labels) and policy_check.json; see
+gfn_trl.recipe.save_run.
 """
 
 import os
@@ -26,12 +28,15 @@ from gfn_trl.data import tokenize_dataset  # noqa: E402
 from gfn_trl.evaluation import sample_and_score  # noqa: E402
 from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
+    TaskSpec,
     build_trainer,
+    load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
     print_summary,
     save_run,
     single_line_mask,
+    validate,
 )
 from gfn_trl.tasks import subjectivity  # noqa: E402
 
@@ -69,16 +74,28 @@ CPU_DEFAULTS = dict(
     num_eval=16, eval_samples=10, lora_target_modules=["k_proj", "v_proj"], num_labelled=10, wishful_rationales=8,
 )
 
+# What `validate` checks before any model is loaded: SUBJ JSON Lines files, labels but no gold rationales (no
+# --trainer sft), no encoder
+SPEC = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=False)
 
-def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = None) -> dict:
+
+def check(recipe: RecipeArguments, args, task: SubjectivityArguments | None = None) -> None:
+    """Every argument, file and package the run needs, checked before any model loads (`gfn_trl.recipe.validate`)."""
     task = task or SubjectivityArguments()
     if recipe.num_train is not None:
         raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
                          "not --num_train.")
-    model, tokenizer = load_model_and_tokenizer(recipe, args)
-    data = subjectivity.load_subj(recipe.dataset)
+    if task.num_labelled < 1 or task.wishful_rationales < 0:
+        raise ValueError("--num_labelled must be at least 1 and --wishful_rationales at least 0.")
+    validate(recipe, args, SPEC, data={"--dataset": recipe.dataset, "--test_dataset": task.test_dataset})
+
+
+def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = None) -> dict:
+    task = task or SubjectivityArguments()
+    check(recipe, args, task)
+    data = load_data(subjectivity.load_subj, recipe.dataset)
     if task.test_dataset is not None:
-        test = subjectivity.load_subj(task.test_dataset, split="test")
+        test = load_data(subjectivity.load_subj, task.test_dataset, "--test_dataset", split="test")
         held_out = set(test["text"])
         pool = data.filter(lambda r: r["text"] not in held_out)
     else:
@@ -86,6 +103,7 @@ def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = Non
     test = test.select(range(min(recipe.num_eval, len(test))))
     train = subjectivity.low_data_subset(pool, task.num_labelled, task.subset_seed, balanced=task.balanced)
     assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
 
     built = build_trainer(recipe, args, model, tokenizer, subjectivity.to_contract(train),
                           vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column=None)
@@ -122,7 +140,7 @@ def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = Non
          "predictions": d["predictions"], "log_likelihood": d["log_likelihood"]}
         for method in scored for s, d in zip(scored[method], details[method])
     ]
-    save_run(trainer, recipe, args, metrics, samples)
+    save_run(trainer, recipe, args, metrics, samples, built, scored[method])
     if trainer.accelerator.is_main_process:
         print(f"\n{len(train)} labelled reviews ({sum(lab == 'objective' for lab in train['label'])} objective), "
               f"{len(test)} test reviews, {seeded} wishful rationales in the replay buffer before training")
