@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .data import tokenize_dataset
 from .models import load_causal_lm, load_tokenizer, resolve_peft_config, resolve_stop_token_id
 from .rewards import LikelihoodReward
-from .sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from .sampling import LatentConstraints, clean_generate, left_pad, right_pad, sample_latents
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Shared set-up: constraints, LoRA, the latent a completion encodes
@@ -415,18 +415,14 @@ class _ConstrainedLogProbs(LogitsProcessor):
 
 @torch.no_grad()
 def _generate(model, prompts: list[list[int]], constraints, pad_id, **config) -> list[list[int]]:
-    """HF `generate` under the constraints (left-padded batch); the latents, cut at the first stop."""
+    """HF `generate` under the constraints (left-padded batch) with the settings `config` and no others (not the
+    checkpoint's: `clean_generate`); the latents, cut at the first stop."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     stop = constraints.stop_token_id
-    gen = GenerationConfig(
-        max_new_tokens=constraints.max_length + 1, eos_token_id=stop, pad_token_id=pad_id, use_cache=True, **config
-    )
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        generation_config=gen,
-        logits_processor=LogitsProcessorList([_ConstrainedLogProbs(constraints, ids.shape[1])]),
+    out = clean_generate(  # only the processors asked for here: none of the checkpoint's generation_config
+        model, ids, mask, LogitsProcessorList([_ConstrainedLogProbs(constraints, ids.shape[1])]),
+        max_new_tokens=constraints.max_length + 1, eos_token_id=stop, pad_token_id=pad_id, use_cache=True, **config,
     )
     return [completion_to_latent(row, constraints) for row in out[:, ids.shape[1] :].tolist()]
 

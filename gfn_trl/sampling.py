@@ -4,20 +4,23 @@ The GFlowNet loss only drives the *sampled* distribution to R if the log-probabi
 of the distribution that generated the samples.  So the constraints (vocabulary mask, no stop before
 `min_length`, forced stop at `max_length`, a tool's forced outputs) live in one function,
 `LatentConstraints.apply`, called both by
-the sampler (inside `generate`, through a logits processor) and by the teacher-forced pass that computes the
-loss's log-probabilities.  Exploration temperature scales the logits for sampling only; the loss always uses
-temperature 1.
+the sampler (`sample_latents`, our own decode loop with the KV cache) and by the teacher-forced pass that computes
+the loss's log-probabilities.  Exploration temperature scales the logits for sampling only; the loss always uses
+temperature 1.  The sampler does not use `generate`, so no setting of the checkpoint's `generation_config.json`
+(repetition penalty, n-gram bans, top-k, ...) reaches it; decoders that do use `generate` call `clean_generate`.
 
 Dimension legend: B rows, P prompt width (left-padded), T latent width, S = T + 1 states, V vocabulary.
 """
 
 from __future__ import annotations
 
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig
 
 from .tools import Tool
 
@@ -141,27 +144,6 @@ def gumbel_noise(row_seeds: Tensor, step: int, vocab_size: int) -> Tensor:
     return -torch.log(-torch.log(u))
 
 
-class _ConstrainedSampler(LogitsProcessor):
-    """Applies `LatentConstraints` then the exploration temperature, inside `generate`.
-
-    With `row_seeds`, it also adds counter-based Gumbel noise, so that greedy decoding of the returned scores
-    is an exact sample of softmax(constrained logits / temperature) (the Gumbel-max trick).
-    """
-
-    def __init__(self, constraints: LatentConstraints, prompt_width: int, temperature: float, row_seeds=None):
-        self.constraints = constraints
-        self.prompt_width = prompt_width
-        self.temperature = temperature
-        self.row_seeds = row_seeds
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        step = input_ids.shape[1] - self.prompt_width
-        scores = self.constraints.apply_decoding(scores, input_ids[:, self.prompt_width :]) / self.temperature
-        if self.row_seeds is not None:
-            scores = scores + gumbel_noise(self.row_seeds, step, scores.shape[-1]).to(scores.dtype)
-        return scores
-
-
 def left_pad(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[Tensor, Tensor]:
     """(B, P) left-padded ids and attention mask."""
     width = max(len(s) for s in sequences)
@@ -191,6 +173,73 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Decoding.  The sampler is our own loop over the model's forward, not `generate`: `generate` fills every generation
+# setting the caller leaves unset from the checkpoint's `generation_config.json` (repetition penalties, n-gram bans,
+# suppressed tokens, minimum lengths, top-k/top-p cutoffs, ...), and those processors would reshape the sampled
+# distribution away from the constrained policy that the loss trains.
+
+
+@dataclass(frozen=True)
+class _DecoderArgs:
+    """How to call a causal LM's forward step by step (read once from its signature)."""
+
+    cache: str  # the argument that takes the cache: `cache` (transformers >= 5.2x), `past_key_values`, `cache_params`
+    positions: bool  # takes `position_ids` (ALiBi and recurrent LMs need none: positions come from the token order)
+    keep: bool  # takes `logits_to_keep` (then the output layer runs on the last position only)
+
+
+def _decoder_args(model) -> _DecoderArgs:
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # the transformers model under PEFT
+    params = inspect.signature(hf.forward).parameters
+    cache = next((n for n in ("cache", "past_key_values", "cache_params") if n in params), "past_key_values")
+    return _DecoderArgs(cache, "position_ids" in params, "logits_to_keep" in params)
+
+
+def _forward_step(model, args: _DecoderArgs, ids: Tensor, mask: Tensor, positions: Tensor, cache):
+    """One forward of `ids` (B, L) after `cache`: the last position's (B, V) float32 logits and the new cache."""
+    kw = {"position_ids": positions} if args.positions else {}
+    if args.keep:
+        kw["logits_to_keep"] = 1
+    if cache is not None:
+        kw[args.cache] = cache
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
+    new_cache = next((getattr(out, n) for n in ("cache", "past_key_values", "cache_params")
+                      if getattr(out, n, None) is not None), None)
+    return out.logits[:, -1].float(), new_cache
+
+
+def _recurrent(args: _DecoderArgs, cache) -> bool:
+    """Whether the cache is a recurrent state only (Mamba, Falcon-Mamba): such a forward applies the attention
+    mask to the positions it is fed, so at decode steps it must get none (the whole mask would broadcast against
+    the one new position and silently mix the batch's rows)."""
+    linear = getattr(cache, "is_linear", None)  # per layer, in transformers' caches
+    return args.cache == "cache_params" or (bool(linear) and all(linear))
+
+
+def _sharded(model) -> bool:
+    """Whether every rank must run the same number of forwards (DeepSpeed ZeRO-3 or FSDP gather the weights in
+    each forward, so a rank that stopped early would leave the others waiting forever)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if torch.distributed.get_world_size() < 2:
+        return False
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    # FSDP1 wraps modules in FullyShardedDataParallel; FSDP2's fully_shard renames their class FSDP<name>
+    fsdp = any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in model.modules())
+    return is_deepspeed_zero3_enabled() or fsdp
+
+
+def _all_stopped(done: Tensor, sharded: bool) -> bool:
+    """Whether every row (of every rank, when sharded) has stopped."""
+    if not sharded:
+        return bool(done.all())
+    running = (~done).sum().float()
+    torch.distributed.all_reduce(running)
+    return running.item() == 0
+
+
 @torch.no_grad()
 def sample_latents(
     model,
@@ -203,40 +252,112 @@ def sample_latents(
 ) -> tuple[Tensor, Tensor]:
     """Sample Z from the constrained policy at an exploration temperature, with the KV cache.
 
+    Our own decode loop, not `generate`: the next-token distribution is softmax(LatentConstraints.apply(logits) /
+    temperature) and nothing else, whatever `generation_config.json` the checkpoint ships (`generate` fills unset
+    fields from it, and its repetition penalties, n-gram bans, cutoffs ... would then reshape what is sampled).
+    The prompt is prefilled once (attention mask and positions of the left-padded batch), then each step feeds
+    the B chosen tokens after the cache; it stops when every row has stopped (with ZeRO-3 / FSDP, every rank's).
+    Attention LMs (RoPE, learned or ALiBi positions) and recurrent or hybrid LMs (Mamba, LFM2) all decode so.
+
     Args:
+        model: a causal LM (transformers, possibly PEFT-wrapped), in eval mode.
         prompt_ids, prompt_mask: (B, P) left-padded prompts (one row per sample).
+        constraints: the constrained policy's rules.
+        temperature: exploration temperature (> 0) that divides the constrained logits.
+        pad_token_id: unused (the latents are padded with the stop token); kept for callers.
         row_seeds: optional (B,) integers in [0, 2^32): each row's randomness is then a pure function of its
-            seed (Gumbel-max sampling); without them `generate` samples with the global torch RNG.
+            seed (Gumbel-max sampling); without them the loop samples with `torch.multinomial` and the global RNG.
     Returns:
         z: (B, T) latent tokens, right-padded with the stop token; T <= max_length.
         lengths: (B,) number of latent tokens before the stop action.
+    Raises:
+        ValueError: if `temperature` <= 0.
     """
     if temperature <= 0:
         raise ValueError(f"Sampling temperature must be > 0, got {temperature}.")
-    stop = constraints.stop_token_id
-    config = GenerationConfig(
-        do_sample=row_seeds is None,  # with row seeds, the argmax of the Gumbel-perturbed scores is the sample
-        # our processor applies the temperature after the constraints; no top-k/top-p truncation (HF's default is 50)
-        **({"temperature": 1.0, "top_k": 0, "top_p": 1.0} if row_seeds is None else {}),
-        max_new_tokens=constraints.max_length + 1,
-        min_new_tokens=0,
-        eos_token_id=stop,
-        pad_token_id=stop if pad_token_id is None else pad_token_id,
-        use_cache=True,
-    )
+    B, P = prompt_ids.shape
+    device, stop = prompt_ids.device, constraints.stop_token_id
+    if B == 0:
+        return prompt_ids.new_zeros(0, 0), prompt_ids.new_zeros(0)
+    steps = constraints.max_length + 1  # at most max_length tokens, then the stop (forced at s_max)
     if row_seeds is not None:
-        row_seeds = torch.as_tensor(row_seeds, dtype=torch.long, device=prompt_ids.device)
-    processor = LogitsProcessorList([_ConstrainedSampler(constraints, prompt_ids.shape[1], temperature, row_seeds)])
-    out = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, logits_processor=processor
-    )
-    new = out[:, prompt_ids.shape[1] :]  # (B, <= max_length + 1); every row contains the stop token
-    is_stop = new == stop
-    lengths = is_stop.long().argmax(dim=1)  # first stop
-    T = int(lengths.max()) if len(lengths) else 0
-    z = new[:, :T].clone()
-    z[torch.arange(T, device=z.device)[None, :] >= lengths[:, None]] = stop
-    return z, lengths
+        row_seeds = torch.as_tensor(row_seeds, dtype=torch.long, device=device)
+    args, sharded = _decoder_args(model), _sharded(model)
+    # Buffers of the final width, so each step writes in place (static shapes for a later compile).
+    new = torch.full((B, steps), stop, dtype=torch.long, device=device)  # the tokens chosen, stop once a row stops
+    mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, steps).long()], dim=1)  # (B, P + steps)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    inputs, positions, cache = prompt_ids, position_ids_from_mask(prompt_mask), None
+    for step in range(steps):
+        step_mask = None if mask is None else mask[:, : P + step]  # the prompt's and every token fed since
+        logits, cache = _forward_step(model, args, inputs, step_mask, positions, cache)
+        scores = constraints.apply_decoding(logits, new[:, :step]) / temperature  # (B, V) float32
+        if row_seeds is not None:  # Gumbel-max: the argmax of the perturbed scores is an exact sample
+            token = (scores + gumbel_noise(row_seeds, step, scores.shape[-1]).to(scores.dtype)).argmax(-1)
+        else:
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+        token = torch.where(done, torch.full_like(token, stop), token)  # a stopped row keeps emitting the stop
+        new[:, step] = token
+        done |= token == stop
+        if _all_stopped(done, sharded):
+            break
+        inputs, positions = token[:, None], positions[:, -1:] + 1
+        if step == 0 and _recurrent(args, cache):
+            mask = None  # the state already holds the prompt, and the fed token is never padding
+    lengths = (new == stop).long().argmax(dim=1)  # the first stop (every row has one: forced at s_max)
+    T = int(lengths.max()) if B else 0
+    return new[:, :T].clone(), lengths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `generate` without the checkpoint's settings, for decoders that want HF's (beam search, top-p sampling, ...)
+
+
+def clean_generation_config(**settings) -> GenerationConfig:
+    """A `GenerationConfig` holding `settings` and nothing else a checkpoint could have set (for `clean_generate`).
+
+    With `do_sample=True` and no `top_k` given, `top_k=0`: transformers' global default (50) would truncate.
+    """
+    if settings.get("do_sample") and "top_k" not in settings:
+        settings["top_k"] = 0
+    return GenerationConfig(**settings)
+
+
+@contextmanager
+def checkpoint_generation_config_ignored(model):
+    """Within the block, `generate` on `model` fills unset generation fields from transformers' global defaults
+    only, not from the checkpoint's `generation_config.json`.
+
+    `generate` fills every field the caller's config leaves at None from `model.generation_config`, and the fields
+    whose neutral value *is* None (bad_words_ids, suppress_tokens, sequence_bias, forced_bos_token_id, ...) cannot be
+    neutralised by the caller's config; so each module's `generation_config` is swapped for a blank one, and put back
+    on exit.  Not thread-safe: another thread generating with the same model meanwhile sees the blank config.
+    """
+    saved = [(m, m.generation_config) for m in model.modules()
+             if isinstance(vars(m).get("generation_config"), GenerationConfig)]  # set on the module, not inherited
+    try:
+        for m, _ in saved:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in saved:
+            m.generation_config = config
+
+
+def clean_generate(model, input_ids: Tensor, attention_mask: Tensor, logits_processor=None, **settings) -> Tensor:
+    """`model.generate` with exactly the logits processors that `settings` and `logits_processor` ask for.
+
+    Args:
+        input_ids, attention_mask: (B, P) left-padded prompts.
+        logits_processor: an optional `LogitsProcessorList`, run before HF's own processors and warpers.
+        settings: `GenerationConfig` fields (max_new_tokens, eos_token_id, pad_token_id, do_sample, top_p, ...);
+            every field not given keeps its neutral default, whatever the checkpoint ships.
+    Returns:
+        (B, P + N) the prompts and the N generated tokens (rows that stopped are padded with `pad_token_id`).
+    """
+    with checkpoint_generation_config_ignored(model):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=logits_processor,
+                              generation_config=clean_generation_config(**settings))
 
 
 def policy_log_probs(

@@ -1,13 +1,23 @@
 """The constrained policy: the sampler and the loss's teacher-forced pass use the same distribution."""
 
+import importlib.util
+from pathlib import Path
+
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from gfn_trl.exact import exact_policy_log_probs, tv_and_kl
-from gfn_trl.sampling import LatentConstraints, _ConstrainedSampler, left_pad, policy_log_probs, sample_latents
+from gfn_trl.sampling import (
+    LatentConstraints,
+    gumbel_noise,
+    left_pad,
+    position_ids_from_mask,
+    sample_latents,
+)
 from gfn_trl.testing import exact_posterior_toy, tiny_model
 
 V, STOP = 30, 0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_constraints_mask_stop_and_vocabulary():
@@ -49,30 +59,115 @@ def test_sampler_respects_constraints():
             assert (z[b, n:] == STOP).all()
 
 
-def test_sampler_step_distributions_equal_teacher_forced_log_probs():
-    """At temperature 1 the distribution the sampler draws from at every step equals the loss's log q."""
-    torch.manual_seed(1)
-    model = tiny_model("gpt2", V, seed=1, init_std=0.3).eval()
-    c = LatentConstraints(STOP, max_length=4, min_length=1)
-    ids, mask = left_pad([[1, 2, 3], [4, 5], [6]] * 4, STOP)
-    config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=5,
-                              eos_token_id=STOP, pad_token_id=STOP)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, output_scores=True,
-                         return_dict_in_generate=True,
-                         logits_processor=LogitsProcessorList([_ConstrainedSampler(c, ids.shape[1], 1.0)]))
-    new = out.sequences[:, ids.shape[1]:]
-    lengths = (new == STOP).long().argmax(1)
-    T = int(lengths.max())
-    z = new[:, :T].clone()
-    log_pf, log_pterm = policy_log_probs(model, ids, mask, z, lengths, c)
-    for b in range(z.shape[0]):
-        for i in range(int(lengths[b]) + 1):
-            step_logp = torch.log_softmax(out.scores[i][b].float(), -1)
-            assert abs(step_logp[STOP].item() - log_pterm[b, i].item()) < 1e-4 or (
-                step_logp[STOP] == log_pterm[b, i] == float("-inf"))
-            if i < int(lengths[b]):
-                assert abs(step_logp[z[b, i]].item() - log_pf[b, i].item()) < 1e-4
-    assert (log_pterm[torch.arange(len(lengths)), torch.full_like(lengths, 4)][lengths == 4] == 0).all()
+def test_every_sampled_token_is_the_gumbel_argmax_of_the_teacher_forced_constrained_policy():
+    """Step by step, the sampler draws from the loss's policy: with row seeds, every token it wrote (and its stop)
+    is argmax(constrained log q / T + Gumbel noise of (seed, step)), where log q comes from one teacher-forced pass
+    over prompt + Z without a cache, and the constraints include a tool's forced tokens and a left-padded batch."""
+    toy = exact_posterior_toy("stop", seed=0, tool=True)
+    model, tok = toy["model"].eval(), toy["tokenizer"]
+    c = LatentConstraints(tok.eos_token_id, toy["max_length"], toy["min_length"], toy["vocab_mask"], toy["tool"])
+    ids, mask = left_pad([tok(p)["input_ids"] for p in ("x y x", "y", "x x y y x a b")] * 40, tok.pad_token_id)
+    seeds = torch.arange(ids.shape[0]) * 104729 + 5
+    for temperature in (1.0, 2.5):
+        z, lengths = sample_latents(model, ids, mask, c, temperature, tok.pad_token_id, seeds)
+        B, T = z.shape
+        full = torch.cat([ids, z], 1)
+        full_mask = torch.cat([mask, torch.ones_like(z)], 1)
+        with torch.no_grad():
+            logits = model(input_ids=full, attention_mask=full_mask,
+                           position_ids=position_ids_from_mask(full_mask)).logits[:, ids.shape[1] - 1 :].float()
+        scores = c.apply(logits, torch.arange(T + 1), c.forced(z)) / temperature  # (B, S, V)
+        written = torch.cat([z, torch.full((B, 1), c.stop_token_id)], 1)  # z_1 .. z_T, then the stop
+        for k in range(T + 1):
+            rows = lengths >= k  # rows still writing at step k (row b writes its stop at step lengths[b])
+            perturbed = scores[:, k] + gumbel_noise(seeds, k, scores.shape[-1]).float()
+            assert torch.equal(perturbed.argmax(-1)[rows], written[rows, k]), (temperature, k)
+        assert (lengths < T).any() and (lengths == T).any()  # both kinds of stop were exercised
+
+
+def _reference_generate(model, ids, mask, c, temperature, seeds):
+    """The sampler as it was, through HF `generate` (its own processor, a clean GenerationConfig): the reference
+    that the decode loop must reproduce token for token on LMs without shipped generation settings."""
+
+    class Processor(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - ids.shape[1]
+            scores = c.apply_decoding(scores, input_ids[:, ids.shape[1] :]) / temperature
+            return scores + gumbel_noise(seeds, step, scores.shape[-1]).to(scores.dtype)
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=c.max_length + 1, eos_token_id=c.stop_token_id,
+                              pad_token_id=c.stop_token_id)
+    new = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                         logits_processor=LogitsProcessorList([Processor()]))[:, ids.shape[1] :]
+    lengths = (new == c.stop_token_id).long().argmax(1)
+    z = new[:, : int(lengths.max())].clone()
+    z[torch.arange(z.shape[1])[None] >= lengths[:, None]] = c.stop_token_id
+    return z, lengths
+
+
+def _sweep():
+    spec = importlib.util.spec_from_file_location("arch_sweep", ROOT / "benchmarks" / "arch_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
+def test_decode_loop_equals_generate_and_unpadded_rows_on_every_architecture():
+    """On the 32 architectures of benchmarks/arch_sweep.py (attention with RoPE, learned or ALiBi positions, local
+    windows, recurrent and hybrid layers) and the test zoo's: row-seeded latents of a left-padded batch are those
+    of HF `generate` with a clean config, and those of each row sampled alone without padding."""
+    sweep = _sweep()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, sweep.V, (n,), generator=g).tolist() for n in (3, 9, 5, 1, 7, 2)] * 3
+    ids, mask = left_pad(prompts, sweep.STOP)
+    c = LatentConstraints(sweep.STOP, max_length=6, min_length=1)
+    seeds = torch.arange(len(prompts)) * 101 + 7
+    models = [(t, sweep.build(t)) for t in sweep.DEFAULT]
+    models += [(f"tiny {a}", tiny_model(a, sweep.V)) for a in ("falcon_alibi", "gptj")]
+    for name, model in models:
+        model.eval()
+        with torch.no_grad():  # sharper conditionals than the default init, so that rows differ
+            for p in model.parameters():
+                if p.ndim >= 2:
+                    p.normal_(0, 0.3)
+        z, lengths = sample_latents(model, ids, mask, c, 1.0, sweep.STOP, seeds)
+        z_ref, l_ref = _reference_generate(model, ids, mask, c, 1.0, seeds)
+        assert torch.equal(lengths, l_ref) and torch.equal(z, z_ref), name
+        for b in range(6):
+            one = torch.tensor([prompts[b]])
+            z1, l1 = sample_latents(model, one, torch.ones_like(one), c, 1.0, sweep.STOP, seeds[b : b + 1])
+            assert z1[0, : int(l1[0])].tolist() == z[b, : int(lengths[b])].tolist(), (name, b)
+        assert len(set(map(tuple, z.tolist()))) > 3, name  # not a degenerate model
+
+
+def test_decode_loop_without_seeds_draws_from_the_global_rng_like_generate():
+    """Without row seeds the loop draws with torch.multinomial from the global RNG, as `generate` sampled: the same
+    RNG state gives generate's latents (a clean GenerationConfig, no top-k), and another state other latents."""
+    model = tiny_model("llama", V, seed=0, init_std=0.3).eval()
+    c = LatentConstraints(STOP, max_length=6, min_length=2)
+    ids, mask = left_pad([[1, 2, 3], [4, 5], [6, 7, 8, 9]] * 8, STOP)
+
+    class Processor(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return c.apply_decoding(scores, input_ids[:, ids.shape[1] :]) / 1.5
+
+    config = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=7, eos_token_id=STOP, pad_token_id=STOP)
+    torch.manual_seed(4)
+    ref = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                         logits_processor=LogitsProcessorList([Processor()]))[:, ids.shape[1] :]
+    torch.manual_seed(4)
+    z, lengths = sample_latents(model, ids, mask, c, 1.5, STOP)
+    for b in range(ids.shape[0]):
+        assert z[b, : int(lengths[b])].tolist() == ref[b, : int(lengths[b])].tolist() and ref[b, lengths[b]] == STOP
+    torch.manual_seed(5)
+    assert not torch.equal(sample_latents(model, ids, mask, c, 1.5, STOP)[0], z)
+
+
+def test_empty_batch():
+    model = tiny_model("gpt2", V)
+    z, lengths = sample_latents(model, torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long),
+                                LatentConstraints(STOP, 4), 1.0, STOP, torch.zeros(0))
+    assert z.shape[0] == 0 and lengths.shape == (0,)
 
 
 def test_constrained_policy_is_normalised_and_matches_empirical_samples():
