@@ -504,6 +504,21 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
         raise ValueError(f"--output_dir {args.output_dir} is not writable; pick another.")
 
 
+def check_train_rows(recipe: RecipeArguments, args, n_rows: int) -> None:
+    """The training set can fill a step.  TRL's GRPO / RLOO draw `generation_batch_size / num_generations` distinct
+    prompts per generation round and yield no batch at all from fewer: the run would train zero steps, silently."""
+    if recipe.trainer not in ("grpo", "rloo"):
+        return
+    need = args.generation_batch_size // args.num_generations
+    if n_rows < need:
+        raise ValueError(
+            f"--trainer {recipe.trainer} draws {need} distinct prompts per generation round (generation_batch_size "
+            f"{args.generation_batch_size} / num_generations {args.num_generations}; per_device_train_batch_size "
+            f"counts completions), but the training set has {n_rows}: TRL would train zero steps. Lower "
+            "--per_device_train_batch_size, or train on more rows."
+        )
+
+
 def is_local_file(source: str | None) -> bool:
     return source is not None and os.path.isfile(os.path.expanduser(source))
 

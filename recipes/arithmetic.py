@@ -42,6 +42,7 @@ from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
     TaskSpec,
     build_trainer,
+    check_train_rows,
     load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
@@ -93,6 +94,7 @@ def main(recipe: RecipeArguments, args, task: ArithmeticArguments | None = None)
     check(recipe, args, task)
     splits = load_data(arithmetic.load_splits, recipe.dataset, seed=args.seed, n_train=recipe.num_train,
                        n_test_per_length=recipe.num_eval, n_shots=N_SHOTS)
+    check_train_rows(recipe, args, len(splits["train"]))
     model, tokenizer = load_model_and_tokenizer(recipe, args)
     tool = arithmetic.calculator(tokenizer) if task.calculator else None
     shots, train = splits["shots"], splits["train"]

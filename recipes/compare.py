@@ -62,8 +62,9 @@ def check_runs(task: str, trainers: list[str], out: Path, launcher: list[str], e
         argv = recipe_argv(trainer, out, extra, i == 0, decoding)
         try:
             parsed = module.make_parser(argv).parse_args_and_config(args=argv)
-        except SystemExit as e:
-            raise SystemExit(f"The {trainer} run's arguments are refused (above): {shlex.join(argv)}") from e
+        except (SystemExit, ValueError) as e:
+            why = "" if isinstance(e, SystemExit) else f" ({e})"
+            raise SystemExit(f"The {trainer} run's arguments are refused{why}: {shlex.join(argv)}") from e
         try:
             module.check(*parsed)
         except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:

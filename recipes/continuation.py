@@ -28,6 +28,7 @@ from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
     TaskSpec,
     build_trainer,
+    check_train_rows,
     load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
@@ -65,9 +66,10 @@ def main(recipe: RecipeArguments, args) -> dict:
     check(recipe, args)
     prompts = load_data(continuation.load_prompts, recipe.dataset)
     train, held_out = continuation.split(prompts, num_eval=min(recipe.num_eval, 50) if len(prompts) < 1000 else 50)
-    model, tokenizer = load_model_and_tokenizer(recipe, args)
     if recipe.num_train:
         train = train.select(range(min(recipe.num_train, len(train))))
+    check_train_rows(recipe, args, len(train))
+    model, tokenizer = load_model_and_tokenizer(recipe, args)
     held_out = held_out.select(range(min(recipe.num_eval, len(held_out))))
 
     strip = recipe.strip_trailing_space

@@ -30,6 +30,7 @@ from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
     TaskSpec,
     build_trainer,
+    check_train_rows,
     is_local_file,
     load_data,
     load_model_and_tokenizer,
@@ -93,6 +94,7 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
     check(recipe, args, task)
     stories = load_data(load_stories, recipe.dataset)
     train, held_out = infill.split(stories, num_eval=min(recipe.num_eval, 100) if len(stories) < 1000 else 100)
+    check_train_rows(recipe, args, min(recipe.num_train or len(train), len(train)))
     model, tokenizer = load_model_and_tokenizer(recipe, args)
     if task.story_lm_steps > 0:  # on every training story, before --num_train subsamples them for the GFlowNet
         model = infill.finetune_story_lm(model, tokenizer, train, task.story_lm_steps, task.story_lm_learning_rate,

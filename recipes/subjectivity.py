@@ -30,6 +30,7 @@ from gfn_trl.recipe import (  # noqa: E402
     RecipeArguments,
     TaskSpec,
     build_trainer,
+    check_train_rows,
     load_data,
     load_model_and_tokenizer,
     make_recipe_parser,
@@ -103,6 +104,7 @@ def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = Non
     test = test.select(range(min(recipe.num_eval, len(test))))
     train = subjectivity.low_data_subset(pool, task.num_labelled, task.subset_seed, balanced=task.balanced)
     assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
+    check_train_rows(recipe, args, len(train))
     model, tokenizer = load_model_and_tokenizer(recipe, args)
 
     built = build_trainer(recipe, args, model, tokenizer, subjectivity.to_contract(train),
