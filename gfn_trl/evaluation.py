@@ -14,6 +14,7 @@ import torch
 
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from .tokenization import encode_continuation
 
 
 @dataclass
@@ -83,8 +84,10 @@ def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents:
 
 @torch.no_grad()
 def score_texts(reward: LikelihoodReward, tokenizer, rows: list[dict], texts: list[list[str]]) -> list[Scored]:
-    """Score latents given as text (e.g. a gold answer) under the base LM (tokenized without special tokens)."""
-    latents = [[tokenizer(t, add_special_tokens=False)["input_ids"] for t in cands] for cands in texts]
+    """Score latents given as text (e.g. a gold answer) under the base LM.  Each text is tokenized as a continuation
+    (`gfn_trl.tokenization.encode_continuation`), so the scored sequence is the reward prompt, the text and the suffix
+    with nothing added in between."""
+    latents = [[encode_continuation(tokenizer, t) for t in cands] for cands in texts]
     scored = score_tokens(reward, tokenizer, rows, latents)
     for s, cands in zip(scored, texts):
         s.texts = list(cands)

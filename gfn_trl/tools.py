@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from .tokenization import encode_continuation
+
 
 class Tool(Protocol):
     def forced_tokens(self, latent: Sequence[int]) -> list[int]: ...
@@ -32,9 +34,10 @@ class Tool(Protocol):
 class TextTool:
     """A tool that fires when the policy emits a token whose text ends with `trigger` (trailing spaces ignored).
 
-    `compute(text)` receives the latent's text up to and including that token and returns the text to append
-    (tokenized with `tokenizer`, without special tokens), or None to append nothing.  Tokens the tool appends never
-    fire it again.
+    `compute(text)` receives the latent's text up to and including that token and returns the text to append, or
+    None to append nothing.  The text is tokenized as a continuation in the middle of a sequence
+    (`gfn_trl.tokenization.encode_continuation`: no space piece or special token added), so that the latent decodes
+    to the policy's text followed by exactly that text.  Tokens the tool appends never fire it again.
     """
 
     def __init__(self, tokenizer, trigger: str, compute: Callable[[str], str | None]):
@@ -54,8 +57,9 @@ class TextTool:
         return 0 <= token_id < len(self._fires) and self._fires[token_id]
 
     def encode(self, text: str) -> tuple[int, ...]:
+        """`text` as latent tokens: `encode_continuation(tokenizer, text)` (cached)."""
         if text not in self._encoded:
-            self._encoded[text] = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._encoded[text] = tuple(encode_continuation(self.tokenizer, text))
         return self._encoded[text]
 
     def output(self, latent: Sequence[int]) -> tuple[int, ...]:
@@ -68,9 +72,10 @@ class TextTool:
         return self.encode(result) if result else ()
 
     def tokenize(self, text: str) -> list[int]:
-        """`text` as the latent the sampler would hold: the policy's pieces up to each trigger are tokenized on their
-        own, and where the text goes on with the tool's output, that output is the tool's tokens (e.g. a gold
-        rationale " 6 - 0 = 6, 6 - 4 = 2" -> tokens(" 6 - 0 =") + tool(" 6") + tokens(", 6 - 4 =") + tool(" 2"))."""
+        """`text` as the latent the sampler would hold: the policy's pieces up to each trigger are tokenized as
+        continuations (`encode`), and where the text goes on with the tool's output, that output is the tool's tokens
+        (e.g. a gold rationale " 6 - 0 = 6, 6 - 4 = 2" -> tokens(" 6 - 0 =") + tool(" 6") + tokens(", 6 - 4 =") +
+        tool(" 2"))."""
         ids: list[int] = []
         while True:
             cut = text.find(self.trigger)

@@ -61,6 +61,7 @@ from datasets import Dataset
 
 from ..evaluation import Scored, likelihood_summary
 from ..metrics import majority_vote_accuracy
+from ..tokenization import encode_continuation
 from ..tools import TextTool
 
 OPERATORS = ("+", "-")
@@ -291,7 +292,7 @@ def gold_latent(tokenizer, problem: Problem, tool: TextTool | None = None) -> li
     and the tool's outputs are tokenized separately, exactly as sampling produces them (`TextTool.tokenize`), so the
     latent is one the constrained policy can write; without it, the whole text is tokenized."""
     if tool is None:
-        return tokenizer(gold_rationale(problem), add_special_tokens=False)["input_ids"]
+        return encode_continuation(tokenizer, gold_rationale(problem))
     return tool.tokenize(gold_rationale(problem))
 
 

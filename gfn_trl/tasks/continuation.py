@@ -182,11 +182,9 @@ def _token_allowed(text: str) -> bool:
 def vocab_mask(tokenizer, stop_token: str = ".") -> torch.Tensor:
     """(V,) bool over `len(tokenizer)`: the tokens a continuation may use (the paper's ban list, see the module
     docstring).  The stop token is allowed; every other token containing "." is banned."""
-    stop_ids = tokenizer.encode(stop_token, add_special_tokens=False)
-    if len(stop_ids) != 1:
-        raise ValueError(
-            f"stop_token {stop_token!r} encodes to {len(stop_ids)} tokens {stop_ids}; it must be one token."
-        )
+    from ..models import resolve_stop_token_id
+
+    stop_ids = [resolve_stop_token_id(tokenizer, stop_token)]  # one token, as the trainer resolves it
     V = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(V)], clean_up_tokenization_spaces=False)
     allowed = torch.tensor([_token_allowed(t) for t in texts], dtype=torch.bool)

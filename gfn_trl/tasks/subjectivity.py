@@ -48,6 +48,7 @@ from datasets import Dataset, load_dataset
 from ..evaluation import Scored, score_texts
 from ..metrics import majority_vote_accuracy
 from ..sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from ..tokenization import encode_continuation, encode_prompt
 from . import DATA_DIR
 
 EMBEDDED = DATA_DIR / "subj.jsonl"
@@ -190,7 +191,7 @@ def to_contract(ds: Dataset) -> Dataset:
 
 def _label_suffix_ids(row: dict, tokenizer=None) -> dict[str, list[int]]:
     if tokenizer is not None:
-        return {lab: tokenizer(SUFFIX.format(label=lab), add_special_tokens=False)["input_ids"] for lab in LABELS}
+        return {lab: encode_continuation(tokenizer, SUFFIX.format(label=lab)) for lab in LABELS}
     if not row.get("suffix_ids") or not row.get("contrast_suffix_ids"):
         raise ValueError("The row has no suffix_ids / contrast_suffix_ids: tokenize it first, or pass the tokenizer.")
     return {row["label"]: row["suffix_ids"], other_label(row["label"]): row["contrast_suffix_ids"]}
@@ -299,7 +300,7 @@ def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
     added, was_training = 0, policy.training
     policy.eval()
     for r_i, row in enumerate(trainer.train_dataset):
-        wishful = tokenizer(f"{row['prompt']} {row['label']} because it is", add_special_tokens=True)["input_ids"]
+        wishful = encode_prompt(tokenizer, f"{row['prompt']} {row['label']} because it is")
         ids, mask = left_pad([wishful] * n_per_example, tokenizer.pad_token_id, trainer.reward.device)
         seeds = [zlib.crc32(f"wishful:{seed}:{r_i}:{j}".encode()) for j in range(n_per_example)]
         with policy.disable_adapter():
