@@ -107,8 +107,10 @@ def test_compare_runs_trainers_and_writes_table_and_plot(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     compare = _load("compare")
     out = tmp_path / "cmp"
+    # GRPO's 8 completions a step are 4 prompts x 2: 4 training prompts (with fewer, TRL trains zero steps; refused)
+    small = [*SMALL[:SMALL.index("--num_train") + 1], "4", *SMALL[SMALL.index("--num_train") + 2 :]]
     methods = compare.main(["--task", "continuation", "--trainers", "gfn", "grpo",
-                            "--decoding", "greedy", "beam", "--output_dir", str(out), "--", *SMALL])
+                            "--decoding", "greedy", "beam", "--output_dir", str(out), "--", *small])
     assert list(methods) == ["lm", "greedy", "beam", "gfn", "grpo"]
     for values in methods.values():
         assert {"diversity", "log_likelihood/max", "log_likelihood/mean"} <= set(values)
