@@ -46,6 +46,19 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(len(s["samples"]) == 2 and "\n" not in "".join(s["samples"]) for s in samples)
     assert (tmp_path / "adapter_model.safetensors").exists()
+    # the story LM the adapter was trained on is saved, and the output directory reloads into the evaluated policy
+    from peft import AutoPeftModelForCausalLM
+
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "base_model")
+    monkeypatch.chdir(ROOT)
+    check = json.loads((tmp_path / "policy_check.json").read_text())
+    policy = AutoPeftModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([check["prompt_ids"] + check["latent_ids"] + [check["stop_token_id"]]])
+    n = len(check["prompt_ids"])
+    with torch.no_grad():
+        logits = policy(input_ids=ids).logits[0, n - 1 : -1].log_softmax(-1)
+    assert logits.gather(1, ids[0, n:, None]).sum().item() == pytest.approx(check["policy_log_prob"], abs=1e-4)
 
 
 def test_story_lm_stage_learns_the_training_stories():
