@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,35 @@ def resolve_bf16(config) -> None:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         on = on and os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower() in ("bf16", "fp8")
     config.bf16 = on
+
+
+# Temperatures below this make log R / T_R or logits / T overflow float32 (in the squared SubTB residuals, or the
+# sampler's scaled logits) for log-likelihoods of ordinary size.
+MIN_TEMPERATURE = 1e-6
+
+
+def _check_number(config, name: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                  high_open: bool = False, integer: bool = False, optional: bool = False, why: str = "") -> None:
+    """Raise a ValueError naming `name` unless `config.name` is a finite number in the given range (ints for
+    `integer`; None allowed for `optional`).  NaN and ±inf never pass: every comparison with NaN is False, so a
+    plain range check would let it through."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    if integer:
+        ok_type = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok_type or not math.isfinite(value):
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind}{' or unset' if optional else ''}, got {value!r}.{why}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low}, "
+        hi = "∞)" if high is None else f"{high}{')' if high_open else ']'}"
+        domain = (lo or "(-∞, ") + hi
+        raise ValueError(f"{name} must lie in {domain}, got {value!r}.{why}")
 
 
 @dataclass
@@ -54,10 +85,11 @@ class RolloutConfig(_BaseConfig):
         QLoRA policy: load the model (given by name) with 4-bit NF4 weights (bitsandbytes) and train a LoRA adapter
         on them; needs `peft_config`.  The default reward, the adapter-disabled base, is then the 4-bit model too.
     reward_chunk_size (`int`, *optional*):
-        Rows scored at once by the reward LM (bounds the memory of its logits).  Defaults to the whole batch.
+        Rows scored at once by the reward LM (bounds the memory of its logits); >= 1.  Defaults to the whole batch.
     contrast_penalty (`float`, *optional*, defaults to `-50.0`):
         Added to the untempered log R of every prefix after which a row's `contrast_suffix` column (e.g. the wrong
-        label) is more likely than its `suffix`.  The paper's subjectivity reward; no effect without the column.
+        label) is more likely than its `suffix`; in [-1e6, 0].  The paper's subjectivity reward; no effect without
+        the column.
 
     > Other parameters
 
@@ -65,7 +97,11 @@ class RolloutConfig(_BaseConfig):
         Turn dropout off in the policy, so that the teacher-forced log-probabilities are those of the sampler.
     model_init_kwargs (`dict`, *optional*):
         Keyword arguments for `from_pretrained` when `model` is a string (e.g. `{"dtype": "bfloat16"}` or
-        `{"gguf_file": "model.gguf"}`).
+        `{"gguf_file": "model.gguf"}`); a dict or a JSON object string.
+    overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+        Let a fresh run (no `resume_from_checkpoint`) start in an `output_dir` that holds `checkpoint-N` folders: they
+        are deleted when training starts.  Without it such a run is refused, so that two runs' checkpoints never mix;
+        pass `resume_from_checkpoint=True` to continue the old run instead.
     """
 
     _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
@@ -105,7 +141,9 @@ class RolloutConfig(_BaseConfig):
         default=None,
         metadata={"help": "Separate frozen reward LM. Default: the policy's base with the LoRA adapter disabled."},
     )
-    reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
+    reward_chunk_size: int | None = field(
+        default=None, metadata={"help": "Rows scored at once by the reward LM; >= 1. Default: the whole batch."}
+    )
     reward_model_quantization: str | None = field(
         default=None,
         metadata={"help": "Load the separate reward LM in '8bit' or '4bit' (bitsandbytes), outside any "
@@ -118,27 +156,64 @@ class RolloutConfig(_BaseConfig):
     contrast_penalty: float = field(
         default=-50.0,
         metadata={"help": "Added to the untempered log R of a prefix after which the row's contrast_suffix (e.g. the "
-                  "wrong label) is more likely than its suffix. -50 in the paper's subjectivity task."},
+                  "wrong label) is more likely than its suffix; in [-1e6, 0]. -50 in the paper's subjectivity task."},
     )
 
     # Other
     disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
     model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is given by name."}
+        default=None,
+        metadata={"help": "Keyword arguments for from_pretrained when the model is given by name; a dict or a JSON "
+                  "object string."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Let a fresh run start in an output_dir holding checkpoint-N folders: they are deleted when "
+                  "training starts. Without it such a run is refused, so that two runs' checkpoints never mix; pass "
+                  "resume_from_checkpoint=True to continue the old run instead."},
     )
 
     def __post_init__(self):
+        # Parsed here, before TrainingArguments' own parser (which would raise a bare JSONDecodeError)
+        for name in ("model_init_kwargs", "chat_template_kwargs"):
+            value = getattr(self, name, None)
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name} must be a dict or a JSON object string, got {value!r} ({e}), e.g. "
+                                     '\'{"key": "value"}\'.') from None
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(
+                    f"{name} must be a dict or a JSON object string, got {type(value).__name__} {value!r}."
+                )
+            if hasattr(self, name):
+                setattr(self, name, value)
         resolve_bf16(self)
         super().__post_init__()
-        if self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}.")
+        # The optimizer's settings (TrainingArguments accepts NaN and infinities in them)
+        _check_number(self, "learning_rate", 0)
+        _check_number(self, "weight_decay", 0)
+        _check_number(self, "adam_beta1", 0, 1, high_open=True)
+        _check_number(self, "adam_beta2", 0, 1, high_open=True)
+        _check_number(self, "adam_epsilon", 1e-30, why=" Smaller values round to 0 in float32, and Adam then divides "
+                      "0 by 0 for a parameter whose gradient is still 0.")
+        if not isinstance(self.max_grad_norm, (int, float)) or math.isnan(self.max_grad_norm) or self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm!r}.")
+        _check_number(self, "warmup_steps", 0)
+        # The latent and the reward
+        _check_number(self, "max_completion_length", 1, integer=True)
+        _check_number(self, "min_completion_length", 0, integer=True)
         if not 0 <= self.min_completion_length <= self.max_completion_length:
             raise ValueError(
                 f"min_completion_length ({self.min_completion_length}) must lie in [0, max_completion_length="
                 f"{self.max_completion_length}]."
             )
-        if self.num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
+        _check_number(self, "num_generations", 1, integer=True)
+        _check_number(self, "reward_chunk_size", 1, integer=True, optional=True)
+        _check_number(self, "contrast_penalty", -1e6, 0, why=" It is added to the log-reward of a prefix after which "
+                      "the wrong alternative is more likely: a penalty, <= 0 (and >= -1e6, beyond which log R / T_R "
+                      "overflows float32 in the loss).")
         if self.reward_model_quantization not in (None, "8bit", "4bit"):
             raise ValueError(
                 f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}."
@@ -147,10 +222,6 @@ class RolloutConfig(_BaseConfig):
             raise ValueError(
                 "reward_model_quantization applies to a separate reward LM: set reward_model_name_or_path too."
             )
-        if isinstance(self.model_init_kwargs, str):
-            import json
-
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
 
 
 @dataclass
@@ -166,46 +237,49 @@ class GFlowNetConfig(RolloutConfig):
         `"subtb"`: the paper's modified subtrajectory balance (eq. 3); `"tb"`: trajectory balance; `"db"`: modified
         detailed balance (the length-1 windows of `"subtb"`).
     subtb_lambda (`float`, *optional*, defaults to `1.0`):
-        Weight λ^(j-i-1) of a window (i, j) in the SubTB loss.  The paper uses 1 everywhere.
+        Weight λ^(j-i-1) of a window (i, j) in the SubTB loss; > 0, with λ^(max_completion_length - 1) <= 1e37 (so
+        that no weight overflows float32).  The paper uses 1 everywhere.
     log_z (`str`, *optional*, defaults to `"batch"`):
         How log Z (the flow of the empty latent, needed by TB, and by SubTB/DB when `min_completion_length > 0`) is
         obtained: `"batch"`, a per-prompt estimate from the prompt's `num_generations` samples (VarGrad); or
         `"learned"`, a linear head on the policy's hidden state at the last prompt token.
     log_z_learning_rate (`float`, *optional*, defaults to `1e-2`):
-        Learning rate of the learned log Z head.
+        Learning rate of the learned log Z head; >= 0.
 
     > Parameters that control exploration (the latent's constraints and the reward LM: [`RolloutConfig`])
 
     on_policy_prob (`float`, *optional*, defaults to `0.25`):
-        Probability that a micro-batch is sampled from the policy at temperature 1.
+        Probability that a micro-batch is sampled from the policy at temperature 1.  The three behaviour
+        probabilities (`on_policy_prob`, `tempered_prob`, `replay_prob`) lie in [0, 1] and must sum to 1.
     tempered_prob (`float`, *optional*, defaults to `0.5`):
         Probability that a micro-batch is sampled at a temperature drawn from U[`sampling_temperature_min`,
         `sampling_temperature_max`].
     replay_prob (`float`, *optional*, defaults to `0.25`):
         Probability that a micro-batch is drawn from the replay buffer (tempered sampling when a prompt has none).
     sampling_temperature_min (`float`, *optional*, defaults to `0.5`):
-        Lower end of the exploration temperature range.
+        Lower end of the exploration temperature range; finite, >= 1e-6.
     sampling_temperature_max (`float`, *optional*, defaults to `2.0`):
-        Upper end of the exploration temperature range.
+        Upper end of the exploration temperature range; finite, >= `sampling_temperature_min`.
 
     > Parameters that control the reward
 
     reward_temperature_start (`float`, *optional*, defaults to `1.1`):
-        Reward temperature T_R at step 0 (log R is divided by T_R).
+        Reward temperature T_R at step 0 (log R is divided by T_R); finite, >= 1e-6.
     reward_temperature_end (`float`, *optional*, defaults to `0.85`):
-        Reward temperature after `reward_temperature_horizon` optimizer steps (linear in between).
+        Reward temperature after `reward_temperature_horizon` optimizer steps (linear in between); finite, >= 1e-6.
     reward_temperature_horizon (`int`, *optional*, defaults to `100`):
-        Optimizer steps over which T_R moves from start to end.
+        Optimizer steps over which T_R moves from start to end; >= 0 (0: `reward_temperature_end` throughout).
 
     > Parameters that control the replay buffer
 
     replay_buffer_size (`int`, *optional*, defaults to `50`):
-        Latents kept per prompt (the highest-reward distinct ones).
+        Latents kept per prompt (the highest-reward distinct ones); >= 1.  On resume the current value applies.
     replay_prioritized (`bool`, *optional*, defaults to `True`):
-        Sample replayed latents with probability ∝ R (untempered) rather than uniformly.
+        Sample replayed latents with probability ∝ R (untempered) rather than uniformly.  On resume the current value
+        applies.
     replay_sim_tolerance (`float`, *optional*, defaults to `0.0`):
         Latents within token edit distance `tol * (len_a + len_b)` count as duplicates (0: exact duplicates only;
-        the paper used 0.25).
+        the paper used 0.25); in [0, 0.5).  On resume the current value applies (the buffer is rebuilt).
     """
 
     # Objective
@@ -213,37 +287,63 @@ class GFlowNetConfig(RolloutConfig):
         default="subtb", metadata={"help": "Loss: 'subtb' (modified SubTB, paper eq. 3), 'tb' or 'db' (modified DB)."}
     )
     subtb_lambda: float = field(
-        default=1.0, metadata={"help": "Window weight lambda^(j-i-1) in SubTB; 1 in the paper."}
+        default=1.0,
+        metadata={"help": "Window weight lambda^(j-i-1) in SubTB; > 0, with lambda^(max_completion_length - 1) <= "
+                  "1e37 (so that no weight overflows float32). 1 in the paper."},
     )
     log_z: str = field(
         default="batch",
         metadata={"help": "log Z source when needed: 'batch' (per-prompt VarGrad estimate) or 'learned' (a head)."},
     )
-    log_z_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the learned log Z head."})
+    log_z_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Learning rate of the learned log Z head; >= 0."}
+    )
 
     # Exploration
-    on_policy_prob: float = field(default=0.25, metadata={"help": "Probability of sampling a batch at temperature 1."})
+    on_policy_prob: float = field(
+        default=0.25,
+        metadata={"help": "Probability of sampling a batch at temperature 1. The three behaviour probabilities "
+                  "(on_policy, tempered, replay) lie in [0, 1] and must sum to 1."},
+    )
     tempered_prob: float = field(
         default=0.5, metadata={"help": "Probability of sampling a batch at a temperature from U[min, max]."}
     )
     replay_prob: float = field(
         default=0.25, metadata={"help": "Probability of drawing a batch from the replay buffer."}
     )
-    sampling_temperature_min: float = field(default=0.5, metadata={"help": "Lowest exploration temperature."})
-    sampling_temperature_max: float = field(default=2.0, metadata={"help": "Highest exploration temperature."})
+    sampling_temperature_min: float = field(
+        default=0.5, metadata={"help": "Lowest exploration temperature; finite, >= 1e-6."}
+    )
+    sampling_temperature_max: float = field(
+        default=2.0, metadata={"help": "Highest exploration temperature; finite, >= the lowest."}
+    )
 
     # Reward
-    reward_temperature_start: float = field(default=1.1, metadata={"help": "Reward temperature T_R at step 0."})
-    reward_temperature_end: float = field(default=0.85, metadata={"help": "Reward temperature after the horizon."})
+    reward_temperature_start: float = field(
+        default=1.1, metadata={"help": "Reward temperature T_R at step 0; finite, >= 1e-6."}
+    )
+    reward_temperature_end: float = field(
+        default=0.85, metadata={"help": "Reward temperature after the horizon; finite, >= 1e-6."}
+    )
     reward_temperature_horizon: int = field(
-        default=100, metadata={"help": "Optimizer steps over which T_R moves linearly from start to end."}
+        default=100,
+        metadata={"help": "Optimizer steps over which T_R moves linearly from start to end; >= 0 (0: the end "
+                  "temperature throughout)."},
     )
 
     # Replay
-    replay_buffer_size: int = field(default=50, metadata={"help": "Latents kept per prompt in the replay buffer."})
-    replay_prioritized: bool = field(default=True, metadata={"help": "Sample replayed latents with probability ∝ R."})
+    replay_buffer_size: int = field(
+        default=50,
+        metadata={"help": "Latents kept per prompt in the replay buffer; >= 1. On resume the current value applies."},
+    )
+    replay_prioritized: bool = field(
+        default=True,
+        metadata={"help": "Sample replayed latents with probability ∝ R. On resume the current value applies."},
+    )
     replay_sim_tolerance: float = field(
-        default=0.0, metadata={"help": "Edit-distance tolerance for duplicates (0: exact duplicates only)."}
+        default=0.0,
+        metadata={"help": "Edit-distance tolerance for duplicates (0: exact duplicates only); in [0, 0.5). On "
+                  "resume the current value applies."},
     )
 
     def __post_init__(self):
@@ -258,18 +358,35 @@ class GFlowNetConfig(RolloutConfig):
                 "log_z='batch' estimates log Z from the samples of one prompt, so it needs num_generations >= 2. "
                 "Raise num_generations, use log_z='learned', or (for subtb/db) set min_completion_length=0."
             )
-        probs = (self.on_policy_prob, self.tempered_prob, self.replay_prob)
-        if min(probs) < 0 or sum(probs) <= 0:
+        _check_number(self, "subtb_lambda", 0, low_open=True)
+        if (self.max_completion_length - 1) * math.log10(self.subtb_lambda) > 37:
             raise ValueError(
-                f"on_policy_prob, tempered_prob and replay_prob must be >= 0 and not all 0, got {probs}."
+                f"subtb_lambda={self.subtb_lambda} is too large for max_completion_length={self.max_completion_length}:"
+                " the weight lambda^(n-1) of the longest window overflows float32 (need lambda^(max_completion_length"
+                " - 1) <= 1e37)."
             )
-        if not 0 < self.sampling_temperature_min <= self.sampling_temperature_max:
+        _check_number(self, "log_z_learning_rate", 0)
+        for name in ("on_policy_prob", "tempered_prob", "replay_prob"):
+            _check_number(self, name, 0, 1)
+        probs = (self.on_policy_prob, self.tempered_prob, self.replay_prob)
+        if abs(sum(probs) - 1) > 1e-6:
+            raise ValueError(
+                f"on_policy_prob, tempered_prob and replay_prob are the probabilities of the three behaviours, so they "
+                f"must sum to 1 (and not all 0), got {probs} (sum {sum(probs):g}). E.g. the paper's 0.25, 0.5, 0.25."
+            )
+        _check_number(self, "sampling_temperature_min", MIN_TEMPERATURE)
+        _check_number(self, "sampling_temperature_max", MIN_TEMPERATURE)
+        if self.sampling_temperature_min > self.sampling_temperature_max:
             raise ValueError(
                 "Need 0 < sampling_temperature_min <= sampling_temperature_max, got "
                 f"{self.sampling_temperature_min} and {self.sampling_temperature_max}."
             )
-        if min(self.reward_temperature_start, self.reward_temperature_end) <= 0:
-            raise ValueError("Reward temperatures must be > 0.")
+        _check_number(self, "reward_temperature_start", MIN_TEMPERATURE)
+        _check_number(self, "reward_temperature_end", MIN_TEMPERATURE)
+        _check_number(self, "reward_temperature_horizon", 0, integer=True)
+        _check_number(self, "replay_buffer_size", 1, integer=True)
+        _check_number(self, "replay_sim_tolerance", 0, 0.5, high_open=True, why=" From 0.5 on, any two latents count "
+                      "as duplicates (their edit distance never exceeds the longer length).")
 
     def reward_temperature(self, step: int) -> float:
         """T_R after `step` optimizer steps: linear from start to end over the horizon, then constant."""
@@ -313,11 +430,11 @@ class PPOConfig(RolloutConfig):
     kl_horizon (`int`, *optional*, defaults to `10000`):
         Horizon (in sequences) of the adaptive controller.
     reward_temperature (`float`, *optional*, defaults to `1.0`):
-        The reward is log R(Z) / `reward_temperature`.
+        The reward is log R(Z) / `reward_temperature`; finite, >= 1e-6.
     value_learning_rate (`float`, *optional*, defaults to `1e-2`):
         Learning rate of the value head (a linear map of the policy's normalised, detached hidden states).
     sampling_temperature (`float`, *optional*, defaults to `1.0`):
-        Temperature of the rollouts.  PPO is on-policy: anything else biases the surrogate.
+        Temperature of the rollouts; finite, >= 1e-6.  PPO is on-policy: anything else biases the surrogate.
     """
 
     num_ppo_epochs: int = field(default=4, metadata={"help": "Optimizer steps taken on each batch of rollouts."})
@@ -331,19 +448,27 @@ class PPOConfig(RolloutConfig):
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt the KL coefficient towards kl_target."})
     kl_target: float = field(default=6.0, metadata={"help": "Target KL per sequence of the adaptive controller."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller (sequences)."})
-    reward_temperature: float = field(default=1.0, metadata={"help": "The reward is log R(Z) / reward_temperature."})
+    reward_temperature: float = field(
+        default=1.0, metadata={"help": "The reward is log R(Z) / reward_temperature; finite, >= 1e-6."}
+    )
     value_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the value head."})
-    sampling_temperature: float = field(default=1.0, metadata={"help": "Temperature of the rollouts (1: on-policy)."})
+    sampling_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of the rollouts; finite, >= 1e-6 (1: on-policy)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_ppo_epochs < 1:
-            raise ValueError(f"num_ppo_epochs must be >= 1, got {self.num_ppo_epochs}.")
-        if self.cliprange <= 0 or self.cliprange_value <= 0:
-            raise ValueError("cliprange and cliprange_value must be > 0.")
+        _check_number(self, "num_ppo_epochs", 1, integer=True)
+        _check_number(self, "cliprange", 0, low_open=True)
+        _check_number(self, "cliprange_value", 0, low_open=True)
+        _check_number(self, "vf_coef", 0)
+        _check_number(self, "gamma")
+        _check_number(self, "lam")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError(f"gamma and lam must lie in [0, 1], got {self.gamma} and {self.lam}.")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}.")
-        if self.reward_temperature <= 0 or self.sampling_temperature <= 0:
-            raise ValueError("reward_temperature and sampling_temperature must be > 0.")
+        _check_number(self, "kl_coef", 0)
+        _check_number(self, "kl_target", 0, low_open=True)
+        _check_number(self, "kl_horizon", 1, integer=True)
+        _check_number(self, "reward_temperature", MIN_TEMPERATURE)
+        _check_number(self, "value_learning_rate", 0)
+        _check_number(self, "sampling_temperature", MIN_TEMPERATURE)

@@ -35,7 +35,7 @@ from .ppo_losses import (
     masked_mean,
     masked_whiten,
 )
-from .rollout import RolloutTrainer
+from .rollout import RolloutTrainer, logger
 from .sampling import policy_log_probs
 
 
@@ -184,6 +184,12 @@ class PPOTrainer(RolloutTrainer):
         values = self.value_head(hidden.detach().float())
         vf_loss = clipped_value_loss(values, inputs["values"], inputs["returns"], mask, a.cliprange_value)
         loss = pg_loss + a.vf_coef * vf_loss
+        self.flag_nonfinite("log q(a | s), the policy's log-probability of an action", log_q, mask.bool())
+        self.flag_nonfinite("the rollout's advantages", inputs["advantages"], mask.bool())
+        self.flag_nonfinite("the value head's predictions", values, mask.bool())
+        self.flag_nonfinite("the clipped surrogate (policy) loss", pg_loss)
+        self.flag_nonfinite("the value loss", vf_loss)
+        self.flag_nonfinite("the loss", loss)
         with torch.no_grad():
             self.record_metrics({
                 **inputs["metrics"],  # of the rollout being reused
@@ -201,7 +207,13 @@ class PPOTrainer(RolloutTrainer):
         return {"kl_coef": self.kl_coef, "rollouts": self._rollouts}
 
     def load_extra_state_dict(self, state: dict) -> None:
-        self.kl_coef = state["kl_coef"]
+        """The rollouts being reused and, with `adaptive_kl`, the controller's β.  A fixed β is a setting: the
+        current config's `kl_coef` applies (a change is logged)."""
+        if self.args.adaptive_kl:
+            self.kl_coef = state["kl_coef"]
+        elif state["kl_coef"] != self.args.kl_coef:
+            logger.warning(f"Resuming with kl_coef {self.args.kl_coef} (the checkpoint's was {state['kl_coef']}): "
+                           "the new value applies.")
         device = self.accelerator.device
         self._rollouts = {
             i: {k: v.to(device) if torch.is_tensor(v) else v for k, v in r.items()}

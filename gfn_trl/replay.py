@@ -107,6 +107,23 @@ class ReplayBuffer:
             "data": {k: [[list(e.tokens), list(e.log_rewards)] for e in v] for k, v in self._data.items()},
         }
 
+    def reconfigure(self, capacity: int, prioritized: bool, sim_tolerance: float) -> list[str]:
+        """Apply new settings to a loaded buffer; returns the changes ('name: old -> new').  A smaller capacity or a
+        larger tolerance rebuilds each prompt's entries by adding them again, best first, under the new rules."""
+        if capacity < 1:
+            raise ValueError(f"replay_buffer_size must be >= 1, got {capacity}.")
+        changes = [f"{name}: {old} -> {new}" for name, old, new in (
+            ("replay_buffer_size", self.capacity, capacity), ("replay_prioritized", self.prioritized, prioritized),
+            ("replay_sim_tolerance", self.sim_tolerance, sim_tolerance)) if old != new]
+        rebuild = capacity < self.capacity or sim_tolerance > self.sim_tolerance
+        self.capacity, self.prioritized, self.sim_tolerance = capacity, prioritized, sim_tolerance
+        if rebuild:
+            data, self._data = self._data, {}
+            for key, entries in data.items():
+                for e in sorted(entries, key=lambda e: -e.score):
+                    self.add(key, e.tokens, e.log_rewards)
+        return changes
+
     def load_state_dict(self, state: dict) -> None:
         self.capacity = state["capacity"]
         self.prioritized = state["prioritized"]

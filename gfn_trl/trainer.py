@@ -24,7 +24,7 @@ from torch import nn
 from .config import GFlowNetConfig
 from .losses import batch_log_z, group_mean, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
 from .replay import ReplayBuffer
-from .rollout import RolloutTrainer
+from .rollout import RolloutTrainer, logger
 from .sampling import policy_log_probs, right_pad
 
 
@@ -184,6 +184,7 @@ class GFlowNetTrainer(RolloutTrainer):
                     self.log_z_head.initialized.fill_(True)
                 log_z = self.log_z_head(out[2][:, 0].detach().float())  # (B,): at s_0
 
+        self._flag_nonfinite_terms(inputs, log_pf, log_pterm, log_r, log_z, t_r)
         if args.loss_type == "subtb":
             loss = modified_subtb_loss(
                 log_pf, log_pterm, log_r, lengths, args.subtb_lambda, args.min_completion_length, log_z,
@@ -194,8 +195,26 @@ class GFlowNetTrainer(RolloutTrainer):
         else:
             loss = tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
 
+        self.flag_nonfinite("the loss", loss, detail=f" (reward temperature T_R = {t_r:g}; log R / T_R spans "
+                            f"[{float(log_r.min()):.3g}, {float(log_r.max()):.3g}])")
         self._record_metrics(inputs, log_pf, log_pterm, log_r, log_z, t_r)
         return loss
+
+    @torch.no_grad()
+    def _flag_nonfinite_terms(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
+        """The loss's inputs where they are used: log q of each latent token, log q(stop) (-inf where the stop is
+        banned), the tempered log-reward and log Z."""
+        lengths = inputs["lengths"]
+        S = log_pterm.shape[1]
+        states = torch.arange(S, device=lengths.device)[None, :] <= lengths[:, None]  # s_0 .. s_n
+        tokens = torch.arange(log_pf.shape[1], device=lengths.device)[None, :] < lengths[:, None]  # z_1 .. z_n
+        self.flag_nonfinite("log q(z_k | s_k-1), the policy's log-probability of a latent token", log_pf, tokens)
+        self.flag_nonfinite("log q(stop | s_k), the policy's stop log-probability", log_pterm, states,
+                            allow_neg_inf=True)
+        self.flag_nonfinite(f"log R / T_R, the tempered log-reward (T_R = {t_r:g})", log_r,
+                            states & (torch.arange(S, device=lengths.device) >= self.args.min_completion_length))
+        if log_z is not None:
+            self.flag_nonfinite("log Z", log_z)
 
     @torch.no_grad()
     def _record_metrics(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
@@ -227,6 +246,12 @@ class GFlowNetTrainer(RolloutTrainer):
         `latents[i]` is a latent (token ids, no stop) for row i of the training set, or None to skip the row.
         Latents the constrained policy cannot write (length, vocabulary, a tool's outputs:
         `LatentConstraints.admits`) are skipped.  Returns how many entries were added."""
+        latents = list(latents)
+        if len(latents) != len(self.train_dataset):
+            raise ValueError(
+                f"seed_replay_buffer got {len(latents)} latents for a training set of {len(self.train_dataset)} rows: "
+                "give one per row, in the dataset's order (None for a row without one)."
+            )
         keep = [(row, list(ids)) for row, ids in zip(self.train_dataset, latents)
                 if ids is not None and self.constraints.admits(list(ids))]
         added = 0
@@ -244,4 +269,14 @@ class GFlowNetTrainer(RolloutTrainer):
         return {"replay_buffer": self.replay_buffer.state_dict()}
 
     def load_extra_state_dict(self, state: dict) -> None:
+        """The saved buffer, under the current config's replay settings (a changed size, prioritisation or
+        tolerance applies: the buffer is rebuilt from the saved entries, and the change is logged)."""
         self.replay_buffer.load_state_dict(state["replay_buffer"])
+        a = self.args
+        changes = self.replay_buffer.reconfigure(a.replay_buffer_size, a.replay_prioritized, a.replay_sim_tolerance)
+        if changes:
+            logger.warning(f"Resuming with changed replay settings ({'; '.join(changes)}): the new values apply.")
+
+    def fingerprint_extra(self) -> dict:
+        a = self.args
+        return {"loss": a.loss_type, "log_z": a.log_z if self.needs_log_z else "unused"}
