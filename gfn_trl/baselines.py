@@ -35,6 +35,7 @@ from .data import tokenize_dataset
 from .models import load_causal_lm, load_tokenizer, resolve_peft_config, resolve_stop_token_id
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, clean_generate, left_pad, right_pad, sample_latents
+from .tokenization import encode_continuation, encode_prompt
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Shared set-up: constraints, LoRA, the latent a completion encodes
@@ -328,12 +329,14 @@ def build_rloo_trainer(
 # 3. SFT on gold latents: TRL's SFTTrainer
 
 
-def sft_dataset(dataset: Dataset, tokenizer, stop_token_id: int, gold_column: str = "completion") -> Dataset:
+def sft_dataset(dataset: Dataset, tokenizer, stop_token_id: int, gold_column: str = "completion",
+                chat_template_kwargs: dict | None = None) -> Dataset:
     """The prompt-completion SFT data, tokenized on our terms: `input_ids = tokens(prompt) + Z_gold + [stop]` and
     `completion_mask` (1 on Z_gold and the stop), which TRL's `SFTTrainer` takes as an already-processed dataset.
 
-    `gold_column` holds each row's gold latent, as text (tokenized without special tokens, as `score_texts` does) or
-    as token ids.  A gold latent ending in the stop token is not given a second one.  The prompt is tokenized as
+    `gold_column` holds each row's gold latent, as text (tokenized as a continuation, `gfn_trl.tokenization.
+    encode_continuation`, as `score_texts` does) or as token ids.  A gold latent ending in the stop token is not given
+    a second one.  The prompt (text or a conversation, rendered with `chat_template_kwargs`) is tokenized as
     `tokenize_dataset` tokenizes it, so SFT trains q(Z | prompt) on the very token sequences the GFlowNet samples.
 
     Tokenizing here instead of giving TRL the text (prompt + completion + EOS) keeps Z on token ids (no decode/encode
@@ -345,9 +348,9 @@ def sft_dataset(dataset: Dataset, tokenizer, stop_token_id: int, gold_column: st
             raise ValueError(f"The SFT dataset needs a {column!r} column (columns: {dataset.column_names}).")
 
     def tokenize(row):
-        prompt = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
+        prompt = encode_prompt(tokenizer, row["prompt"], chat_template_kwargs)  # as tokenize_dataset does
         gold = row[gold_column]
-        gold = tokenizer(gold, add_special_tokens=False)["input_ids"] if isinstance(gold, str) else list(gold)
+        gold = encode_continuation(tokenizer, gold) if isinstance(gold, str) else list(gold)
         if gold and gold[-1] == stop_token_id:
             gold = gold[:-1]
         completion = gold + [stop_token_id]

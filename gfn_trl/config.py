@@ -98,13 +98,16 @@ class RolloutConfig(_BaseConfig):
     model_init_kwargs (`dict`, *optional*):
         Keyword arguments for `from_pretrained` when `model` is a string (e.g. `{"dtype": "bfloat16"}` or
         `{"gguf_file": "model.gguf"}`); a dict or a JSON object string.
+    chat_template_kwargs (`dict`, *optional*):
+        Keyword arguments for the tokenizer's chat template when a `prompt` or `reward_prompt` is a conversation (a
+        list of `{"role", "content"}` messages), as in TRL's GRPO (e.g. `{"enable_thinking": False}`).
     overwrite_output_dir (`bool`, *optional*, defaults to `False`):
         Let a fresh run (no `resume_from_checkpoint`) start in an `output_dir` that holds `checkpoint-N` folders: they
         are deleted when training starts.  Without it such a run is refused, so that two runs' checkpoints never mix;
         pass `resume_from_checkpoint=True` to continue the old run instead.
     """
 
-    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "chat_template_kwargs"]
 
     # Overridden defaults
     learning_rate: float = field(default=1e-4, metadata={"help": "The initial learning rate for AdamW."})
@@ -165,6 +168,11 @@ class RolloutConfig(_BaseConfig):
         default=None,
         metadata={"help": "Keyword arguments for from_pretrained when the model is given by name; a dict or a JSON "
                   "object string."},
+    )
+    chat_template_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for the tokenizer's chat template when a prompt or reward_prompt is a "
+                  "conversation (a list of {'role', 'content'} messages), as in TRL's GRPO."},
     )
     overwrite_output_dir: bool = field(
         default=False,

@@ -52,15 +52,29 @@ def lora_target_modules(model: PreTrainedModel) -> list[str]:
 
 
 def check_lora_targets(model: PreTrainedModel, target_modules) -> None:
-    """Raise a clear error if a requested LoRA target does not exist in the model."""
+    """Raise a clear error if a requested LoRA target does not exist in the model, or is a kind of layer LoRA does
+    not apply to.  Linear layers (and GPT-2's Conv1D), embeddings and convolutions are adaptable (PEFT's LoRA
+    layers)."""
     if target_modules is None or isinstance(target_modules, str):
         return
     present = _linear_leaf_names(model)
-    missing = [m for m in target_modules if m not in present]
+    kinds: dict[str, str] = {}
+    for name, module in model.named_modules():
+        kinds.setdefault(name.rsplit(".", 1)[-1], type(module).__name__)
+    adaptable = (nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    other = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, adaptable)}
+    missing = [m for m in target_modules if m not in present and m not in other and m not in kinds]
     if missing:
         raise ValueError(
             f"LoRA target modules {missing} do not exist in {type(model).__name__}. Linear layers it has: "
-            f"{sorted(present)}. Fix `target_modules` (or leave it unset to detect them automatically)."
+            f"{sorted(present)}; embeddings and convolutions: {sorted(other)}. Fix `target_modules` (or leave it unset "
+            "to detect them automatically)."
+        )
+    wrong = [f"{m} ({kinds[m]})" for m in target_modules if m not in present and m not in other]
+    if wrong:
+        raise ValueError(
+            f"LoRA cannot adapt {wrong} in {type(model).__name__}: it applies to linear layers ({sorted(present)}), "
+            f"embeddings and convolutions ({sorted(other)}). Fix `target_modules`."
         )
 
 
@@ -152,19 +166,22 @@ def smollm2_gguf_path() -> str:
 
 
 def resolve_stop_token_id(tokenizer, stop_token: str | None) -> int:
-    """The id of the token that ends a latent: the tokenizer's EOS by default, else `stop_token`, which must encode
-    to exactly one token."""
+    """The id of the token that ends a latent: the tokenizer's EOS by default, else `stop_token`, which must be one
+    token: a special or added token ("</s>", "<|im_end|>"), a text that encodes to one token as a continuation in the
+    middle of a sequence (".", without the space piece a SentencePiece tokenizer puts in front of text tokenized
+    alone), or a vocabulary entry as stored ("Ġ.").  `gfn_trl.tokenization.encode_token`.
+
+    Raises:
+        ValueError: no EOS and no `stop_token`; `stop_token` not in the vocabulary (it would become the unknown token)
+            or several tokens.
+    """
+    from .tokenization import encode_token
+
     if stop_token is None:
         if tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token: set `stop_token` to the token that ends a latent.")
         return tokenizer.eos_token_id
-    ids = tokenizer.encode(stop_token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"stop_token {stop_token!r} encodes to {len(ids)} tokens {ids}; it must be exactly one token. "
-            "Pick a token from the vocabulary (e.g. '.' or the EOS token)."
-        )
-    return ids[0]
+    return encode_token(tokenizer, stop_token)
 
 
 def resolve_peft_config(model, peft_config):

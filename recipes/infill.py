@@ -42,6 +42,7 @@ from gfn_trl.recipe import (  # noqa: E402
     validate,
 )
 from gfn_trl.tasks import infill  # noqa: E402
+from gfn_trl.tokenization import encode_continuation  # noqa: E402
 
 # The offline CPU default: 11 minutes with `accelerate launch` (one thread), 7 with `python` on 2 cores. The paper's
 # values are in recipes/configs/infill_gpt2-large.yaml.  As in the paper, the LM is first fine-tuned on the training
@@ -108,7 +109,7 @@ def main(recipe: RecipeArguments, args, task: InfillArguments | None = None) -> 
                           base_modified=task.story_lm_steps > 0)  # the story LM is saved as the adapter's base
     trainer, method = built.trainer, recipe.trainer
     if task.seed_gold and isinstance(trainer, GFlowNetTrainer):
-        gold = tokenizer(list(trainer.train_dataset["gold"]), add_special_tokens=False)["input_ids"]
+        gold = [encode_continuation(tokenizer, g) for g in trainer.train_dataset["gold"]]  # as the sampler writes
         print(f"Replay buffer seeded with {trainer.seed_replay_buffer(gold)} gold infills of {len(gold)} stories.")
     eval_rows = list(tokenize_dataset(infill.to_contract(held_out), tokenizer, model.config,
                                       built.constraints.max_length, "eval"))
