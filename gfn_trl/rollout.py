@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,10 +29,14 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
+from transformers.utils import logging
 from trl.trainer.base_trainer import _BaseTrainer
 
-from .checkpoints import is_complete_checkpoint, last_complete_checkpoint
+from . import checkpoints as ckpt
+from . import validation
 from .config import RolloutConfig
 from .data import tokenize_dataset
 from .models import (
@@ -45,12 +50,22 @@ from .models import (
 )
 from .rewards import LikelihoodReward
 from .sampling import LatentConstraints, left_pad, sample_latents
+from .tokenization import (
+    check_policy_vocabulary,
+    check_reward_vocabulary,
+    restrict_to_decodable,
+    try_load_tokenizer,
+)
 from .tools import Tool
+from .validation import check_construction
 
 try:
     from peft import PeftConfig, PeftModel, get_peft_model
 except ImportError:  # peft is a dependency, but keep the import error readable
     PeftConfig = PeftModel = get_peft_model = None
+
+
+logger = logging.get_logger(__name__)
 
 
 def _identity(rows):
@@ -114,6 +129,7 @@ class RolloutTrainer(_BaseTrainer):
             args = self._config_class(f"{str(name).split('/')[-1] or 'model'}-{self._name}")
         if train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a train_dataset with a 'prompt' column.")
+        check_construction(args, train_dataset, eval_dataset)
 
         # Model
         init_kwargs = dict(args.model_init_kwargs or {})
@@ -147,6 +163,9 @@ class RolloutTrainer(_BaseTrainer):
 
         # Stop token
         stop_id = resolve_stop_token_id(tokenizer, args.stop_token)
+        policy_rows = check_policy_vocabulary(model, tokenizer)  # refuses an embedding smaller than the tokenizer
+
+        base_fingerprint = validation.base_fingerprint(model, tokenizer, stop_id)  # what a resume must match
 
         # PEFT
         if peft_config is not None:
@@ -167,7 +186,9 @@ class RolloutTrainer(_BaseTrainer):
                     module.p = 0.0
 
         # Reward model: the adapter-disabled base by default (no second copy of the weights)
+        reward_tokenizer = None  # the separate reward LM's own tokenizer, when it is loaded by name
         if reward_model is None and args.reward_model_name_or_path is not None:
+            reward_tokenizer = try_load_tokenizer(args.reward_model_name_or_path)
             if args.reward_model_quantization:
                 reward_model = load_quantized_reward_model(
                     args.reward_model_name_or_path, args.reward_model_quantization, args.device
@@ -181,30 +202,25 @@ class RolloutTrainer(_BaseTrainer):
         if reward_model is not None:
             reward_model.eval()
             reward_model.requires_grad_(False)
-            if reward_model.get_output_embeddings().weight.shape[0] < len(tokenizer):
-                raise ValueError(
-                    "The reward model's vocabulary is smaller than the tokenizer's: they must share a tokenizer."
-                )
+            if reward_model is not self._frozen_initial:
+                check_reward_vocabulary(reward_model, policy_rows, tokenizer, reward_tokenizer)
         self.reward_model = reward_model
 
         # Constraints of the policy, shared by the sampler and the loss
-        allowed = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
-        if allowed is not None:
-            allowed = torch.as_tensor(allowed, dtype=torch.bool)
-            if allowed.ndim != 1:
-                raise ValueError(
-                    f"vocab_mask must be a 1-D bool tensor over the vocabulary, got shape {tuple(allowed.shape)}."
-                )
-            if int(allowed.sum()) == 0:
-                raise ValueError("vocab_mask allows no token; a latent could only be empty.")
+        allowed = validation.resolve_vocab_mask(vocab_mask, tokenizer, model.get_output_embeddings().weight.shape[0],
+                                                stop_id, args.min_completion_length)
+        allowed = restrict_to_decodable(allowed, tokenizer, policy_rows)  # padded ids decode to nothing: never sampled
         self.constraints = LatentConstraints(
-            stop_id, args.max_completion_length, args.min_completion_length, allowed, tool
+            stop_id, args.max_completion_length, args.min_completion_length, allowed,
+            validation.checked_tool(tool, len(tokenizer)),
         )
 
         # Data: tokenise once, here, not on the hot path
-        train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train")
+        train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train",
+                                         args.chat_template_kwargs)
         if eval_dataset is not None:
-            eval_dataset = tokenize_dataset(eval_dataset, tokenizer, model.config, args.max_completion_length, "eval")
+            eval_dataset = tokenize_dataset(eval_dataset, tokenizer, model.config, args.max_completion_length, "eval",
+                                            args.chat_template_kwargs)
 
         _BaseTrainer.__init__(
             self,
@@ -223,6 +239,7 @@ class RolloutTrainer(_BaseTrainer):
         self._micro_step, self._micro_index = -1, 0
         self._heads: dict[str, tuple[nn.Module, float]] = {}
         self.add_callback(_ZeroHeadGrads(self))
+        self._base_fingerprint, self._nonfinite = base_fingerprint, None
         if self.reward_model is not None and not getattr(self.reward_model, "is_quantized", False):
             self.reward_model.to(self.accelerator.device)  # (a quantized model was placed when loaded)
         self.reward = LikelihoodReward(
@@ -268,7 +285,8 @@ class RolloutTrainer(_BaseTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         was_training = unwrapped.training
         unwrapped.eval()  # no dropout, and a KV cache even with activation checkpointing
-        with self.accelerator.autocast():
+        # under ZeRO-3 the weights are gathered once for the whole decode (the ranks' step counts differ)
+        with self.rollout_weights(unwrapped), self.accelerator.autocast():
             seeds = [self._key(r["gfn_key"], j % k, step=step) for j, r in enumerate(expanded)]
             z, lengths = sample_latents(
                 unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, self.processing_class.pad_token_id,
@@ -279,7 +297,21 @@ class RolloutTrainer(_BaseTrainer):
 
     def score_latents(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, S) untempered log R(s_k ⊤) for the latents `z` of tokenized `rows` (one row per latent)."""
-        return self.reward(rows, z, lengths)
+        # the reward LM: the policy (adapter disabled) unless a separate one was given; under ZeRO-3 its weights are
+        # gathered once for all of the reward's passes, whose number follows this rank's data
+        reward_lm = self.reward.reward_model if self.reward.reward_model is not None else self.reward.policy
+        with self.rollout_weights(reward_lm):
+            return self.reward(rows, z, lengths)
+
+    def rollout_weights(self, *models):
+        """Context in which forwards of `models` need no communication between ranks: under DeepSpeed ZeRO-3 their
+        partitioned weights are gathered once (the policy's engine hooks removed meanwhile), a no-op otherwise.
+        Every rank must enter it together. Nests (`gfn_trl.zero3.gathered`)."""
+        from .zero3 import gathered
+
+        if not hasattr(self, "_zero3_held"):
+            self._zero3_held: set[int] = set()
+        return gathered(models, self.model_wrapped, self._zero3_held)
 
     def _check_finite(self, log_r: torch.Tensor, inputs: dict) -> None:
         """A terminal log-reward that is -inf or NaN would make the loss meaningless: name the sample."""
@@ -335,13 +367,60 @@ class RolloutTrainer(_BaseTrainer):
         return optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self._nonfinite = None  # set by flag_nonfinite during compute_loss
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._heads and self.accelerator.num_processes > 1:
             for module, _ in self._heads.values():  # the heads live outside the DDP-wrapped model
                 for p in module.parameters():
                     if p.grad is not None:
                         p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        self._stop_if_nonfinite(model, loss)
         return loss
+
+    # ------------------------------------------------------------------ non-finite values
+    def flag_nonfinite(self, term: str, values: torch.Tensor, used: torch.Tensor | None = None,
+                       allow_neg_inf: bool = False, detail: str = "") -> None:
+        """Note that `term` holds NaN or ±inf (-inf allowed with `allow_neg_inf`) where `used`.  `training_step`
+        stops training after the backward pass, on every rank at once, before the optimizer step."""
+        if self._nonfinite is not None:
+            return
+        v = values.detach()
+        bad = torch.isnan(v) | (v == float("inf"))
+        if not allow_neg_inf:
+            bad = bad | (v == float("-inf"))
+        if used is not None:
+            bad = bad & used
+        if bool(bad.any()):
+            self._nonfinite = f"{term} holds {v[bad][:3].tolist()}{detail}"
+
+    def _stop_if_nonfinite(self, model, loss: torch.Tensor) -> None:
+        problem = self._nonfinite
+        if problem is None and not bool(torch.isfinite(loss.detach()).all()):
+            problem = f"the loss is {loss.detach().float().mean().item()}"
+        if problem is None:
+            named = list(model.named_parameters()) + [
+                (f"{name} head: {n}", p) for name, (m, _) in self._heads.items() for n, p in m.named_parameters()
+            ]
+            bad = validation.nonfinite_gradients(named)
+            if bad:
+                more = f" (and {len(bad) - 1} more parameters)" if len(bad) > 1 else ""
+                problem = f"the gradient of {bad[0]}{more} holds NaN or inf"
+        if self.accelerator.num_processes > 1:  # every rank stops, or none
+            flag = torch.tensor([float(problem is not None)], device=self.accelerator.device)
+            if float(self.accelerator.gather(flag).max()) == 0:
+                return
+            problem = problem or "another process found a non-finite value"
+        if problem is None:
+            return
+        step = self.state.global_step + 1
+        last = ckpt.last_complete_checkpoint(self.args.output_dir)
+        raise FloatingPointError(
+            f"Non-finite value at optimizer step {step}: {problem}. Training stopped before that step's update, so "
+            f"the weights are those after step {step - 1} and no checkpoint was written after it (the last one: "
+            f"{last or 'none'}). Usual causes: a learning rate too high (learning_rate={self.args.learning_rate}), "
+            "a reward temperature so small that log R / T_R overflows, or low precision. Fix the setting and resume "
+            "from the last checkpoint."
+        )
 
     def end(self):
         """Finish trackers and close the process group, after every rank has arrived.
@@ -356,23 +435,109 @@ class RolloutTrainer(_BaseTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """Train; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint in `output_dir`."""
+        """Train.  `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint in `output_dir`
+        (`gfn_trl.checkpoints`), warning about each newer one it skips; a path must be a complete checkpoint of a
+        run like this one (same fingerprint and optimizer settings).  A fresh run refuses an `output_dir` that holds
+        checkpoints unless `overwrite_output_dir` (then they are deleted first)."""
+        out = self.args.output_dir
+        if self.args.should_save:
+            for stale in ckpt.remove_stale_staging(out):
+                logger.warning(f"Removed {stale}: an interrupted checkpoint save.")
         if resume_from_checkpoint is True:
-            found = last_complete_checkpoint(self.args.output_dir)
+            skipped = []
+            found = ckpt.last_complete_checkpoint(out, warn=lambda msg: (skipped.append(msg), logger.warning(msg)))
             if found is None:
                 raise ValueError(
-                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint. Start "
-                    "without resume_from_checkpoint, or point it at a checkpoint folder."
+                    f"resume_from_checkpoint=True but {out} holds no complete checkpoint"
+                    f"{': ' + ' '.join(skipped) if skipped else ''}. Start without resume_from_checkpoint (with "
+                    "overwrite_output_dir=True if old checkpoints are there), or pass a checkpoint folder."
                 )
             resume_from_checkpoint = found
-        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
-            newest = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
-            raise ValueError(
-                f"{resume_from_checkpoint} is not a complete {type(self).__name__} checkpoint (the run was probably "
-                f"killed while saving it). Resume from {newest or 'an earlier checkpoint'} instead, or pass "
-                "resume_from_checkpoint=True to pick the newest complete one."
-            )
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            resume_from_checkpoint = str(resume_from_checkpoint)
+            problem = ckpt.checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                if not os.path.exists(resume_from_checkpoint):
+                    raise FileNotFoundError(f"resume_from_checkpoint: {problem}.")
+                parent = os.path.dirname(os.path.abspath(resume_from_checkpoint))
+                newest = ckpt.last_complete_checkpoint(parent)
+                raise ValueError(
+                    f"{resume_from_checkpoint} is not a complete {type(self).__name__} checkpoint: {problem}. Resume "
+                    f"from {newest or 'an earlier checkpoint'} instead, or pass resume_from_checkpoint=True to pick "
+                    "the newest complete one."
+                )
+        elif not resume_from_checkpoint:
+            self._claim_output_dir()
+        if resume_from_checkpoint:
+            self._check_resume(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _claim_output_dir(self) -> None:
+        """A fresh run must not write beside (or over) another run's checkpoints."""
+        existing = ckpt.checkpoint_folders(self.args.output_dir)
+        names = ", ".join(os.path.basename(p) for p in existing)
+        if existing and not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {self.args.output_dir} already holds checkpoints of an earlier run ({names}). Pass "
+                "resume_from_checkpoint=True to continue that run, set overwrite_output_dir=True to delete them and "
+                "start afresh, or choose another output_dir."
+            )
+        if existing and self.args.should_save:
+            logger.warning(f"overwrite_output_dir=True: deleting the earlier run's checkpoints in "
+                           f"{self.args.output_dir} ({names}).")
+            for path in existing:
+                shutil.rmtree(path)
+        self.accelerator.wait_for_everyone()  # (every rank, whatever it saw: the main process may be deleting)
+
+    def fingerprint_extra(self) -> dict:
+        """What a subclass adds to the run's fingerprint (e.g. the loss and the log-Z mode)."""
+        return {}
+
+    def run_fingerprint(self) -> dict:
+        """What a resume must share with the run that wrote the checkpoint (stored in its manifest)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.is_peft:
+            cfg = unwrapped.peft_config["default"]
+            targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+            adapter = f"{type(cfg).__name__} r={getattr(cfg, 'r', None)} alpha={getattr(cfg, 'lora_alpha', None)} " \
+                      f"targets={targets}"
+        else:
+            adapter = "none (full fine-tuning)"
+        heads = {name: [list(p.shape) for p in m.parameters()] for name, (m, _) in self._heads.items()}
+        return {**self._base_fingerprint, "trainer": type(self).__name__, "adapter": adapter, "heads": repr(heads),
+                "processes": self.args.world_size, **self.fingerprint_extra()}
+
+    def fixed_settings(self) -> dict:
+        """The settings a checkpoint's optimizer and scheduler state carry (a resume restores them, so a changed
+        value would be ignored): refused on resume rather than silently overridden."""
+        a = self.args
+        out = {"learning_rate": a.learning_rate, "weight_decay": a.weight_decay, "adam_beta1": a.adam_beta1,
+               "adam_beta2": a.adam_beta2, "adam_epsilon": a.adam_epsilon, "optim": str(getattr(a.optim, "value",
+                                                                                                  a.optim))}
+        out.update({f"{name}_learning_rate": lr for name, (_, lr) in self._heads.items()})
+        return out
+
+    def _check_resume(self, path: str) -> None:
+        manifest = ckpt.read_manifest(path)
+        saved_fingerprint = manifest.get("fingerprint") or {}
+        if not saved_fingerprint:
+            logger.warning(f"{path} records no run fingerprint: it cannot be checked against this run.")
+        differences = ckpt.fingerprint_differences(saved_fingerprint, self.run_fingerprint()) if saved_fingerprint \
+            else []
+        if differences:
+            raise ValueError(
+                f"Cannot resume from {path}: it was written by a different run ({'; '.join(differences)}). Resume "
+                "with the same base model, tokenizer, adapter, loss and number of processes, or start a new run in "
+                "another output_dir."
+            )
+        saved, now = manifest.get("fixed_settings", {}), self.fixed_settings()
+        changed = [f"{k}: checkpoint {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
+        if changed:
+            raise ValueError(
+                f"Cannot resume from {path} with changed optimizer settings ({'; '.join(changed)}): the optimizer "
+                "and scheduler states restored from the checkpoint carry the old values, so the new ones would be "
+                "silently ignored. Resume with the checkpoint's values, or start a new run from its weights."
+            )
 
     def extra_state_dict(self) -> dict:
         """The trainer's own state beyond model, optimizer and scheduler (subclasses extend it)."""
@@ -397,20 +562,73 @@ class RolloutTrainer(_BaseTrainer):
         return os.path.join(folder, f"gfn_state_rank{self.args.process_index}.pt")
 
     def _save_checkpoint(self, model, trial):
-        model_name = (
-            Path(self.args.output_dir).name if self.args.hub_model_id is None
-            else self.args.hub_model_id.split("/")[-1]
-        )
+        """Write the checkpoint in a staging folder, then its manifest, then rename it to `checkpoint-N`
+        (`gfn_trl.checkpoints`): an interrupted save leaves no `checkpoint-N`, and none is ever a mix of two runs."""
+        a = self.args
+        model_name = Path(a.output_dir).name if a.hub_model_id is None else a.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
-        # The trainer's state is written into the checkpoint folder *before* the Trainer finalises it, so a
-        # checkpoint that the Trainer considers complete always holds it.
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        torch.save(self.trainer_state_dict(), self._state_file(folder))
-        super()._save_checkpoint(model, trial)
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging = ckpt.staging_folder(final)
+        if a.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+
+        self.save_model(staging, _internal_call=True)  # weights or adapter, tokenizer, training_args.bin
+        best_step = self.state.best_global_step
+        if a.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) and best_step:
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+            if best_step == self.state.global_step or os.path.exists(best):
+                self.state.best_model_checkpoint = best
+        resumable = not a.save_only_model
+        if resumable:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        os.makedirs(staging, exist_ok=True)
+        torch.save(self.trainer_state_dict(), self._state_file(staging))
+        if a.should_save:
+            for cb in self.callback_handler.callbacks + [self.control]:
+                if isinstance(cb, ExportableState):  # the callbacks' state, as the Trainer keeps it
+                    name = type(cb).__name__
+                    if isinstance(self.state.stateful_callbacks.get(name), list):
+                        self.state.stateful_callbacks[name].append(cb.state())
+                    else:
+                        self.state.stateful_callbacks[name] = cb.state()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
+        if a.should_save:
+            ckpt.write_manifest(staging, self.run_fingerprint(), self.fixed_settings(), resumable)
+            ckpt.publish(staging, final)
+        self.accelerator.wait_for_everyone()
+        if a.push_to_hub:
+            self._push_from_checkpoint(final)
+        if a.should_save:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=a.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not load the model weights of {resume_from_checkpoint} ({type(e).__name__}: {e})."
+            ) from e
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            for name in (OPTIMIZER_NAME, SCHEDULER_NAME):  # the Trainer would go on with fresh ones, silently
+                if not os.path.isfile(os.path.join(checkpoint, name)):
+                    raise FileNotFoundError(f"{os.path.join(checkpoint, name)} is missing: the run cannot resume "
+                                            "exactly from this checkpoint.")
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not load the optimizer or scheduler state of {checkpoint} ({type(e).__name__}: {e})."
+            ) from e
         if checkpoint is None:
             return
         path = self._state_file(checkpoint)
@@ -419,4 +637,8 @@ class RolloutTrainer(_BaseTrainer):
                 f"{path} is missing: this checkpoint was not written by {type(self).__name__} (or with another "
                 "number of processes), so the trainer's own state cannot be restored."
             )
-        self.load_trainer_state_dict(torch.load(path, weights_only=False))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"Could not load {path} ({type(e).__name__}: {e}).") from e
+        self.load_trainer_state_dict(state)
