@@ -34,8 +34,15 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from .data import tokenize_dataset
 from .models import load_causal_lm, load_tokenizer, resolve_peft_config, resolve_stop_token_id
 from .rewards import LikelihoodReward
-from .sampling import LatentConstraints, clean_generate, left_pad, right_pad, sample_latents
-from .tokenization import encode_continuation, encode_prompt
+from .sampling import (
+    LatentConstraints,
+    clean_generate,
+    clean_generation_config,
+    left_pad,
+    right_pad,
+    sample_latents,
+)
+from .tokenization import encode_continuation, encode_prompt, output_rows
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Shared set-up: constraints, LoRA, the latent a completion encodes
@@ -219,17 +226,22 @@ def _build_online_rl_trainer(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     stop = constraints.stop_token_id
-    # TRL ends a completion at the tokenizer's EOS and at every id of `model.generation_config.eos_token_id`, and
-    # cuts the completion after the first of them: make the stop the model's only one (the tokenizer's EOS, if it
-    # is not the stop, is suppressed below).
-    model.generation_config.eos_token_id = [stop]
+    # TRL's `generate` fills every generation field its own config leaves unset from `model.generation_config`, so a
+    # checkpoint's shipped settings (repetition penalty, n-gram bans, bad words, ...) would reshape the sampled
+    # policy: give the model a clean config, as our own sampler ignores it (`gfn_trl.sampling`).  TRL ends a
+    # completion at the tokenizer's EOS and at every id of its `eos_token_id`, and cuts the completion after the
+    # first of them: make the stop the model's only one (the tokenizer's EOS, if it is not the stop, is suppressed
+    # below).
+    model.generation_config = clean_generation_config(
+        eos_token_id=[stop], pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id
+    )
 
     if reward_model is None and peft_config is None:
         reward_model = copy.deepcopy(model)  # full fine-tuning: the reward must stay the *initial* LM
     reward_fn = LatentLogReward(reward_model, constraints, tokenizer.pad_token_id, chunk_size)
 
     args.max_completion_length = constraints.max_length + 1
-    vocab_size = model.get_output_embeddings().weight.shape[0]
+    vocab_size = output_rows(model)
     ours = constrained_generation_kwargs(constraints, vocab_size, [tokenizer.eos_token_id])
     args.generation_kwargs = {**(args.generation_kwargs or {}), **ours}
     dataset = tokenize_dataset(train_dataset, tokenizer, model.config, constraints.max_length, "train")

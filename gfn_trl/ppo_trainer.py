@@ -122,7 +122,7 @@ class PPOTrainer(RolloutTrainer):
         expanded, group = self.expand(rows)
         prompt_ids, prompt_mask = self.prompt_batch(expanded)
         z, lengths = self.sample(expanded, prompt_ids, prompt_mask, a.sampling_temperature, step=step)
-        final = self.reward.final(expanded, z, lengths).float()  # untempered log R(Z⊤): PPO needs no prefix rewards
+        final = self.score_latents(expanded, z, lengths, final_only=True).float()  # untempered log R(Z⊤) only
         log_r = torch.zeros(z.shape[0], z.shape[1] + 1, device=final.device).scatter(
             1, lengths[:, None], final[:, None]
         )

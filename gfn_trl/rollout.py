@@ -207,7 +207,7 @@ class RolloutTrainer(_BaseTrainer):
         self.reward_model = reward_model
 
         # Constraints of the policy, shared by the sampler and the loss
-        allowed = validation.resolve_vocab_mask(vocab_mask, tokenizer, model.get_output_embeddings().weight.shape[0],
+        allowed = validation.resolve_vocab_mask(vocab_mask, tokenizer, policy_rows,
                                                 stop_id, args.min_completion_length)
         allowed = restrict_to_decodable(allowed, tokenizer, policy_rows)  # padded ids decode to nothing: never sampled
         self.constraints = LatentConstraints(
@@ -295,13 +295,16 @@ class RolloutTrainer(_BaseTrainer):
         unwrapped.train(was_training)
         return z, lengths
 
-    def score_latents(self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, S) untempered log R(s_k ⊤) for the latents `z` of tokenized `rows` (one row per latent)."""
+    def score_latents(
+        self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor, final_only: bool = False
+    ) -> torch.Tensor:
+        """(B, S) untempered log R(s_k ⊤) for the latents `z` of tokenized `rows` (one row per latent); with
+        `final_only`, (B,) log R(Z ⊤) of the whole latents only (what PPO needs)."""
         # the reward LM: the policy (adapter disabled) unless a separate one was given; under ZeRO-3 its weights are
         # gathered once for all of the reward's passes, whose number follows this rank's data
         reward_lm = self.reward.reward_model if self.reward.reward_model is not None else self.reward.policy
         with self.rollout_weights(reward_lm):
-            return self.reward(rows, z, lengths)
+            return self.reward.final(rows, z, lengths) if final_only else self.reward(rows, z, lengths)
 
     def rollout_weights(self, *models):
         """Context in which forwards of `models` need no communication between ranks: under DeepSpeed ZeRO-3 their

@@ -217,11 +217,13 @@ def encode_token(tokenizer, token: str) -> int:
 
 
 def output_rows(model) -> int:
-    """The number of next-token logits `model` produces (its output embedding's rows, else its input embedding's)."""
+    """The number of next-token logits `model` produces (its output embedding's rows, else its input embedding's).
+
+    Reads the full shape of a weight that DeepSpeed ZeRO-3 partitioned (`ds_shape`; its local `shape` is empty)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.get_input_embeddings().weight.shape[0])
+    weight = head.weight if head is not None and getattr(head, "weight", None) is not None else (
+        model.get_input_embeddings().weight)
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
 def decodable_ids(tokenizer, size: int) -> torch.Tensor:

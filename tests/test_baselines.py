@@ -167,6 +167,11 @@ def test_online_rl_completions_respect_the_constraints_and_train(kind):
         disable_dropout=True,
         **_common(2),
     )
+    # settings a checkpoint ships in generation_config.json must not reach TRL's sampler: they would ban "c" and
+    # every repeated token (3-token latents over {b, c} always repeat one)
+    b_id, c_id = tok.convert_tokens_to_ids(["b", "c"])
+    model.generation_config.bad_words_ids = [[c_id]]
+    model.generation_config.no_repeat_ngram_size = 1
     builder = build_grpo_trainer if kind == "grpo" else build_rloo_trainer
     trainer = builder(model, args, toy["dataset"], c, processing_class=tok, peft_config=LoraConfig(r=4))
     assert args.max_completion_length == 4
@@ -176,6 +181,9 @@ def test_online_rl_completions_respect_the_constraints_and_train(kind):
     trainer.train()
     assert len(recorder.seen) == 16
     _check_completions(recorder.seen, c, set(tok.convert_tokens_to_ids(["b", "c"])))
+    written = [list(ids) for ids in recorder.seen]
+    assert any(c_id in ids for ids in written), written  # the shipped bad_words_ids did not apply
+    assert any(len(set(ids) - {c.stop_token_id}) < len([t for t in ids if t != c.stop_token_id]) for ids in written)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
     assert all(h["reward"] < 0 for h in logs)  # log-likelihoods
