@@ -13,19 +13,19 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "GFlowNetConfig": "config",
-    "PPOConfig": "config",
-    "RolloutConfig": "config",
+    "GFlowNetConfig": "trainers.gflownet_config",
+    "PPOConfig": "trainers.ppo_config",
+    "RolloutConfig": "trainers.rollout_config",
     "batch_log_z": "losses",
     "modified_db_loss": "losses",
     "modified_subtb_loss": "losses",
     "tb_loss": "losses",
-    "PPOTrainer": "ppo_trainer",
+    "PPOTrainer": "trainers.ppo_trainer",
     "ReplayBuffer": "replay",
     "prefix_log_rewards": "rewards",
-    "RolloutTrainer": "rollout",
+    "RolloutTrainer": "trainers.rollout_trainer",
     "LatentConstraints": "sampling",
-    "GFlowNetTrainer": "trainer",
+    "GFlowNetTrainer": "trainers.gflownet_trainer",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -43,12 +43,14 @@ def __dir__():
     return sorted([*globals(), *_EXPORTS])
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs
-    from .config import GFlowNetConfig, PPOConfig, RolloutConfig
-    from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss
-    from .ppo_trainer import PPOTrainer
-    from .replay import ReplayBuffer
-    from .rewards import prefix_log_rewards
-    from .rollout import RolloutTrainer
-    from .sampling import LatentConstraints
-    from .trainer import GFlowNetTrainer
+if TYPE_CHECKING:  # for type checkers and IDEs (the names are in __all__, built from _EXPORTS)
+    from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss  # noqa: F401
+    from .replay import ReplayBuffer  # noqa: F401
+    from .rewards import prefix_log_rewards  # noqa: F401
+    from .sampling import LatentConstraints  # noqa: F401
+    from .trainers.gflownet_config import GFlowNetConfig  # noqa: F401
+    from .trainers.gflownet_trainer import GFlowNetTrainer  # noqa: F401
+    from .trainers.ppo_config import PPOConfig  # noqa: F401
+    from .trainers.ppo_trainer import PPOTrainer  # noqa: F401
+    from .trainers.rollout_config import RolloutConfig  # noqa: F401
+    from .trainers.rollout_trainer import RolloutTrainer  # noqa: F401

@@ -20,8 +20,8 @@ from peft import LoraConfig
 from transformers import TrainerState
 
 from gfn_trl import GFlowNetConfig, GFlowNetTrainer
-from gfn_trl import checkpoints as ckpt
 from gfn_trl.testing import tiny_model, tiny_tokenizer
+from gfn_trl.trainers import checkpoints as ckpt
 
 DATA = {"prompt": ["the cat", "a dog", "the big dog"], "suffix": ["sat .", "ran .", "ate ."]}
 

@@ -1,0 +1,282 @@
+"""GFlowNetTrainer: GFlowNet fine-tuning of a causal LM on TRL's trainer base.
+
+One batch, end to end (`_prepare_inputs` then `compute_loss`):
+
+1. the dataloader yields `per_device_train_batch_size` prompts; each is repeated `num_generations` times;
+2. the behaviour source is drawn for the micro-batch: on-policy, tempered, or replay;
+3. fresh latents are sampled without gradients (KV cache) from the constrained policy;
+4. the frozen reward LM scores log R(s_k ⊤) for every prefix k (one pass; packed for a fixed suffix) and the
+   untempered values go into the replay buffer;
+5. one teacher-forced pass of the policy, with gradients, gives log q(z_k|·) and log q(⊤|·) at temperature 1
+   under the same constraints;
+6. the loss (modified SubTB by default) is computed on log R / T_R, with T_R on a linear schedule in optimizer steps.
+"""
+
+from __future__ import annotations
+
+import random
+import textwrap
+
+import torch
+from accelerate.utils import gather_object
+from torch import nn
+
+from ..losses import batch_log_z, group_mean, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
+from ..replay import ReplayBuffer
+from ..sampling import policy_log_probs, right_pad
+from .gflownet_config import GFlowNetConfig
+from .rollout_trainer import RolloutTrainer, logger
+
+
+class LogZHead(nn.Module):
+    """Prompt-conditioned log Z: a linear map of the (normalised, detached) hidden state at the last prompt token.
+
+    The features are layer-normalised and scaled by 1/sqrt(H) so that one Adam step moves log Z by about the
+    learning rate whatever the width; the bias starts at the first batch's per-prompt estimate (`initialized`).
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B,)
+        return self.linear(self.norm(hidden) / hidden.shape[-1] ** 0.5).squeeze(-1)
+
+
+class GFlowNetTrainer(RolloutTrainer):
+    """Trains a policy q(Z | prompt) so that q(Z) ∝ R(Z), R being a frozen LM's likelihood of the latent.
+
+    Takes the arguments of [`RolloutTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
+    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool) with a [`GFlowNetConfig`].
+    """
+
+    _tag_names = ["trl", "gflownet", "gfn_trl"]
+    _name = "GFlowNet"
+    _paper = {
+        "title": "Amortizing Intractable Inference in Large Language Models",
+        "id": "2310.04363",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{hu2024amortizing,
+                title     = {{Amortizing Intractable Inference in Large Language Models}},
+                author    = {Edward J. Hu and Moksh Jain and Eric Elmoznino and Younesse Kaddar and Guillaume Lajoie and Yoshua Bengio and Nikolay Malkin},
+                year      = 2024,
+                booktitle = {The Twelfth International Conference on Learning Representations, {ICLR} 2024},
+            }"""),  # noqa: E501 (the BibTeX author line)
+    }
+    _config_class = GFlowNetConfig
+
+    def __init__(self, model, args: GFlowNetConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
+                 optimizers=(None, None), tool=None):
+        super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
+                         vocab_mask, callbacks, optimizers, tool)
+        args = self.args
+        # State carried across steps (saved in checkpoints)
+        self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
+        self.needs_log_z = args.loss_type == "tb" or args.min_completion_length > 0
+        self.log_z_head = None
+        if self.needs_log_z and args.log_z == "learned":
+            hidden = self.model.config.get_text_config().hidden_size
+            self.log_z_head = self.register_head("log_z", LogZHead(hidden), args.log_z_learning_rate)
+
+    # ------------------------------------------------------------------ rollout and reward
+    # The replay buffer is shared: every rank adds the latents sampled on every rank (gathered), so each holds the
+    # same buffer as a single process would, and the replay-or-explore decision is taken for the global batch.
+    def _everywhere(self, flag: bool) -> bool:
+        """True iff `flag` holds on every rank."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.accelerator.device)
+        return bool(self.accelerator.gather(t).min() > 0)
+
+    def _draw_behaviour(self) -> tuple[str, float]:
+        a = self.args
+        rng = random.Random(self._key("behaviour"))
+        u = rng.random() * (a.on_policy_prob + a.tempered_prob + a.replay_prob)
+        if u < a.on_policy_prob:
+            return "on_policy", 1.0
+        if u < a.on_policy_prob + a.tempered_prob:
+            return "tempered", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)
+        return "replay", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)  # fallback temperature
+
+    @torch.no_grad()
+    def _prepare_inputs(self, rows: list[dict]) -> dict:
+        device = self.accelerator.device
+        k = self.args.num_generations
+        stop = self.constraints.stop_token_id
+        self._next_micro_batch()
+        mode, temperature = self._draw_behaviour()
+        expanded, group = self.expand(rows)
+        prompt_ids, prompt_mask = self.prompt_batch(expanded)
+
+        replayed = None
+        if mode == "replay":
+            replayed = [
+                self.replay_buffer.sample(r["gfn_key"], k, random.Random(self._key(r["gfn_key"]))) for r in rows
+            ]
+            if not self._everywhere(all(replayed)):  # a prompt with an empty buffer: explore instead, as the paper does
+                mode, replayed = "tempered", None
+            else:
+                temperature = 1.0
+        if replayed is not None:
+            entries = [e for per_prompt in replayed for e in per_prompt]
+            z, lengths = right_pad([list(e.tokens) for e in entries], stop, device=device)
+            log_r = torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(e.log_rewards) for e in entries], batch_first=True
+            ).to(device)
+        else:
+            z, lengths = self.sample(expanded, prompt_ids, prompt_mask, temperature)
+            log_r = self.score_latents(expanded, z, lengths)
+            fresh = [
+                (r["gfn_key"], z[b, : int(lengths[b])].tolist(), log_r[b, : int(lengths[b]) + 1].tolist())
+                for b, r in enumerate(expanded)
+            ]
+            if self.accelerator.num_processes > 1:
+                fresh = gather_object(fresh)  # one shared buffer: every rank holds what any rank sampled
+            for key, tokens, log_rewards in fresh:
+                self.replay_buffer.add(key, tokens, log_rewards)
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "z": z,
+            "lengths": lengths,
+            "log_r": log_r.float(),  # untempered
+            "group": group,
+            "behaviour": mode,
+            "temperature": temperature,
+            "rows": expanded,
+        }
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("GFlowNetTrainer does not return model outputs from compute_loss.")
+        args = self.args
+        want_hidden = self.log_z_head is not None
+        out = policy_log_probs(
+            model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["z"], inputs["lengths"], self.constraints,
+            want_hidden,
+        )
+        log_pf, log_pterm = out[0], out[1]
+        t_r = args.reward_temperature(self.state.global_step)
+        self._check_finite(inputs["log_r"], inputs)
+        log_r = inputs["log_r"] / t_r  # (B, S) tempered
+        lengths, group = inputs["lengths"], inputs["group"]
+        # The states where the constrained policy may stop (not below min_length, not while a tool is writing)
+        terminable = log_pterm.detach() > float("-inf")
+
+        log_z = None
+        if self.needs_log_z:
+            def estimate():  # the per-prompt batch estimate; its windows are the loss's ("tb", "subtb" or "db")
+                return batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length,
+                                   args.loss_type, args.subtb_lambda, terminable)
+
+            if self.log_z_head is None:
+                log_z = estimate()
+            else:
+                if not bool(self.log_z_head.initialized):  # start from the data, not from 0
+                    self.log_z_head.linear.bias.data.fill_(float(self.accelerator.reduce(estimate().mean(), "mean")))
+                    self.log_z_head.initialized.fill_(True)
+                log_z = self.log_z_head(out[2][:, 0].detach().float())  # (B,): at s_0
+
+        self._flag_nonfinite_terms(inputs, log_pf, log_pterm, log_r, log_z, t_r)
+        if args.loss_type == "subtb":
+            loss = modified_subtb_loss(
+                log_pf, log_pterm, log_r, lengths, args.subtb_lambda, args.min_completion_length, log_z,
+                terminable=terminable,
+            )
+        elif args.loss_type == "db":
+            loss = modified_db_loss(log_pf, log_pterm, log_r, lengths, args.min_completion_length, log_z, terminable)
+        else:
+            loss = tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
+
+        self.flag_nonfinite("the loss", loss, detail=f" (reward temperature T_R = {t_r:g}; log R / T_R spans "
+                            f"[{float(log_r.min()):.3g}, {float(log_r.max()):.3g}])")
+        self._record_metrics(inputs, log_pf, log_pterm, log_r, log_z, t_r)
+        return loss
+
+    @torch.no_grad()
+    def _flag_nonfinite_terms(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
+        """The loss's inputs where they are used: log q of each latent token, log q(stop) (-inf where the stop is
+        banned), the tempered log-reward and log Z."""
+        lengths = inputs["lengths"]
+        S = log_pterm.shape[1]
+        states = torch.arange(S, device=lengths.device)[None, :] <= lengths[:, None]  # s_0 .. s_n
+        tokens = torch.arange(log_pf.shape[1], device=lengths.device)[None, :] < lengths[:, None]  # z_1 .. z_n
+        self.flag_nonfinite("log q(z_k | s_k-1), the policy's log-probability of a latent token", log_pf, tokens)
+        self.flag_nonfinite("log q(stop | s_k), the policy's stop log-probability", log_pterm, states,
+                            allow_neg_inf=True)
+        self.flag_nonfinite(f"log R / T_R, the tempered log-reward (T_R = {t_r:g})", log_r,
+                            states & (torch.arange(S, device=lengths.device) >= self.args.min_completion_length))
+        if log_z is not None:
+            self.flag_nonfinite("log Z", log_z)
+
+    @torch.no_grad()
+    def _record_metrics(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
+        lengths, group = inputs["lengths"], inputs["group"]
+        final = inputs["log_r"].gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
+        ratio = trajectory_log_ratio(log_pf.detach(), log_pterm.detach(), log_r, lengths)  # log R/T_R - log q
+        centred = ratio - group_mean(ratio, group)
+        values = {
+            "log_reward/mean": final.mean(),
+            "log_reward/max": final.max(),
+            "completion_length/mean": lengths.float().mean(),
+            "log_ratio/within_prompt_var": centred.pow(2).mean(),  # 0 when q ∝ R exactly
+            "reward_temperature": torch.tensor(t_r),
+            "sampling_temperature": torch.tensor(inputs["temperature"]),
+            "behaviour/replay": torch.tensor(float(inputs["behaviour"] == "replay")),
+            "behaviour/tempered": torch.tensor(float(inputs["behaviour"] == "tempered")),
+            "replay_buffer/size": torch.tensor(float(len(self.replay_buffer))),
+        }
+        if log_z is not None:
+            values["log_z/mean"] = log_z.detach().mean()
+        self.record_metrics(values)
+
+    # ------------------------------------------------------------------ replay seeding
+    @torch.no_grad()
+    def seed_replay_buffer(self, latents, chunk: int = 16) -> int:
+        """Put known latents (e.g. gold ones) into the replay buffer with their untempered per-prefix rewards, as
+        the paper does for infilling (gold sentence 4) and arithmetic (gold rationales).
+
+        `latents[i]` is a latent (token ids, no stop) for row i of the training set, or None to skip the row.
+        Latents the constrained policy cannot write (length, vocabulary, a tool's outputs:
+        `LatentConstraints.admits`) are skipped.  Returns how many entries were added."""
+        latents = list(latents)
+        if len(latents) != len(self.train_dataset):
+            raise ValueError(
+                f"seed_replay_buffer got {len(latents)} latents for a training set of {len(self.train_dataset)} rows: "
+                "give one per row, in the dataset's order (None for a row without one)."
+            )
+        keep = [(row, list(ids)) for row, ids in zip(self.train_dataset, latents)
+                if ids is not None and self.constraints.admits(list(ids))]
+        added = 0
+        for start in range(0, len(keep), chunk):
+            rows, ids = zip(*keep[start : start + chunk])
+            z, lengths = right_pad(list(ids), self.constraints.stop_token_id, device=self.accelerator.device)
+            log_r = self.score_latents(list(rows), z, lengths)
+            added += sum(self.replay_buffer.add(row["gfn_key"], toks, log_r[b, : len(toks) + 1].tolist())
+                         for b, (row, toks) in enumerate(zip(rows, ids)))
+        return added
+
+    # ------------------------------------------------------------------ checkpoints
+    def extra_state_dict(self) -> dict:
+        """The replay buffer (the log Z head is saved with the other heads)."""
+        return {"replay_buffer": self.replay_buffer.state_dict()}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        """The saved buffer, under the current config's replay settings (a changed size, prioritisation or
+        tolerance applies: the buffer is rebuilt from the saved entries, and the change is logged)."""
+        self.replay_buffer.load_state_dict(state["replay_buffer"])
+        a = self.args
+        changes = self.replay_buffer.reconfigure(a.replay_buffer_size, a.replay_prioritized, a.replay_sim_tolerance)
+        if changes:
+            logger.warning(f"Resuming with changed replay settings ({'; '.join(changes)}): the new values apply.")
+
+    def fingerprint_extra(self) -> dict:
+        a = self.args
+        return {"loss": a.loss_type, "log_z": a.log_z if self.needs_log_z else "unused"}

@@ -1,0 +1,647 @@
+"""The rollout and reward path shared by every gfn_trl trainer (GFlowNet and PPO).
+
+`RolloutTrainer` owns what does not depend on the objective:
+
+* loading the policy (a name, a path, a `.gguf` file or a model), its tokenizer, the stop token and LoRA;
+* the latent's constraints (`LatentConstraints`: vocabulary mask, minimum and maximum length), used identically by
+  the sampler and by every loss;
+* the frozen reward LM (the adapter-disabled base, a frozen copy of the initial model, or a separate, optionally
+  quantized, model) behind one `LikelihoodReward`;
+* tokenising the dataset once (the data contract of `gfn_trl.data.tokenize_dataset`);
+* counter-based rollout randomness (`_key`), sampling (`sample`) and scoring (`score_latents`);
+* metrics reduced over ranks, extra trainable heads (log Z, value) outside the wrapped model, checkpoints that
+  carry the trainer's own state (`gfn_state_rank{r}.pt`) and resume only from complete checkpoints.
+
+Subclasses implement `_prepare_inputs` and `compute_loss`, and may add state with `extra_state_dict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
+from transformers.utils import logging
+
+from .._trl import _BaseTrainer
+from ..data import tokenize_dataset
+from ..models import (
+    load_causal_lm,
+    load_quantized_reward_model,
+    load_tokenizer,
+    prepare_kbit_model,
+    quantized_load_kwargs,
+    resolve_peft_config,
+    resolve_stop_token_id,
+)
+from ..rewards import LikelihoodReward
+from ..sampling import LatentConstraints, left_pad, sample_latents
+from ..tokenization import (
+    check_policy_vocabulary,
+    check_reward_vocabulary,
+    restrict_to_decodable,
+    try_load_tokenizer,
+)
+from ..tools import Tool
+from . import checkpoints as ckpt
+from . import validation
+from .rollout_config import RolloutConfig
+from .validation import check_construction
+
+try:
+    from peft import PeftConfig, PeftModel, get_peft_model
+except ImportError:  # peft is a dependency, but keep the import error readable
+    PeftConfig = PeftModel = get_peft_model = None
+
+
+logger = logging.get_logger(__name__)
+
+
+def _identity(rows):
+    return rows
+
+
+class _ZeroHeadGrads(TrainerCallback):
+    """The HF Trainer zeroes gradients with `model.zero_grad()`, which does not reach modules outside the model;
+    without this the heads' gradients would accumulate over the whole run."""
+
+    def __init__(self, trainer: RolloutTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for module, _ in self.trainer._heads.values():
+            module.zero_grad(set_to_none=True)
+
+
+class RolloutTrainer(_BaseTrainer):
+    """Base of the trainers that sample latents Z from a policy q(Z | prompt) and score them with a frozen LM.
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`): the policy's starting point.  A string is a hub id, a local
+            directory or a `.gguf` file.
+        args (`RolloutConfig` subclass, *optional*): the settings.
+        train_dataset (`datasets.Dataset`): rows with a `prompt` column (the text the policy conditions on), and
+            optionally `reward_prompt` (the text the reward LM conditions on; default `prompt`) and `suffix`
+            (a fixed Y scored after the latent: log R = log p(Z Y | reward_prompt); without it the reward is
+            log p(Z ⊤ | reward_prompt) with ⊤ the stop token).
+        processing_class (`PreTrainedTokenizerBase`, *optional*): the tokenizer (loaded from `model` by default).
+        peft_config (`peft.PeftConfig`, *optional*): LoRA settings; target modules are found automatically when unset.
+        reward_model (`PreTrainedModel`, *optional*): a separate frozen reward LM sharing the tokenizer.  By default
+            the reward is the policy's base with the adapter disabled (PEFT), or a frozen copy of the initial model.
+        vocab_mask (`torch.Tensor` or callable, *optional*): (V,) bool mask of the tokens a latent may use, or a
+            function tokenizer -> mask.  Applied identically when sampling and in the loss.
+        tool (`gfn_trl.tools.Tool`, *optional*): a tool whose outputs are forced tokens of the latent's state, not
+            policy actions (the arithmetic task's calculator); also applied identically in sampling, loss and replay.
+    """
+
+    _config_class = RolloutConfig
+    # `compute_loss` returns a per-micro-batch mean; the HF Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: RolloutConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
+        reward_model: PreTrainedModel | None = None,
+        vocab_mask: torch.Tensor | Callable | None = None,
+        callbacks=None,
+        optimizers=(None, None),
+        tool: Tool | None = None,
+    ):
+        # Args
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = self._config_class(f"{str(name).split('/')[-1] or 'model'}-{self._name}")
+        if train_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs a train_dataset with a 'prompt' column.")
+        check_construction(args, train_dataset, eval_dataset)
+
+        # Model
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if args.load_in_4bit:
+            if peft_config is None:
+                raise ValueError(
+                    "load_in_4bit trains a LoRA adapter on frozen 4-bit weights (QLoRA): pass peft_config."
+                )
+            if isinstance(model, str):
+                init_kwargs = {**quantized_load_kwargs("4bit", args.device), **init_kwargs}
+            elif not getattr(model, "is_loaded_in_4bit", False):
+                raise ValueError("load_in_4bit loads the model in 4 bits itself: pass the model's name or path (the "
+                                 "model passed is not 4-bit), or load it quantized and leave load_in_4bit off.")
+        if isinstance(model, str):
+            name_or_path = model
+            model = load_causal_lm(name_or_path, **init_kwargs)
+        else:
+            name_or_path = model.config._name_or_path
+
+        # Processing class
+        if processing_class is None:
+            processing_class = load_tokenizer(name_or_path, init_kwargs.get("gguf_file"))
+        tokenizer = processing_class
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError(
+                    "The tokenizer has neither a pad token nor an EOS token. Set one, e.g. "
+                    "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings."
+                )
+            tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out, so any id will do
+
+        # Stop token
+        stop_id = resolve_stop_token_id(tokenizer, args.stop_token)
+        policy_rows = check_policy_vocabulary(model, tokenizer)  # refuses an embedding smaller than the tokenizer
+
+        base_fingerprint = validation.base_fingerprint(model, tokenizer, stop_id)  # what a resume must match
+
+        # PEFT
+        if peft_config is not None:
+            if get_peft_model is None:
+                raise ImportError("peft_config needs the `peft` package: pip install peft")
+            if PeftModel is not None and isinstance(model, PeftModel):
+                raise ValueError("model is already a PeftModel; do not pass peft_config as well.")
+            if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+                model = prepare_kbit_model(model, args.activation_checkpointing)
+            model = get_peft_model(model, resolve_peft_config(model, peft_config))
+        is_peft = PeftModel is not None and isinstance(model, PeftModel)
+        if is_peft and args.activation_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+
+        if args.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+
+        # Reward model: the adapter-disabled base by default (no second copy of the weights)
+        reward_tokenizer = None  # the separate reward LM's own tokenizer, when it is loaded by name
+        if reward_model is None and args.reward_model_name_or_path is not None:
+            reward_tokenizer = try_load_tokenizer(args.reward_model_name_or_path)
+            if args.reward_model_quantization:
+                reward_model = load_quantized_reward_model(
+                    args.reward_model_name_or_path, args.reward_model_quantization, args.device
+                )
+            else:
+                reward_model = load_causal_lm(args.reward_model_name_or_path, dtype=init_kwargs.get("dtype"))
+        self._frozen_initial = None
+        if reward_model is None and not is_peft:
+            # Full fine-tuning: the reward must stay the *initial* LM, so keep a frozen copy.
+            reward_model = self._frozen_initial = copy.deepcopy(model)
+        if reward_model is not None:
+            reward_model.eval()
+            reward_model.requires_grad_(False)
+            if reward_model is not self._frozen_initial:
+                check_reward_vocabulary(reward_model, policy_rows, tokenizer, reward_tokenizer)
+        self.reward_model = reward_model
+
+        # Constraints of the policy, shared by the sampler and the loss
+        allowed = validation.resolve_vocab_mask(vocab_mask, tokenizer, policy_rows,
+                                                stop_id, args.min_completion_length)
+        allowed = restrict_to_decodable(allowed, tokenizer, policy_rows)  # padded ids decode to nothing: never sampled
+        self.constraints = LatentConstraints(
+            stop_id, args.max_completion_length, args.min_completion_length, allowed,
+            validation.checked_tool(tool, len(tokenizer)),
+        )
+
+        # Data: tokenise once, here, not on the hot path
+        train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train",
+                                         args.chat_template_kwargs)
+        if eval_dataset is not None:
+            eval_dataset = tokenize_dataset(eval_dataset, tokenizer, model.config, args.max_completion_length, "eval",
+                                            args.chat_template_kwargs)
+
+        _BaseTrainer.__init__(
+            self,
+            model=model,
+            args=args,
+            data_collator=_identity,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+
+        self.is_peft = is_peft
+        self._micro_step, self._micro_index = -1, 0
+        self._heads: dict[str, tuple[nn.Module, float]] = {}
+        self.add_callback(_ZeroHeadGrads(self))
+        self._base_fingerprint, self._nonfinite = base_fingerprint, None
+        if self.reward_model is not None and not getattr(self.reward_model, "is_quantized", False):
+            self.reward_model.to(self.accelerator.device)  # (a quantized model was placed when loaded)
+        self.reward = LikelihoodReward(
+            self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
+            args.reward_chunk_size, self.accelerator.autocast, args.contrast_penalty,
+        )
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ rollout and reward
+    # All randomness of a rollout is counter-based: a pure function of (seed, optimizer step, micro-batch index,
+    # prompt, sample index).  Runs therefore reproduce across resumes, world sizes and batch layouts, and every
+    # process draws the same behaviour for a micro-batch, as a single process would.
+    def _key(self, *parts, step: int | None = None) -> int:
+        step = self.state.global_step if step is None else step
+        text = ":".join(str(p) for p in (self.args.seed, step, self._micro_index, *parts))
+        return zlib.crc32(text.encode("utf-8"))
+
+    def _next_micro_batch(self) -> None:
+        """Advance the micro-batch counter (reset at the first micro-batch of each optimizer step)."""
+        if self.state.global_step != self._micro_step:
+            self._micro_step, self._micro_index = self.state.global_step, 0
+        self._micro_index += 1
+
+    def expand(self, rows: list[dict]) -> tuple[list[dict], torch.Tensor]:
+        """Each prompt repeated `num_generations` times, and the (B,) index of its prompt within `rows`."""
+        k = self.args.num_generations
+        expanded = [r for r in rows for _ in range(k)]
+        group = torch.arange(len(rows), device=self.accelerator.device).repeat_interleave(k)
+        return expanded, group
+
+    def prompt_batch(self, expanded: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) left-padded policy prompts and their attention mask."""
+        return left_pad(
+            [r["prompt_ids"] for r in expanded], self.processing_class.pad_token_id, self.accelerator.device
+        )
+
+    @torch.no_grad()
+    def sample(self, expanded: list[dict], prompt_ids, prompt_mask, temperature: float = 1.0, step: int | None = None):
+        """Latents from the constrained policy at `temperature` (eval mode, KV cache): (z (B, T), lengths (B,)).
+
+        Sample j of a prompt is seeded by (seed, step, micro-batch, prompt key, j mod num_generations)."""
+        k = self.args.num_generations
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        was_training = unwrapped.training
+        unwrapped.eval()  # no dropout, and a KV cache even with activation checkpointing
+        # under ZeRO-3 the weights are gathered once for the whole decode (the ranks' step counts differ)
+        with self.rollout_weights(unwrapped), self.accelerator.autocast():
+            seeds = [self._key(r["gfn_key"], j % k, step=step) for j, r in enumerate(expanded)]
+            z, lengths = sample_latents(
+                unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, self.processing_class.pad_token_id,
+                seeds,
+            )
+        unwrapped.train(was_training)
+        return z, lengths
+
+    def score_latents(
+        self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor, final_only: bool = False
+    ) -> torch.Tensor:
+        """(B, S) untempered log R(s_k ⊤) for the latents `z` of tokenized `rows` (one row per latent); with
+        `final_only`, (B,) log R(Z ⊤) of the whole latents only (what PPO needs)."""
+        # the reward LM: the policy (adapter disabled) unless a separate one was given; under ZeRO-3 its weights are
+        # gathered once for all of the reward's passes, whose number follows this rank's data
+        reward_lm = self.reward.reward_model if self.reward.reward_model is not None else self.reward.policy
+        with self.rollout_weights(reward_lm):
+            return self.reward.final(rows, z, lengths) if final_only else self.reward(rows, z, lengths)
+
+    def rollout_weights(self, *models):
+        """Context in which forwards of `models` need no communication between ranks: under DeepSpeed ZeRO-3 their
+        partitioned weights are gathered once (the policy's engine hooks removed meanwhile), a no-op otherwise.
+        Every rank must enter it together. Nests (`gfn_trl.zero3.gathered`)."""
+        from .zero3 import gathered
+
+        if not hasattr(self, "_zero3_held"):
+            self._zero3_held: set[int] = set()
+        return gathered(models, self.model_wrapped, self._zero3_held)
+
+    def _check_finite(self, log_r: torch.Tensor, inputs: dict) -> None:
+        """A terminal log-reward that is -inf or NaN would make the loss meaningless: name the sample."""
+        lengths = inputs["lengths"]
+        S = log_r.shape[1]
+        idx = torch.arange(S, device=log_r.device)
+        used = (idx[None, :] <= lengths[:, None]) & (idx[None, :] >= self.args.min_completion_length)
+        bad = (~torch.isfinite(log_r) & used).any(1)
+        if bad.any():
+            b = int(bad.nonzero()[0])
+            row = inputs["rows"][b]
+            text = self.processing_class.decode(inputs["z"][b, : int(lengths[b])])
+            raise FloatingPointError(
+                f"Non-finite log-reward for prompt {row['prompt']!r} and latent {text!r} (tokens "
+                f"{inputs['z'][b, : int(lengths[b])].tolist()}). The reward LM gives it probability 0 (a banned token, "
+                "or underflow in low precision): check the vocabulary mask and run the reward pass in float32."
+            )
+
+    # ------------------------------------------------------------------ metrics
+    @torch.no_grad()
+    def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
+        """Average each value over the ranks and keep it until the next `log`."""
+        names = list(values)
+        stacked = torch.stack(
+            [torch.as_tensor(v).detach().float().to(self.accelerator.device) for v in values.values()]
+        )
+        stacked = self.accelerator.reduce(stacked, reduction="mean")
+        for name, v in zip(names, stacked.tolist()):
+            self._metrics[name].append(v)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics:
+            prefix = "eval_" if next(iter(logs), "").startswith("eval_") else ""
+            logs = {**logs, **{prefix + k: sum(v) / len(v) for k, v in self._metrics.items()}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ extra heads, optimizer
+    def register_head(self, name: str, module: nn.Module, learning_rate: float) -> nn.Module:
+        """A small trainable module outside the wrapped model (log Z, value): own learning rate, no weight decay,
+        gradients averaged over ranks, state saved in checkpoints."""
+        module = module.to(self.accelerator.device)
+        self._heads[name] = (module, learning_rate)
+        return module
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for module, lr in self._heads.values():
+            params = [p for p in module.parameters() if id(p) not in present]
+            if params:
+                optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._nonfinite = None  # set by flag_nonfinite during compute_loss
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._heads and self.accelerator.num_processes > 1:
+            for module, _ in self._heads.values():  # the heads live outside the DDP-wrapped model
+                for p in module.parameters():
+                    if p.grad is not None:
+                        p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        self._stop_if_nonfinite(model, loss)
+        return loss
+
+    # ------------------------------------------------------------------ non-finite values
+    def flag_nonfinite(self, term: str, values: torch.Tensor, used: torch.Tensor | None = None,
+                       allow_neg_inf: bool = False, detail: str = "") -> None:
+        """Note that `term` holds NaN or ±inf (-inf allowed with `allow_neg_inf`) where `used`.  `training_step`
+        stops training after the backward pass, on every rank at once, before the optimizer step."""
+        if self._nonfinite is not None:
+            return
+        v = values.detach()
+        bad = torch.isnan(v) | (v == float("inf"))
+        if not allow_neg_inf:
+            bad = bad | (v == float("-inf"))
+        if used is not None:
+            bad = bad & used
+        if bool(bad.any()):
+            self._nonfinite = f"{term} holds {v[bad][:3].tolist()}{detail}"
+
+    def _stop_if_nonfinite(self, model, loss: torch.Tensor) -> None:
+        problem = self._nonfinite
+        if problem is None and not bool(torch.isfinite(loss.detach()).all()):
+            problem = f"the loss is {loss.detach().float().mean().item()}"
+        if problem is None:
+            named = list(model.named_parameters()) + [
+                (f"{name} head: {n}", p) for name, (m, _) in self._heads.items() for n, p in m.named_parameters()
+            ]
+            bad = validation.nonfinite_gradients(named)
+            if bad:
+                more = f" (and {len(bad) - 1} more parameters)" if len(bad) > 1 else ""
+                problem = f"the gradient of {bad[0]}{more} holds NaN or inf"
+        if self.accelerator.num_processes > 1:  # every rank stops, or none
+            flag = torch.tensor([float(problem is not None)], device=self.accelerator.device)
+            if float(self.accelerator.gather(flag).max()) == 0:
+                return
+            problem = problem or "another process found a non-finite value"
+        if problem is None:
+            return
+        step = self.state.global_step + 1
+        last = ckpt.last_complete_checkpoint(self.args.output_dir)
+        raise FloatingPointError(
+            f"Non-finite value at optimizer step {step}: {problem}. Training stopped before that step's update, so "
+            f"the weights are those after step {step - 1} and no checkpoint was written after it (the last one: "
+            f"{last or 'none'}). Usual causes: a learning rate too high (learning_rate={self.args.learning_rate}), "
+            "a reward temperature so small that log R / T_R overflows, or low precision. Fix the setting and resume "
+            "from the last checkpoint."
+        )
+
+    def end(self):
+        """Finish trackers and close the process group, after every rank has arrived.
+
+        Without the barrier a rank that finishes early tears down its gloo/NCCL threads while a peer still works
+        (e.g. the main process writing results); the early rank then aborts at exit ("terminate called without an
+        active exception") and the launcher reports the whole run as failed.
+        """
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+        super().end()
+
+    # ------------------------------------------------------------------ checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """Train.  `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint in `output_dir`
+        (`gfn_trl.checkpoints`), warning about each newer one it skips; a path must be a complete checkpoint of a
+        run like this one (same fingerprint and optimizer settings).  A fresh run refuses an `output_dir` that holds
+        checkpoints unless `overwrite_output_dir` (then they are deleted first)."""
+        out = self.args.output_dir
+        if self.args.should_save:
+            for stale in ckpt.remove_stale_staging(out):
+                logger.warning(f"Removed {stale}: an interrupted checkpoint save.")
+        if resume_from_checkpoint is True:
+            skipped = []
+            found = ckpt.last_complete_checkpoint(out, warn=lambda msg: (skipped.append(msg), logger.warning(msg)))
+            if found is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but {out} holds no complete checkpoint"
+                    f"{': ' + ' '.join(skipped) if skipped else ''}. Start without resume_from_checkpoint (with "
+                    "overwrite_output_dir=True if old checkpoints are there), or pass a checkpoint folder."
+                )
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            resume_from_checkpoint = str(resume_from_checkpoint)
+            problem = ckpt.checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                if not os.path.exists(resume_from_checkpoint):
+                    raise FileNotFoundError(f"resume_from_checkpoint: {problem}.")
+                parent = os.path.dirname(os.path.abspath(resume_from_checkpoint))
+                newest = ckpt.last_complete_checkpoint(parent)
+                raise ValueError(
+                    f"{resume_from_checkpoint} is not a complete {type(self).__name__} checkpoint: {problem}. Resume "
+                    f"from {newest or 'an earlier checkpoint'} instead, or pass resume_from_checkpoint=True to pick "
+                    "the newest complete one."
+                )
+        elif not resume_from_checkpoint:
+            self._claim_output_dir()
+        if resume_from_checkpoint:
+            self._check_resume(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _claim_output_dir(self) -> None:
+        """A fresh run must not write beside (or over) another run's checkpoints."""
+        existing = ckpt.checkpoint_folders(self.args.output_dir)
+        names = ", ".join(os.path.basename(p) for p in existing)
+        if existing and not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {self.args.output_dir} already holds checkpoints of an earlier run ({names}). Pass "
+                "resume_from_checkpoint=True to continue that run, set overwrite_output_dir=True to delete them and "
+                "start afresh, or choose another output_dir."
+            )
+        if existing and self.args.should_save:
+            logger.warning(f"overwrite_output_dir=True: deleting the earlier run's checkpoints in "
+                           f"{self.args.output_dir} ({names}).")
+            for path in existing:
+                shutil.rmtree(path)
+        self.accelerator.wait_for_everyone()  # (every rank, whatever it saw: the main process may be deleting)
+
+    def fingerprint_extra(self) -> dict:
+        """What a subclass adds to the run's fingerprint (e.g. the loss and the log-Z mode)."""
+        return {}
+
+    def run_fingerprint(self) -> dict:
+        """What a resume must share with the run that wrote the checkpoint (stored in its manifest)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.is_peft:
+            cfg = unwrapped.peft_config["default"]
+            targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+            adapter = f"{type(cfg).__name__} r={getattr(cfg, 'r', None)} alpha={getattr(cfg, 'lora_alpha', None)} " \
+                      f"targets={targets}"
+        else:
+            adapter = "none (full fine-tuning)"
+        heads = {name: [list(p.shape) for p in m.parameters()] for name, (m, _) in self._heads.items()}
+        return {**self._base_fingerprint, "trainer": type(self).__name__, "adapter": adapter, "heads": repr(heads),
+                "processes": self.args.world_size, **self.fingerprint_extra()}
+
+    def fixed_settings(self) -> dict:
+        """The settings a checkpoint's optimizer and scheduler state carry (a resume restores them, so a changed
+        value would be ignored): refused on resume rather than silently overridden."""
+        a = self.args
+        out = {"learning_rate": a.learning_rate, "weight_decay": a.weight_decay, "adam_beta1": a.adam_beta1,
+               "adam_beta2": a.adam_beta2, "adam_epsilon": a.adam_epsilon, "optim": str(getattr(a.optim, "value",
+                                                                                                  a.optim))}
+        out.update({f"{name}_learning_rate": lr for name, (_, lr) in self._heads.items()})
+        return out
+
+    def _check_resume(self, path: str) -> None:
+        manifest = ckpt.read_manifest(path)
+        saved_fingerprint = manifest.get("fingerprint") or {}
+        if not saved_fingerprint:
+            logger.warning(f"{path} records no run fingerprint: it cannot be checked against this run.")
+        differences = ckpt.fingerprint_differences(saved_fingerprint, self.run_fingerprint()) if saved_fingerprint \
+            else []
+        if differences:
+            raise ValueError(
+                f"Cannot resume from {path}: it was written by a different run ({'; '.join(differences)}). Resume "
+                "with the same base model, tokenizer, adapter, loss and number of processes, or start a new run in "
+                "another output_dir."
+            )
+        saved, now = manifest.get("fixed_settings", {}), self.fixed_settings()
+        changed = [f"{k}: checkpoint {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
+        if changed:
+            raise ValueError(
+                f"Cannot resume from {path} with changed optimizer settings ({'; '.join(changed)}): the optimizer "
+                "and scheduler states restored from the checkpoint carry the old values, so the new ones would be "
+                "silently ignored. Resume with the checkpoint's values, or start a new run from its weights."
+            )
+
+    def extra_state_dict(self) -> dict:
+        """The trainer's own state beyond model, optimizer and scheduler (subclasses extend it)."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        pass
+
+    def trainer_state_dict(self) -> dict:
+        """Everything gfn_trl adds to a checkpoint: the heads and the subclass's state.
+
+        (Rollout randomness is counter-based, a function of the step, so it needs no saved state.)"""
+        return {"heads": {name: m.state_dict() for name, (m, _) in self._heads.items()}, **self.extra_state_dict()}
+
+    def load_trainer_state_dict(self, state: dict) -> None:
+        for name, (module, _) in self._heads.items():
+            if state.get("heads", {}).get(name) is not None:
+                module.load_state_dict(state["heads"][name])
+        self.load_extra_state_dict(state)
+
+    def _state_file(self, folder: str) -> str:
+        return os.path.join(folder, f"gfn_state_rank{self.args.process_index}.pt")
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint in a staging folder, then its manifest, then rename it to `checkpoint-N`
+        (`gfn_trl.checkpoints`): an interrupted save leaves no `checkpoint-N`, and none is ever a mix of two runs."""
+        a = self.args
+        model_name = Path(a.output_dir).name if a.hub_model_id is None else a.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging = ckpt.staging_folder(final)
+        if a.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+
+        self.save_model(staging, _internal_call=True)  # weights or adapter, tokenizer, training_args.bin
+        best_step = self.state.best_global_step
+        if a.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) and best_step:
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+            if best_step == self.state.global_step or os.path.exists(best):
+                self.state.best_model_checkpoint = best
+        resumable = not a.save_only_model
+        if resumable:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        os.makedirs(staging, exist_ok=True)
+        torch.save(self.trainer_state_dict(), self._state_file(staging))
+        if a.should_save:
+            for cb in self.callback_handler.callbacks + [self.control]:
+                if isinstance(cb, ExportableState):  # the callbacks' state, as the Trainer keeps it
+                    name = type(cb).__name__
+                    if isinstance(self.state.stateful_callbacks.get(name), list):
+                        self.state.stateful_callbacks[name].append(cb.state())
+                    else:
+                        self.state.stateful_callbacks[name] = cb.state()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
+        if a.should_save:
+            ckpt.write_manifest(staging, self.run_fingerprint(), self.fixed_settings(), resumable)
+            ckpt.publish(staging, final)
+        self.accelerator.wait_for_everyone()
+        if a.push_to_hub:
+            self._push_from_checkpoint(final)
+        if a.should_save:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=a.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not load the model weights of {resume_from_checkpoint} ({type(e).__name__}: {e})."
+            ) from e
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            for name in (OPTIMIZER_NAME, SCHEDULER_NAME):  # the Trainer would go on with fresh ones, silently
+                if not os.path.isfile(os.path.join(checkpoint, name)):
+                    raise FileNotFoundError(f"{os.path.join(checkpoint, name)} is missing: the run cannot resume "
+                                            "exactly from this checkpoint.")
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not load the optimizer or scheduler state of {checkpoint} ({type(e).__name__}: {e})."
+            ) from e
+        if checkpoint is None:
+            return
+        path = self._state_file(checkpoint)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint was not written by {type(self).__name__} (or with another "
+                "number of processes), so the trainer's own state cannot be restored."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"Could not load {path} ({type(e).__name__}: {e}).") from e
+        self.load_trainer_state_dict(state)
