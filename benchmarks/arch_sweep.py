@@ -7,7 +7,7 @@ For each model type: build a tiny random model from `AutoConfig.for_model(type)`
   of prompts of different lengths, two rows sharing a prompt;
 * the policy's teacher-forced log-probabilities from `policy_log_probs` on the same batch;
 
-and report which reward path the model takes (packed, or plain passes and why: `rewards._packing_obstacle`).
+and report which reward path the model takes (packed, or plain passes and why: `_packing_obstacle`).
 
     python benchmarks/arch_sweep.py                 # the default list below
     python benchmarks/arch_sweep.py falcon_h1 jamba # any model types transformers knows
@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from gfn_trl import rewards  # noqa: E402
+from gfn_trl.rewards.capability import _packing_obstacle  # noqa: E402
 from gfn_trl.sampling import LatentConstraints, left_pad, policy_log_probs  # noqa: E402
 
 DEFAULT = ("gpt2 gpt_neox qwen2 llama opt bloom falcon gemma gemma2 gemma3_text phi phi3 mistral stablelm starcoder2 "
@@ -85,7 +86,7 @@ def check(model) -> dict:
     policy_err = max(
         abs(log_pf[b, k].item() - direct(model, prompts[b] + z[b, :k].tolist(), [int(z[b, k])]))
         for b in range(len(prompts)) for k in range(int(lengths[b])))
-    obstacle = rewards._packing_obstacle(model)
+    obstacle = _packing_obstacle(model)
     return {"path": "packed" if obstacle is None else f"plain ({obstacle})", "reward": reward_err,
             "policy": policy_err}
 

@@ -4,7 +4,7 @@ The fixed-suffix reward log R(s_k ⊤) = log p(z_1..z_k Y | X) is needed for eve
 `suffix_log_rewards_naive` runs n + 1 forward passes (one per prefix); the packed scorer (`prefix_log_rewards`
 with `suffix_ids`) computes all of them over one shared computation of the prefix: the distinct prompts once, the
 latents once, then the suffix copies k <= n reading [prompt z_1..z_k] through a read-only cache, with the output
-layer only on the scored positions (see gfn_trl/rewards.py).
+layer only on the scored positions (see gfn_trl/rewards/packed.py).
 This script builds a random-init causal LM (no hub access needed), draws a batch with the paper's infilling
 shapes, checks the two agree, and times both.
 
@@ -39,7 +39,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig  # noqa: E402
 
-from gfn_trl.rewards import _copies_per_row, prefix_log_rewards, suffix_log_rewards_naive  # noqa: E402
+from gfn_trl.rewards import prefix_log_rewards, suffix_log_rewards_naive  # noqa: E402
+from gfn_trl.rewards.packed import _copies_per_row  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _rss import RssPeak  # noqa: E402
@@ -145,7 +146,7 @@ def make_batch(args, vocab: int, stop: int):
 def token_counts(prompts, lengths, suffixes, T: int, hidden: int):
     """Positions fed to the model (incl. padding) and positions whose V-wide logits are computed, per method.
 
-    Packed (see gfn_trl/rewards.py): each distinct prompt once; B rows of T latent tokens; the W - 1 fed tokens of
+    Packed (gfn_trl/rewards/packed.py): each distinct prompt once; B rows of T latent tokens; the W - 1 fed tokens of
     every live copy k <= n, C copies to a row (C from the same cost model, `_copies_per_row`); the output layer on
     the live states and the real suffix tokens of live copies only."""
     B = len(prompts)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import gfn_trl.rewards as rewards
-from gfn_trl.rewards import prefix_log_rewards, suffix_log_rewards_naive
+import gfn_trl.rewards.packed as engine
+from gfn_trl.rewards import capability, prefix_log_rewards, suffix_log_rewards_naive
 from gfn_trl.sampling import left_pad, position_ids_from_mask
 from gfn_trl.testing import ARCHS, UNPACKABLE_ARCHS, tiny_model
 
@@ -45,7 +46,7 @@ def _batch(seed, B=6, T=6, shared=False):
 def test_packed_suffix_rewards_equal_naive_loop(arch, attn, shared):
     model = tiny_model(arch, V, seed=1).eval()
     model.config._attn_implementation = attn
-    assert rewards._split_lm_head(model) is not None  # the output layer runs on the scored positions only
+    assert capability._split_lm_head(model) is not None  # the output layer runs on the scored positions only
     prompts, suffixes, z, lengths = _batch(seed=2, shared=shared)
     packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
     naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
@@ -181,9 +182,9 @@ def test_copies_per_row_and_chunking_do_not_change_rewards(monkeypatch, copies_p
     model = tiny_model("llama", V, seed=13).eval()
     prompts, suffixes, z, lengths = _batch(seed=14, B=7, T=6, shared=True)
     naive = suffix_log_rewards_naive(model, prompts, z, lengths, suffixes, STOP)
-    monkeypatch.setattr(rewards, "_copies_per_row", lambda *args: copies_per_row)
-    monkeypatch.setattr(rewards, "_HEAD_CHUNK_ELEMENTS", 3 * V)  # 3 positions at a time
-    monkeypatch.setattr(rewards, "_KV_CHUNK_ELEMENTS", {"cpu": 1, "other": 1})  # one row of the copies pass at a time
+    monkeypatch.setattr(engine, "_copies_per_row", lambda *args: copies_per_row)
+    monkeypatch.setattr(engine, "_HEAD_CHUNK_ELEMENTS", 3 * V)  # 3 positions at a time
+    monkeypatch.setattr(engine, "_KV_CHUNK_ELEMENTS", {"cpu": 1, "other": 1})  # one row of the copies pass at a time
     packed = prefix_log_rewards(model, prompts, z, lengths, STOP, STOP, suffixes)
     torch.testing.assert_close(packed, naive, atol=1e-4, rtol=0)
 
@@ -191,9 +192,9 @@ def test_copies_per_row_and_chunking_do_not_change_rewards(monkeypatch, copies_p
 def test_copies_per_row_cost_model():
     """One copy per row when most copies are dead or the keys are cheap to copy; several otherwise."""
     full = torch.full((16,), 21)  # 16 latents of 20 tokens: no dead copy
-    assert 1 < rewards._copies_per_row(full, 60, 11, 256) <= 21
+    assert 1 < engine._copies_per_row(full, 60, 11, 256) <= 21
     ragged = torch.tensor([21] + [2] * 15)  # one long latent, fifteen short ones
-    assert rewards._copies_per_row(ragged, 60, 11, 256) <= 2
+    assert engine._copies_per_row(ragged, 60, 11, 256) <= 2
 
 
 def test_empty_latents():
@@ -234,7 +235,7 @@ def test_fallbacks_equal_naive_loop(name):
     import warnings
 
     model = _other_arch(name)
-    assert (rewards._split_lm_head(model) is None) == (name != "mistral_window")
+    assert (capability._split_lm_head(model) is None) == (name != "mistral_window")
     prompts, suffixes, z, lengths = _batch(seed=17, shared=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -257,7 +258,7 @@ def test_lms_the_packed_layout_cannot_serve_get_exact_rewards_one_pass_per_prefi
     import warnings
 
     model = tiny_model(arch, V, seed=22).eval()
-    assert rewards._packing_obstacle(model) is not None
+    assert capability._packing_obstacle(model) is not None
     prompts, suffixes, z, lengths = _batch(seed=23, shared=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -275,7 +276,7 @@ def test_lms_the_packed_layout_cannot_serve_get_exact_rewards_one_pass_per_prefi
 
 def test_every_tested_attention_lm_takes_the_packed_layout():
     for arch in ARCHS:
-        assert rewards._packing_obstacle(tiny_model(arch, V)) is None, arch
+        assert capability._packing_obstacle(tiny_model(arch, V)) is None, arch
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
