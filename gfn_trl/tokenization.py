@@ -33,10 +33,12 @@ the piece appears, which is also what the sampler needs (a tool's output is the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 # Contexts after which a piece is tokenized, tried in order: the first whose tokens are a prefix of tokens(C + piece)
 # and after which the piece decodes back to itself.  "\n" ends a token in every tokenizer we know, except before a
@@ -212,6 +214,31 @@ def encode_token(tokenizer, token: str) -> int:
     )
 
 
+def resolve_stop_token_id(tokenizer, stop_token: str | None) -> int:
+    """The id of the token that ends a latent: the tokenizer's EOS by default, else `stop_token`, which must be one
+    token: a special or added token ("</s>", "<|im_end|>"), a text that encodes to one token as a continuation in the
+    middle of a sequence (".", without the space piece a SentencePiece tokenizer puts in front of text tokenized
+    alone), or a vocabulary entry as stored ("Ġ.").  `encode_token`.
+
+    Raises:
+        ValueError: no EOS and no `stop_token`; `stop_token` not in the vocabulary (it would become the unknown token)
+            or several tokens.
+    """
+    if stop_token is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token: set `stop_token` to the token that ends a latent.")
+        return tokenizer.eos_token_id
+    return encode_token(tokenizer, stop_token)
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
+    """The tokenizer of a hub id, a local directory or a GGUF file (a path, or a name inside `name_or_path`)."""
+    if name_or_path.endswith(".gguf") and gguf_file is None:
+        name_or_path, gguf_file = os.path.dirname(name_or_path) or ".", os.path.basename(name_or_path)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Vocabularies: the model's output rows against the tokenizer's ids
 
@@ -254,8 +281,6 @@ def check_policy_vocabulary(model, tokenizer) -> int:
 
 def try_load_tokenizer(name_or_path: str):
     """The tokenizer stored with a model (hub id, directory or `.gguf` file), or None if there is none to load."""
-    from .models import load_tokenizer
-
     try:
         return load_tokenizer(name_or_path)
     except (OSError, ValueError, TypeError, KeyError):

@@ -39,17 +39,17 @@ from ..data import tokenize_dataset
 from ..models import (
     load_causal_lm,
     load_quantized_reward_model,
-    load_tokenizer,
     prepare_kbit_model,
     quantized_load_kwargs,
     resolve_peft_config,
-    resolve_stop_token_id,
 )
 from ..rewards import LikelihoodReward
 from ..sampling import LatentConstraints, left_pad, sample_latents
 from ..tokenization import (
     check_policy_vocabulary,
     check_reward_vocabulary,
+    load_tokenizer,
+    resolve_stop_token_id,
     restrict_to_decodable,
     try_load_tokenizer,
 )
