@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .rewards import LikelihoodReward
-from .sampling import LatentConstraints, left_pad, right_pad, sample_latents
-from .tokenization import encode_continuation
+from ..rewards import LikelihoodReward
+from ..sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from ..tokenization import encode_continuation
 
 
 @dataclass
