@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .rewards import prefix_log_rewards
-from .sampling import LatentConstraints, left_pad, policy_log_probs, right_pad
+from ..rewards import prefix_log_rewards
+from ..sampling import LatentConstraints, left_pad, policy_log_probs, right_pad
 
 
 def enumerate_latents(token_ids: list[int], min_length: int, max_length: int) -> list[list[int]]:
