@@ -1,4 +1,14 @@
-"""GFlowNet objectives for autoregressive latents, as pure tensor functions.
+"""GFlowNet objectives for autoregressive latents, as pure tensor functions, and the registry of objectives.
+
+The objectives (each cited where it is defined):
+    "subtb"  modified subtrajectory balance (Hu et al. 2024, eq. 3; SubTB: Madan et al. 2023)
+    "tb"     trajectory balance (Malkin et al. 2022)
+    "db"     modified detailed balance (Deleu et al. 2022; DB: Bengio et al. 2023)
+and the per-prompt batch estimate of log Z (`batch_log_z`; VarGrad: Richter et al. 2020, used for GFlowNets by
+Zhang et al. 2023).  `OBJECTIVES` maps a `GFlowNetConfig.loss_type` to its `Objective`: the loss in one signature,
+and what it needs (log Z always, never or only when s_0 cannot stop; which windows the batch log Z estimate fits).
+A new objective is one function registered with `register_objective` (and its test); the config's choices, its
+validation and the trainer's dispatch read the registry.
 
 Dimension legend (used in the shape comments):
     B  trajectories in the batch
@@ -34,8 +44,15 @@ and with log F(s) = log R(s⊤) - log q(⊤|s) that is the bracket of eq. 3:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 from torch import Tensor
+
+# The window sets a batch log Z estimate can fit (`batch_log_z`): those from s_0 of "tb", "subtb" or "db".
+LOG_Z_WINDOWS = ("tb", "subtb", "db")
 
 
 def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> None:
@@ -110,6 +127,9 @@ def modified_subtb_loss(
 ) -> Tensor:
     """Modified subtrajectory balance (Hu et al. 2024, eq. 3), λ-weighted, global mean over valid windows.
 
+    Subtrajectory balance is Madan et al. 2023 ("Learning GFlowNets from partial episodes for improved convergence
+    and stability", ICML 2023); "modified": every state can terminate, so F(s) = R(s⊤) / q(⊤|s) (no flow estimator).
+
     For every trajectory and every window 0 <= i < j <= n whose end points both have a flow (and j can
     terminate), the squared residual (u_i - u_j)² is weighted by λ^(j-i-1).  The loss is
     Σ w·residual² / Σ w over the whole batch (the authors' normalisation: longer trajectories contribute
@@ -144,6 +164,9 @@ def modified_db_loss(
 ) -> Tensor:
     """Modified detailed balance: the SubTB windows between consecutive states with a flow, global mean.
 
+    Modified DB is Deleu et al. 2022 ("Bayesian structure learning with generative flow networks", UAI 2022), the
+    all-states-terminal form of detailed balance (Bengio et al. 2023, "GFlowNet foundations", JMLR).
+
     These are the length-1 windows, plus those that jump over non-terminable states: (0, min_length) when
     min_length > 1 (the first tokens are trained through log Z), and over a tool's output."""
     return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 1.0, min_length, log_z, True, terminable)
@@ -161,7 +184,12 @@ def trajectory_log_ratio(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengt
 
 
 def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor, log_z: Tensor) -> Tensor:
-    """Trajectory balance: mean over trajectories of (log Z + log q(Z⊤) - log R(Z⊤))².  log_z: (B,) or scalar."""
+    """Trajectory balance: mean over trajectories of (log Z + log q(Z⊤) - log R(Z⊤))² (Malkin et al. 2022,
+    "Trajectory balance: Improved credit assignment in GFlowNets", NeurIPS 2022; here the backward policy is
+    trivial, as every state of a sequence has one parent).
+
+    log_z: (B,) or scalar.  Returns a scalar; 0 (with the graph) for an empty batch.
+    """
     residual = log_z - trajectory_log_ratio(log_pf, log_pterm, log_r, lengths)  # (B,)
     if residual.numel() == 0:
         return residual.sum()
@@ -196,6 +224,11 @@ def batch_log_z(
 ) -> Tensor:
     """Per-prompt batch estimate of log Z (VarGrad), detached, shape (B,).
 
+    The VarGrad estimator (Richter et al. 2020, "VarGrad: A low-variance gradient estimator for variational
+    inference", NeurIPS 2020): the log Z that minimises the batch's squared residuals, so the loss becomes their
+    variance; used for GFlowNets with a per-condition (here per-prompt) estimate by Zhang et al. 2023 ("Robust
+    scheduling with GFlowNets", ICLR 2023).
+
     log Z is the flow u_0 of s_0, and every window (0, j) of the loss has residual log Z - u_j.  The estimate
     is the value that minimises the loss's own weighted sum of those squares within each prompt's group of
     trajectories, i.e. a weighted group mean of u_j:
@@ -204,7 +237,7 @@ def batch_log_z(
         "db":     the first terminable j >= 1 only (the one window from s_0).
     Trajectories of the same prompt share `group`.
     """
-    if windows not in ("tb", "subtb", "db"):
+    if windows not in LOG_Z_WINDOWS:
         raise ValueError(f"windows must be 'tb', 'subtb' or 'db', got {windows!r}.")
     with torch.no_grad():
         if windows == "tb":
@@ -220,3 +253,103 @@ def batch_log_z(
             first = torch.where(terminal & (j >= 1), j, torch.full_like(j, S)).min(dim=1, keepdim=True).values
             weight = terminal & (j == first)
         return group_mean(torch.where(terminal, u, torch.zeros_like(u)), group, weight)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The registry of objectives: GFlowNetConfig.loss_type -> what the trainer calls and what it must provide
+
+
+class ObjectiveLoss(Protocol):
+    """The one signature of a registered objective: the shared inputs of the module docstring (log-space,
+    untempered policy, tempered reward) plus keyword settings an objective may ignore; returns a scalar loss.
+
+    log_z: (B,) or scalar flow of s_0, or None when the objective's `needs_log_z` is False.
+    """
+
+    def __call__(self, log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor, *,
+                 log_z: Tensor | None, min_length: int, subtb_lambda: float,
+                 terminable: Tensor | None) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered GFlowNet objective.
+
+    Attributes:
+        name: its `GFlowNetConfig.loss_type`.
+        loss: the loss, in the `ObjectiveLoss` signature.
+        log_z: when it needs log Z, the flow of s_0: "always" (e.g. TB), "min_length" (only when s_0 cannot stop,
+            `min_length > 0`; with `min_length == 0` the modified objectives need no partition function) or "never".
+        log_z_windows: which windows from s_0 the batch estimate of log Z fits (`batch_log_z(windows=...)`): one of
+            `LOG_Z_WINDOWS`, the loss's own windows, so that the estimate minimises the loss.
+        summary: a few words for `--help` (e.g. "modified SubTB, paper eq. 3").
+    """
+
+    name: str
+    loss: ObjectiveLoss
+    log_z: str
+    log_z_windows: str
+    summary: str
+
+    def needs_log_z(self, min_length: int) -> bool:
+        """Whether the loss takes a log Z (learned or estimated) for latents of at least `min_length` tokens."""
+        return self.log_z == "always" or (self.log_z == "min_length" and min_length > 0)
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str, *, log_z: str, log_z_windows: str, summary: str) -> Callable:
+    """Decorator: register `fn` (an `ObjectiveLoss`) as the objective `name`, selectable as `loss_type=name`.
+
+    Raises:
+        ValueError: `name` is taken, or `log_z` / `log_z_windows` is not one of the values `Objective` documents.
+    """
+    if log_z not in ("always", "min_length", "never"):
+        raise ValueError(f"log_z must be 'always', 'min_length' or 'never', got {log_z!r}.")
+    if log_z_windows not in LOG_Z_WINDOWS:
+        raise ValueError(f"log_z_windows must be one of {LOG_Z_WINDOWS}, got {log_z_windows!r}.")
+
+    def register(fn: ObjectiveLoss) -> ObjectiveLoss:
+        if name in OBJECTIVES:
+            raise ValueError(f"An objective named {name!r} is already registered.")
+        OBJECTIVES[name] = Objective(name, fn, log_z, log_z_windows, summary)
+        return fn
+
+    return register
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective `name`.
+
+    Raises:
+        ValueError: no objective of that name, naming the registered ones.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"loss_type must be {objective_names()}, got {name!r}.")
+    return OBJECTIVES[name]
+
+
+def objective_names() -> str:
+    """The registered names for a message: "'subtb', 'tb' or 'db'"."""
+    names = [repr(n) for n in OBJECTIVES]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+@register_objective("subtb", log_z="min_length", log_z_windows="subtb", summary="modified SubTB, paper eq. 3")
+def subtb_objective(log_pf, log_pterm, log_r, lengths, *, log_z, min_length, subtb_lambda, terminable):
+    """`modified_subtb_loss` (Hu et al. 2024, eq. 3)."""
+    return modified_subtb_loss(log_pf, log_pterm, log_r, lengths, subtb_lambda, min_length, log_z,
+                               terminable=terminable)
+
+
+@register_objective("tb", log_z="always", log_z_windows="tb", summary="trajectory balance")
+def tb_objective(log_pf, log_pterm, log_r, lengths, *, log_z, min_length, subtb_lambda, terminable):
+    """`tb_loss` (Malkin et al. 2022).  Whole trajectories only: `min_length`, λ and `terminable` do not enter."""
+    return tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
+
+
+@register_objective("db", log_z="min_length", log_z_windows="db", summary="modified DB")
+def db_objective(log_pf, log_pterm, log_r, lengths, *, log_z, min_length, subtb_lambda, terminable):
+    """`modified_db_loss` (Deleu et al. 2022).  λ does not enter (one window length)."""
+    return modified_db_loss(log_pf, log_pterm, log_r, lengths, min_length, log_z, terminable)

@@ -687,3 +687,51 @@ def test_property_losses_with_non_terminable_states_are_finite_and_match_brute_f
     assert torch.isfinite(log_pf.grad).all() and torch.isfinite(log_pterm.grad).all()
     db = modified_db_loss(*batch, terminable=terminable)
     assert db.item() == pytest.approx(brute_subtb_blocked(*batch, blocked, consecutive=True), rel=1e-5, abs=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The objective registry: what GFlowNetConfig.loss_type selects
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("min_length", [0, 2])
+def test_registered_objectives_are_the_loss_functions(min_length):
+    from gfn_trl.losses import OBJECTIVES
+
+    assert list(OBJECTIVES) == ["subtb", "tb", "db"]
+    log_pf, log_pterm, log_r, lengths = make_batch([3, 1, 4, 2], 4, seed=3, garbage=GARBAGE)
+    log_z = torch.randn(4, dtype=log_pf.dtype)
+    want = {
+        "subtb": modified_subtb_loss(log_pf, log_pterm, log_r, lengths, 0.9, min_length, log_z),
+        "tb": tb_loss(log_pf, log_pterm, log_r, lengths, log_z),
+        "db": modified_db_loss(log_pf, log_pterm, log_r, lengths, min_length, log_z),
+    }
+    for name, objective in OBJECTIVES.items():
+        got = objective.loss(log_pf, log_pterm, log_r, lengths, log_z=log_z, min_length=min_length, subtb_lambda=0.9,
+                             terminable=None)
+        assert torch.equal(got, want[name]), name
+        assert objective.log_z_windows == name  # the batch estimate fits the loss's own windows
+        assert objective.needs_log_z(min_length) == (name == "tb" or min_length > 0)
+
+
+def test_a_registered_objective_is_a_loss_type_choice(tmp_path):
+    from gfn_trl import GFlowNetConfig
+    from gfn_trl.losses import OBJECTIVES, register_objective
+
+    @register_objective("tb_twice", log_z="always", log_z_windows="tb", summary="twice TB")
+    def tb_twice(log_pf, log_pterm, log_r, lengths, *, log_z, min_length, subtb_lambda, terminable):
+        return 2 * tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
+
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_objective("tb_twice", log_z="always", log_z_windows="tb", summary="")(tb_twice)
+        with pytest.raises(ValueError, match="log_z must be"):
+            register_objective("x", log_z="sometimes", log_z_windows="tb", summary="")
+        args = GFlowNetConfig(str(tmp_path), loss_type="tb_twice", num_generations=1, log_z="learned")
+        assert args.loss_type == "tb_twice"
+        with pytest.raises(ValueError, match="num_generations >= 2"):  # needs log Z: the batch estimate needs 2
+            GFlowNetConfig(str(tmp_path), loss_type="tb_twice", num_generations=1)
+    finally:
+        OBJECTIVES.pop("tb_twice")
+    with pytest.raises(ValueError, match="loss_type must be 'subtb', 'tb' or 'db', got 'tb_twice'"):
+        GFlowNetConfig(str(tmp_path), loss_type="tb_twice")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..losses import OBJECTIVES, get_objective
 from .rollout_config import MIN_TEMPERATURE, RolloutConfig, _check_number
 
 
@@ -18,15 +19,16 @@ class GFlowNetConfig(RolloutConfig):
     > Parameters that control the objective
 
     loss_type (`str`, *optional*, defaults to `"subtb"`):
-        `"subtb"`: the paper's modified subtrajectory balance (eq. 3); `"tb"`: trajectory balance; `"db"`: modified
-        detailed balance (the length-1 windows of `"subtb"`).
+        A registered objective (`gfn_trl.losses.OBJECTIVES`): `"subtb"`, the paper's modified SubTB (eq. 3);
+        `"tb"`, trajectory balance (Malkin et al. 2022); `"db"`, modified DB (the length-1 windows of `"subtb"`).
     subtb_lambda (`float`, *optional*, defaults to `1.0`):
         Weight λ^(j-i-1) of a window (i, j) in the SubTB loss; > 0, with λ^(max_completion_length - 1) <= 1e37 (so
         that no weight overflows float32).  The paper uses 1 everywhere.
     log_z (`str`, *optional*, defaults to `"batch"`):
-        How log Z (the flow of the empty latent, needed by TB, and by SubTB/DB when `min_completion_length > 0`) is
-        obtained: `"batch"`, a per-prompt estimate from the prompt's `num_generations` samples (VarGrad); or
-        `"learned"`, a linear head on the policy's hidden state at the last prompt token.
+        How log Z (the flow of the empty latent, needed by TB, and by SubTB/DB when `min_completion_length > 0`:
+        `Objective.needs_log_z`) is obtained: `"batch"`, a per-prompt estimate from the prompt's `num_generations`
+        samples (VarGrad: Richter et al. 2020; Zhang et al. 2023); or `"learned"`, a linear head on the policy's
+        hidden state at the last prompt token.
     log_z_learning_rate (`float`, *optional*, defaults to `1e-2`):
         Learning rate of the learned log Z head; >= 0.
 
@@ -68,7 +70,9 @@ class GFlowNetConfig(RolloutConfig):
 
     # Objective
     loss_type: str = field(
-        default="subtb", metadata={"help": "Loss: 'subtb' (modified SubTB, paper eq. 3), 'tb' or 'db' (modified DB)."}
+        default="subtb",
+        metadata={"help": "Loss: "
+                  + ", ".join(f"'{o.name}' ({o.summary})" for o in OBJECTIVES.values()) + "."},
     )
     subtb_lambda: float = field(
         default=1.0,
@@ -132,11 +136,10 @@ class GFlowNetConfig(RolloutConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.loss_type not in ("subtb", "tb", "db"):
-            raise ValueError(f"loss_type must be 'subtb', 'tb' or 'db', got {self.loss_type!r}.")
+        objective = get_objective(self.loss_type)  # raises naming the registered objectives
         if self.log_z not in ("batch", "learned"):
             raise ValueError(f"log_z must be 'batch' or 'learned', got {self.log_z!r}.")
-        needs_log_z = self.loss_type == "tb" or self.min_completion_length > 0
+        needs_log_z = objective.needs_log_z(self.min_completion_length)
         if needs_log_z and self.log_z == "batch" and self.num_generations < 2:
             raise ValueError(
                 "log_z='batch' estimates log Z from the samples of one prompt, so it needs num_generations >= 2. "

@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 
-from ..losses import batch_log_z, group_mean, modified_db_loss, modified_subtb_loss, tb_loss, trajectory_log_ratio
+from ..losses import batch_log_z, get_objective, group_mean, trajectory_log_ratio
 from ..replay import ReplayBuffer
 from ..sampling import policy_log_probs, right_pad
 from .gflownet_config import GFlowNetConfig
@@ -78,7 +78,8 @@ class GFlowNetTrainer(RolloutTrainer):
         args = self.args
         # State carried across steps (saved in checkpoints)
         self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
-        self.needs_log_z = args.loss_type == "tb" or args.min_completion_length > 0
+        self.objective = get_objective(args.loss_type)  # the loss and what it needs (`gfn_trl.losses.OBJECTIVES`)
+        self.needs_log_z = self.objective.needs_log_z(args.min_completion_length)
         self.log_z_head = None
         if self.needs_log_z and args.log_z == "learned":
             hidden = self.model.config.get_text_config().hidden_size
@@ -172,9 +173,9 @@ class GFlowNetTrainer(RolloutTrainer):
 
         log_z = None
         if self.needs_log_z:
-            def estimate():  # the per-prompt batch estimate; its windows are the loss's ("tb", "subtb" or "db")
+            def estimate():  # the per-prompt batch estimate, on the loss's own windows
                 return batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length,
-                                   args.loss_type, args.subtb_lambda, terminable)
+                                   self.objective.log_z_windows, args.subtb_lambda, terminable)
 
             if self.log_z_head is None:
                 log_z = estimate()
@@ -185,15 +186,9 @@ class GFlowNetTrainer(RolloutTrainer):
                 log_z = self.log_z_head(out[2][:, 0].detach().float())  # (B,): at s_0
 
         self._flag_nonfinite_terms(inputs, log_pf, log_pterm, log_r, log_z, t_r)
-        if args.loss_type == "subtb":
-            loss = modified_subtb_loss(
-                log_pf, log_pterm, log_r, lengths, args.subtb_lambda, args.min_completion_length, log_z,
-                terminable=terminable,
-            )
-        elif args.loss_type == "db":
-            loss = modified_db_loss(log_pf, log_pterm, log_r, lengths, args.min_completion_length, log_z, terminable)
-        else:
-            loss = tb_loss(log_pf, log_pterm, log_r, lengths, log_z)
+        loss = self.objective.loss(log_pf, log_pterm, log_r, lengths, log_z=log_z,
+                                   min_length=args.min_completion_length, subtb_lambda=args.subtb_lambda,
+                                   terminable=terminable)
 
         self.flag_nonfinite("the loss", loss, detail=f" (reward temperature T_R = {t_r:g}; log R / T_R spans "
                             f"[{float(log_r.min()):.3g}, {float(log_r.max()):.3g}])")
