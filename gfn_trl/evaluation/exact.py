@@ -29,7 +29,9 @@ def _batch(latents, stop_id, device):
 
 @torch.no_grad()
 def exact_log_rewards(model, reward_prompt_ids, latents, stop_id, pad_id, suffix_ids=None) -> torch.Tensor:
-    """(N,) untempered log R(Z ⊤) of every latent."""
+    """(N,) float32 untempered log R(Z ⊤) (natural log) of every latent, given as token id lists without the stop,
+    after one reward prompt (and one suffix: `suffix_ids`, else the stop-token reward): `prefix_log_rewards` at
+    k = n."""
     z, lengths = _batch(latents, stop_id, next(model.parameters()).device)
     n = len(latents)
     log_r = prefix_log_rewards(
@@ -40,7 +42,8 @@ def exact_log_rewards(model, reward_prompt_ids, latents, stop_id, pad_id, suffix
 
 @torch.no_grad()
 def exact_policy_log_probs(model, prompt_ids, latents, constraints: LatentConstraints, pad_id) -> torch.Tensor:
-    """(N,) log q(Z ⊤) of every latent under the constrained policy at temperature 1."""
+    """(N,) log q(Z ⊤) (natural log) of every latent under the constrained policy at temperature 1, after
+    one prompt: Σ_k log q(z_k | s_{k-1}) + log q(⊤ | s_n), from `gfn_trl.sampling.policy_log_probs`."""
     device = next(model.parameters()).device
     z, lengths = _batch(latents, constraints.stop_token_id, device)
     p_ids, p_mask = left_pad([prompt_ids] * len(latents), pad_id, device)
@@ -49,7 +52,8 @@ def exact_policy_log_probs(model, prompt_ids, latents, constraints: LatentConstr
 
 
 def tv_and_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[float, float]:
-    """Total variation and KL(p || q) between two distributions given by (possibly unnormalised) log-masses."""
+    """Total variation and KL(p || q) (nats) between two distributions given by (N,) (possibly unnormalised)
+    natural-log masses over the same N outcomes; KL is inf where q misses mass of p."""
     p = torch.softmax(log_p.double(), 0)
     log_q = torch.log_softmax(log_q.double(), 0)
     tv = 0.5 * (p - log_q.exp()).abs().sum().item()

@@ -1,7 +1,8 @@
 """Sampling and scoring for evaluation, shared by every trainer: the same sampler, the same base-LM likelihood.
 
 Every method (GFlowNet, PPO, SFT, the untuned prompt, decoding baselines) is scored by `sample_and_score` or, for
-latents produced elsewhere, by `score_texts`: log R(Z⊤) untempered, under the frozen reward LM, on token ids.
+latents produced elsewhere, by `score_tokens` / `score_texts`: log R(Z⊤) untempered (a natural log, float), under
+the frozen reward LM, on token ids (`gfn_trl.rewards.LikelihoodReward.final`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ def sample_and_score(
     disable_adapter: bool = False,
 ) -> list[Scored]:
     """For each tokenized row, `n_samples` latents from `policy` (its adapter off with `disable_adapter`: the
-    untuned prompt baseline), decoded and scored under the base LM.  Deterministic given `seed`."""
+    untuned prompt baseline), decoded and scored under the base LM.  Deterministic given `seed`.
+
+    Args:
+        rows: rows of `gfn_trl.data.tokenize_dataset` (`prompt_ids`, and what the reward reads).
+        constraints: the latent space; `temperature`: the sampling temperature (1: the policy itself).
+        prompts_per_batch: rows sampled at once (`prompts_per_batch` × `n_samples` latents per pass).
+
+    Returns:
+        one `Scored` per row, its `n_samples` latents in sampling order with their untempered log R(Z⊤).
+    """
     device = next(policy.parameters()).device
     was_training = policy.training
     policy.eval()
@@ -69,7 +79,10 @@ def sample_and_score(
 
 @torch.no_grad()
 def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents: list[list[list[int]]]) -> list[Scored]:
-    """Score latents given as token ids (e.g. from a decoding baseline), per row, under the base LM."""
+    """Score latents given as token ids (e.g. from a decoding baseline), per row, under the base LM.
+
+    `latents[i]`: the latents of `rows[i]` (token id lists without the stop token).  Returns one `Scored` per row,
+    with the untempered log R(Z⊤) of each latent."""
     out = []
     for row, toks in zip(rows, latents):
         z, lengths = right_pad(toks, reward.stop_token_id)
