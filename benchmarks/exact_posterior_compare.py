@@ -20,7 +20,7 @@ for `--steps` optimizer steps, and sees the same number of latents: 16 per step.
         likely latent, argmax_Z R(Z)), i.e. what a supervised baseline is given when there is one right answer.
 
 Each trained policy is then evaluated with the same code: its exact constrained q(Z ⊤) over all 84 latents
-(`gfn_trl.exact.exact_policy_log_probs`) against the exact posterior p: total variation, KL(p || q), the entropy of q,
+(`gfn_trl.evaluation.exact`) against the exact posterior p: total variation, KL(p || q), the entropy of q,
 the mass of q's most likely latent, and the expected fraction of distinct latents among N i.i.d. samples from q,
 E[#distinct] / N = Σ_Z (1 - (1 - q(Z))^N) / N (exact, no sampling noise).  The rows "posterior p" and "start"
 (the untuned LM as the policy) give the reference values.
@@ -49,7 +49,7 @@ from torch import nn  # noqa: E402
 
 from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
 from gfn_trl.baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer, latent_constraints  # noqa: E402
-from gfn_trl.exact import exact_log_rewards, exact_policy_log_probs, tv_and_kl  # noqa: E402
+from gfn_trl.evaluation.exact import exact_log_rewards, exact_policy_log_probs, tv_and_kl  # noqa: E402
 from gfn_trl.testing import exact_posterior_toy  # noqa: E402
 
 SAMPLES_PER_STEP = 16

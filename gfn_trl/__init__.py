@@ -22,7 +22,7 @@ _EXPORTS = {
     "tb_loss": "losses",
     "PPOTrainer": "trainers.ppo_trainer",
     "ReplayBuffer": "replay",
-    "prefix_log_rewards": "rewards",
+    "prefix_log_rewards": "rewards.likelihood",
     "RolloutTrainer": "trainers.rollout_trainer",
     "LatentConstraints": "sampling",
     "GFlowNetTrainer": "trainers.gflownet_trainer",
@@ -46,7 +46,7 @@ def __dir__():
 if TYPE_CHECKING:  # for type checkers and IDEs (the names are in __all__, built from _EXPORTS)
     from .losses import batch_log_z, modified_db_loss, modified_subtb_loss, tb_loss  # noqa: F401
     from .replay import ReplayBuffer  # noqa: F401
-    from .rewards import prefix_log_rewards  # noqa: F401
+    from .rewards.likelihood import prefix_log_rewards  # noqa: F401
     from .sampling import LatentConstraints  # noqa: F401
     from .trainers.gflownet_config import GFlowNetConfig  # noqa: F401
     from .trainers.gflownet_trainer import GFlowNetTrainer  # noqa: F401

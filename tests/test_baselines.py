@@ -13,20 +13,18 @@ from peft import LoraConfig, get_peft_model
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from gfn_trl.baselines import (  # noqa: E402
-    DECODING_METHODS,
     LatentLogReward,
-    beam_search,
     build_grpo_trainer,
     build_rloo_trainer,
     build_sft_trainer,
     constrained_generation_kwargs,
-    decode,
     latent_constraints,
     resolve_peft_config,
     sft_dataset,
 )
 from gfn_trl.data import tokenize_dataset  # noqa: E402
-from gfn_trl.exact import exact_log_rewards, exact_policy_log_probs  # noqa: E402
+from gfn_trl.evaluation.decoding import DECODING_METHODS, beam_search, decode  # noqa: E402
+from gfn_trl.evaluation.exact import exact_log_rewards, exact_policy_log_probs  # noqa: E402
 from gfn_trl.rewards import LikelihoodReward  # noqa: E402
 from gfn_trl.sampling import right_pad  # noqa: E402
 from gfn_trl.testing import exact_posterior_toy, tiny_model, tiny_tokenizer  # noqa: E402

@@ -14,14 +14,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from exact_posterior import run  # noqa: E402
 
-from gfn_trl.exact import tv_and_kl  # noqa: E402
+from gfn_trl.evaluation.exact import tv_and_kl  # noqa: E402
 from gfn_trl.testing import exact_posterior_toy, exact_target_and_policy  # noqa: E402
 
 
 @pytest.mark.parametrize("reward", ["suffix", "stop"])
 def test_the_toy_posterior_is_far_from_uniform_and_from_the_prior(reward):
     toy = exact_posterior_toy(reward)
-    from gfn_trl.exact import exact_log_rewards
+    from gfn_trl.evaluation.exact import exact_log_rewards
 
     tok = toy["tokenizer"]
     row = toy["dataset"][0]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, WatermarkingConfig
 
-from gfn_trl.baselines import decode
-from gfn_trl.exact import exact_policy_log_probs, tv_and_kl
+from gfn_trl.evaluation.decoding import decode
+from gfn_trl.evaluation.exact import exact_policy_log_probs, tv_and_kl
 from gfn_trl.sampling import LatentConstraints, clean_generate, left_pad, sample_latents
 from gfn_trl.testing import exact_posterior_toy, tiny_model
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfn_trl.metrics import (
+from gfn_trl.evaluation.text_metrics import (
     TextEncoder,
     bert_score_f1,
     bleu4,

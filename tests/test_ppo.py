@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig
 
 from gfn_trl import PPOConfig, PPOTrainer
-from gfn_trl.exact import exact_policy_log_probs
+from gfn_trl.evaluation.exact import exact_policy_log_probs
 from gfn_trl.ppo_losses import (
     action_log_probs,
     action_mask,

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from gfn_trl.exact import exact_policy_log_probs, tv_and_kl
+from gfn_trl.evaluation.exact import exact_policy_log_probs, tv_and_kl
 from gfn_trl.sampling import (
     LatentConstraints,
     gumbel_noise,

@@ -124,7 +124,7 @@ def test_library_and_recipes_import_only_what_the_user_install_provides():
 
 def test_the_recipes_offline_assets_are_installed_by_the_user_install():
     # the recipes' defaults load the embedded model and the metrics encoder from these two wheels
-    from gfn_trl.metrics import default_encoder_path
+    from gfn_trl.evaluation.text_metrics import default_encoder_path
     from gfn_trl.models import smollm2_gguf_path
 
     assert Path(smollm2_gguf_path()).is_file()

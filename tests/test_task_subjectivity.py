@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from gfn_trl import GFlowNetConfig, GFlowNetTrainer
 from gfn_trl.data import tokenize_dataset
 from gfn_trl.evaluation import Scored, score_texts
-from gfn_trl.metrics import majority_vote_accuracy
+from gfn_trl.evaluation.text_metrics import majority_vote_accuracy
 from gfn_trl.rewards import LikelihoodReward
 from gfn_trl.tasks import subjectivity as S
 from gfn_trl.testing import tiny_model, tiny_tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfn_trl.exact import exact_policy_log_probs
+from gfn_trl.evaluation.exact import exact_policy_log_probs
 from gfn_trl.sampling import LatentConstraints, left_pad, policy_log_probs, right_pad, sample_latents
 from gfn_trl.tasks import arithmetic
 from gfn_trl.testing import TOY_WORDS, exact_posterior_toy, tiny_tokenizer, toy_tool
