@@ -1,31 +1,4 @@
 """Moved to `gfn_trl.evaluation.text_metrics`; kept so old imports work."""
 
-from .evaluation.text_metrics import (
-    PAPER_BERTSCORE_MODEL,
-    PAPER_DIVERSITY_ENCODER,
-    TextEncoder,
-    bert_score_f1,
-    bleu4,
-    default_encoder_path,
-    diversity,
-    gleu4,
-    infill_scores,
-    majority_vote,
-    majority_vote_accuracy,
-    normalise_infill,
-)
-
-__all__ = [
-    "PAPER_BERTSCORE_MODEL",
-    "PAPER_DIVERSITY_ENCODER",
-    "TextEncoder",
-    "bert_score_f1",
-    "bleu4",
-    "default_encoder_path",
-    "diversity",
-    "gleu4",
-    "infill_scores",
-    "majority_vote",
-    "majority_vote_accuracy",
-    "normalise_infill",
-]
+from .evaluation.text_metrics import *  # noqa: F403 (the public names, as listed in its __all__)
+from .evaluation.text_metrics import __all__  # noqa: F401
