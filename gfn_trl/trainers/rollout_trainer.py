@@ -17,7 +17,6 @@ Subclasses implement `_prepare_inputs` and `compute_loss`, and may add state wit
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import zlib
@@ -36,33 +35,20 @@ from transformers.utils import logging
 
 from .._trl import _BaseTrainer
 from ..data import tokenize_dataset
-from ..models import (
-    load_causal_lm,
-    load_quantized_reward_model,
-    prepare_kbit_model,
-    quantized_load_kwargs,
-    resolve_peft_config,
-)
+from ..models import quantized_load_kwargs
 from ..rewards import LikelihoodReward
-from ..sampling import LatentConstraints, left_pad, sample_latents
-from ..tokenization import (
-    check_policy_vocabulary,
-    check_reward_vocabulary,
-    load_tokenizer,
-    resolve_stop_token_id,
-    restrict_to_decodable,
-    try_load_tokenizer,
-)
+from ..sampling import left_pad, sample_latents
+from ..tokenization import output_rows
 from ..tools import Tool
 from . import checkpoints as ckpt
-from . import validation
+from . import setup, validation
 from .rollout_config import RolloutConfig
 from .validation import check_construction
 
 try:
-    from peft import PeftConfig, PeftModel, get_peft_model
+    from peft import PeftConfig
 except ImportError:  # peft is a dependency, but keep the import error readable
-    PeftConfig = PeftModel = get_peft_model = None
+    PeftConfig = None
 
 
 logger = logging.get_logger(__name__)
@@ -143,76 +129,24 @@ class RolloutTrainer(_BaseTrainer):
             elif not getattr(model, "is_loaded_in_4bit", False):
                 raise ValueError("load_in_4bit loads the model in 4 bits itself: pass the model's name or path (the "
                                  "model passed is not 4-bit), or load it quantized and leave load_in_4bit off.")
-        if isinstance(model, str):
-            name_or_path = model
-            model = load_causal_lm(name_or_path, **init_kwargs)
-        else:
-            name_or_path = model.config._name_or_path
-
-        # Processing class
-        if processing_class is None:
-            processing_class = load_tokenizer(name_or_path, init_kwargs.get("gguf_file"))
+        # Policy, tokenizer and the latent space (`gfn_trl.trainers.setup`, shared with the TRL baselines and recipes)
+        model, processing_class, _ = setup.load_policy(model, processing_class, init_kwargs)
         tokenizer = processing_class
-        if tokenizer.pad_token_id is None:
-            if tokenizer.eos_token_id is None:
-                raise ValueError(
-                    "The tokenizer has neither a pad token nor an EOS token. Set one, e.g. "
-                    "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings."
-                )
-            tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out, so any id will do
-
-        # Stop token
-        stop_id = resolve_stop_token_id(tokenizer, args.stop_token)
-        policy_rows = check_policy_vocabulary(model, tokenizer)  # refuses an embedding smaller than the tokenizer
+        # the constraints of the policy, shared by the sampler and the loss
+        self.constraints = setup.latent_space(tokenizer, args.max_completion_length, args.min_completion_length,
+                                              args.stop_token, vocab_mask, tool, model=model)
+        stop_id, policy_rows = self.constraints.stop_token_id, output_rows(model)
 
         base_fingerprint = validation.base_fingerprint(model, tokenizer, stop_id)  # what a resume must match
 
-        # PEFT
-        if peft_config is not None:
-            if get_peft_model is None:
-                raise ImportError("peft_config needs the `peft` package: pip install peft")
-            if PeftModel is not None and isinstance(model, PeftModel):
-                raise ValueError("model is already a PeftModel; do not pass peft_config as well.")
-            if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-                model = prepare_kbit_model(model, args.activation_checkpointing)
-            model = get_peft_model(model, resolve_peft_config(model, peft_config))
-        is_peft = PeftModel is not None and isinstance(model, PeftModel)
-        if is_peft and args.activation_checkpointing:
-            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
-
+        model, is_peft = setup.wrap_policy(model, peft_config, args.activation_checkpointing)
         if args.disable_dropout:
-            for module in model.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
+            setup.disable_dropout(model)
 
         # Reward model: the adapter-disabled base by default (no second copy of the weights)
-        reward_tokenizer = None  # the separate reward LM's own tokenizer, when it is loaded by name
-        if reward_model is None and args.reward_model_name_or_path is not None:
-            reward_tokenizer = try_load_tokenizer(args.reward_model_name_or_path)
-            if args.reward_model_quantization:
-                reward_model = load_quantized_reward_model(
-                    args.reward_model_name_or_path, args.reward_model_quantization, args.device
-                )
-            else:
-                reward_model = load_causal_lm(args.reward_model_name_or_path, dtype=init_kwargs.get("dtype"))
-        self._frozen_initial = None
-        if reward_model is None and not is_peft:
-            # Full fine-tuning: the reward must stay the *initial* LM, so keep a frozen copy.
-            reward_model = self._frozen_initial = copy.deepcopy(model)
-        if reward_model is not None:
-            reward_model.eval()
-            reward_model.requires_grad_(False)
-            if reward_model is not self._frozen_initial:
-                check_reward_vocabulary(reward_model, policy_rows, tokenizer, reward_tokenizer)
-        self.reward_model = reward_model
-
-        # Constraints of the policy, shared by the sampler and the loss
-        allowed = validation.resolve_vocab_mask(vocab_mask, tokenizer, policy_rows,
-                                                stop_id, args.min_completion_length)
-        allowed = restrict_to_decodable(allowed, tokenizer, policy_rows)  # padded ids decode to nothing: never sampled
-        self.constraints = LatentConstraints(
-            stop_id, args.max_completion_length, args.min_completion_length, allowed,
-            validation.checked_tool(tool, len(tokenizer)),
+        self.reward_model, self._frozen_initial = setup.reward_model(
+            model, is_peft, reward_model, args.reward_model_name_or_path, args.reward_model_quantization, args.device,
+            init_kwargs.get("dtype"), tokenizer, policy_rows,
         )
 
         # Data: tokenise once, here, not on the hot path
@@ -233,7 +167,6 @@ class RolloutTrainer(_BaseTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-
 
         self.is_peft = is_peft
         self._micro_step, self._micro_index = -1, 0
