@@ -168,6 +168,15 @@ def right_pad(
     return ids.to(device), lengths.to(device)
 
 
+def latent_batch(latents: list[list[int]], stop_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """Latents (token ids, no stop) as the losses and rewards take them: (B, T) right-padded with the stop, T >= 1
+    even when every latent is empty, and their (B,) lengths."""
+    z, lengths = right_pad(latents, stop_id, device=device)
+    if z.shape[1] == 0:  # every latent is empty
+        z = torch.full((len(latents), 1), stop_id, dtype=torch.long, device=device)
+    return z, lengths
+
+
 def position_ids_from_mask(mask: Tensor) -> Tensor:
     """Positions 0, 1, ... over the real tokens of a left-padded batch (pads get 0)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
