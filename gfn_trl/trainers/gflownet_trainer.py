@@ -19,32 +19,14 @@ import textwrap
 
 import torch
 from accelerate.utils import gather_object
-from torch import nn
 
 from ..losses import batch_log_z, get_objective, group_mean, trajectory_log_ratio
 from ..replay import ReplayBuffer
 from ..sampling import policy_log_probs, right_pad
+from .batch import RolloutBatch
 from .gflownet_config import GFlowNetConfig
+from .heads import LogZHead
 from .rollout_trainer import RolloutTrainer, logger
-
-
-class LogZHead(nn.Module):
-    """Prompt-conditioned log Z: a linear map of the (normalised, detached) hidden state at the last prompt token.
-
-    The features are layer-normalised and scaled by 1/sqrt(H) so that one Adam step moves log Z by about the
-    learning rate whatever the width; the bias starts at the first batch's per-prompt estimate (`initialized`).
-    """
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.register_buffer("initialized", torch.tensor(False))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B,)
-        return self.linear(self.norm(hidden) / hidden.shape[-1] ** 0.5).squeeze(-1)
 
 
 class GFlowNetTrainer(RolloutTrainer):
@@ -106,7 +88,7 @@ class GFlowNetTrainer(RolloutTrainer):
         return "replay", rng.uniform(a.sampling_temperature_min, a.sampling_temperature_max)  # fallback temperature
 
     @torch.no_grad()
-    def _prepare_inputs(self, rows: list[dict]) -> dict:
+    def _prepare_inputs(self, rows: list[dict]) -> RolloutBatch:
         device = self.accelerator.device
         k = self.args.num_generations
         stop = self.constraints.stop_token_id
@@ -141,33 +123,25 @@ class GFlowNetTrainer(RolloutTrainer):
                 fresh = gather_object(fresh)  # one shared buffer: every rank holds what any rank sampled
             for key, tokens, log_rewards in fresh:
                 self.replay_buffer.add(key, tokens, log_rewards)
-        return {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "z": z,
-            "lengths": lengths,
-            "log_r": log_r.float(),  # untempered
-            "group": group,
-            "behaviour": mode,
-            "temperature": temperature,
-            "rows": expanded,
-        }
+        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, z=z, lengths=lengths,
+                            log_r=log_r.float(),  # untempered
+                            group=group, rows=expanded, behaviour=mode, temperature=temperature)
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model, inputs: RolloutBatch, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("GFlowNetTrainer does not return model outputs from compute_loss.")
         args = self.args
         want_hidden = self.log_z_head is not None
         out = policy_log_probs(
-            model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["z"], inputs["lengths"], self.constraints,
+            model, inputs.prompt_ids, inputs.prompt_mask, inputs.z, inputs.lengths, self.constraints,
             want_hidden,
         )
         log_pf, log_pterm = out[0], out[1]
         t_r = args.reward_temperature(self.state.global_step)
-        self._check_finite(inputs["log_r"], inputs)
-        log_r = inputs["log_r"] / t_r  # (B, S) tempered
-        lengths, group = inputs["lengths"], inputs["group"]
+        self._check_finite(inputs.log_r, inputs)
+        log_r = inputs.log_r / t_r  # (B, S) tempered
+        lengths, group = inputs.lengths, inputs.group
         # The states where the constrained policy may stop (not below min_length, not while a tool is writing)
         terminable = log_pterm.detach() > float("-inf")
 
@@ -199,7 +173,7 @@ class GFlowNetTrainer(RolloutTrainer):
     def _flag_nonfinite_terms(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
         """The loss's inputs where they are used: log q of each latent token, log q(stop) (-inf where the stop is
         banned), the tempered log-reward and log Z."""
-        lengths = inputs["lengths"]
+        lengths = inputs.lengths
         S = log_pterm.shape[1]
         states = torch.arange(S, device=lengths.device)[None, :] <= lengths[:, None]  # s_0 .. s_n
         tokens = torch.arange(log_pf.shape[1], device=lengths.device)[None, :] < lengths[:, None]  # z_1 .. z_n
@@ -213,8 +187,8 @@ class GFlowNetTrainer(RolloutTrainer):
 
     @torch.no_grad()
     def _record_metrics(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
-        lengths, group = inputs["lengths"], inputs["group"]
-        final = inputs["log_r"].gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
+        lengths, group = inputs.lengths, inputs.group
+        final = inputs.log_r.gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
         ratio = trajectory_log_ratio(log_pf.detach(), log_pterm.detach(), log_r, lengths)  # log R/T_R - log q
         centred = ratio - group_mean(ratio, group)
         values = {
@@ -223,9 +197,9 @@ class GFlowNetTrainer(RolloutTrainer):
             "completion_length/mean": lengths.float().mean(),
             "log_ratio/within_prompt_var": centred.pow(2).mean(),  # 0 when q ∝ R exactly
             "reward_temperature": torch.tensor(t_r),
-            "sampling_temperature": torch.tensor(inputs["temperature"]),
-            "behaviour/replay": torch.tensor(float(inputs["behaviour"] == "replay")),
-            "behaviour/tempered": torch.tensor(float(inputs["behaviour"] == "tempered")),
+            "sampling_temperature": torch.tensor(inputs.temperature),
+            "behaviour/replay": torch.tensor(float(inputs.behaviour == "replay")),
+            "behaviour/tempered": torch.tensor(float(inputs.behaviour == "tempered")),
             "replay_buffer/size": torch.tensor(float(len(self.replay_buffer))),
         }
         if log_z is not None:

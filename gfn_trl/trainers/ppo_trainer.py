@@ -21,7 +21,6 @@ import copy
 import textwrap
 
 import torch
-from torch import nn
 
 from ..ppo_losses import (
     action_log_probs,
@@ -35,28 +34,10 @@ from ..ppo_losses import (
     masked_whiten,
 )
 from ..sampling import policy_log_probs
+from .batch import PPOBatch
+from .heads import ValueHead
 from .ppo_config import PPOConfig
 from .rollout_trainer import RolloutTrainer, logger
-
-
-class ValueHead(nn.Module):
-    """V(s_t): a linear map of the policy's layer-normalised, detached last hidden state at every state.
-
-    The value loss does not reach the policy's weights (the features are detached): the head is a critic on the
-    policy's features, and the policy is trained by the surrogate alone.  The bias starts at the first batch's mean
-    return (`initialized`), since log-likelihood rewards are far from 0.
-    """
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.register_buffer("initialized", torch.tensor(False))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, S, H) -> (B, S)
-        return self.linear(self.norm(hidden) / hidden.shape[-1] ** 0.5).squeeze(-1)
 
 
 class PPOTrainer(RolloutTrainer):
@@ -96,17 +77,16 @@ class PPOTrainer(RolloutTrainer):
             self.ref_model = self._frozen_initial
             if self.ref_model is None:  # a separate reward LM was given: keep a frozen copy of the initial policy
                 self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
-        self._rollouts: dict[int, dict] = {}  # micro-batch index -> the rollout reused for num_ppo_epochs steps
+        self._rollouts: dict[int, PPOBatch] = {}  # micro-batch index -> the rollout reused for num_ppo_epochs steps
 
     # ------------------------------------------------------------------ rollout
-    def _policy_pass(self, model, inputs: dict, return_hidden: bool):
+    def _policy_pass(self, model, inputs: PPOBatch, return_hidden: bool):
         return policy_log_probs(
-            model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["z"], inputs["lengths"], self.constraints,
-            return_hidden,
+            model, inputs.prompt_ids, inputs.prompt_mask, inputs.z, inputs.lengths, self.constraints, return_hidden,
         )
 
     @torch.no_grad()
-    def _reference_log_probs(self, inputs: dict) -> torch.Tensor:
+    def _reference_log_probs(self, inputs: PPOBatch) -> torch.Tensor:
         if self.ref_model is not None:
             model, ctx = self.ref_model, torch.no_grad()
         else:
@@ -114,10 +94,10 @@ class PPOTrainer(RolloutTrainer):
             ctx = model.disable_adapter()
         with ctx, self.accelerator.autocast():
             log_pf, log_pterm = self._policy_pass(model, inputs, False)
-        return action_log_probs(log_pf.float(), log_pterm.float(), inputs["lengths"])
+        return action_log_probs(log_pf.float(), log_pterm.float(), inputs.lengths)
 
     @torch.no_grad()
-    def _rollout(self, rows: list[dict], step: int) -> dict:
+    def _rollout(self, rows: list[dict], step: int) -> PPOBatch:
         a = self.args
         expanded, group = self.expand(rows)
         prompt_ids, prompt_mask = self.prompt_batch(expanded)
@@ -126,8 +106,8 @@ class PPOTrainer(RolloutTrainer):
         log_r = torch.zeros(z.shape[0], z.shape[1] + 1, device=final.device).scatter(
             1, lengths[:, None], final[:, None]
         )
-        inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "z": z, "lengths": lengths, "rows": expanded,
-                  "group": group, "log_r": log_r, "step": step}  # log_r: the final reward at column n, 0 elsewhere
+        inputs = PPOBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, z=z, lengths=lengths, rows=expanded,
+                          group=group, log_r=log_r, step=step, temperature=a.sampling_temperature)
         self._check_finite(log_r, inputs)
 
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -157,54 +137,55 @@ class PPOTrainer(RolloutTrainer):
         if a.adaptive_kl:
             n = len(expanded) * self.accelerator.num_processes
             self.kl_coef = adaptive_kl_coef(self.kl_coef, mean_kl, a.kl_target, a.kl_horizon, n)
-        inputs.update(old_log_probs=old, values=values, advantages=advantages, returns=returns, mask=mask,
-                      metrics=metrics)
+        inputs.old_log_probs, inputs.values, inputs.advantages, inputs.returns = old, values, advantages, returns
+        inputs.mask, inputs.metrics = mask, metrics
         return inputs
 
-    def _prepare_inputs(self, rows: list[dict]) -> dict:
+    def _prepare_inputs(self, rows: list[dict]) -> PPOBatch:
         self._next_micro_batch()
         epochs = self.args.num_ppo_epochs
         step = self.state.global_step - self.state.global_step % epochs  # the step that sampled this rollout
         cached = self._rollouts.get(self._micro_index)
-        if cached is None or cached["step"] != step:
+        if cached is None or cached.step != step:
             cached = self._rollouts[self._micro_index] = self._rollout(rows, step)
         return cached
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model, inputs: PPOBatch, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("PPOTrainer does not return model outputs from compute_loss.")
         a = self.args
         log_pf, log_pterm, hidden = self._policy_pass(model, inputs, True)
-        log_q = action_log_probs(log_pf.float(), log_pterm.float(), inputs["lengths"])
-        mask = inputs["mask"]
+        log_q = action_log_probs(log_pf.float(), log_pterm.float(), inputs.lengths)
+        mask = inputs.mask
         pg_loss, clipfrac = clipped_surrogate_loss(
-            log_q, inputs["old_log_probs"], inputs["advantages"], mask, a.cliprange
+            log_q, inputs.old_log_probs, inputs.advantages, mask, a.cliprange
         )
         values = self.value_head(hidden.detach().float())
-        vf_loss = clipped_value_loss(values, inputs["values"], inputs["returns"], mask, a.cliprange_value)
+        vf_loss = clipped_value_loss(values, inputs.values, inputs.returns, mask, a.cliprange_value)
         loss = pg_loss + a.vf_coef * vf_loss
         self.flag_nonfinite("log q(a | s), the policy's log-probability of an action", log_q, mask.bool())
-        self.flag_nonfinite("the rollout's advantages", inputs["advantages"], mask.bool())
+        self.flag_nonfinite("the rollout's advantages", inputs.advantages, mask.bool())
         self.flag_nonfinite("the value head's predictions", values, mask.bool())
         self.flag_nonfinite("the clipped surrogate (policy) loss", pg_loss)
         self.flag_nonfinite("the value loss", vf_loss)
         self.flag_nonfinite("the loss", loss)
         with torch.no_grad():
             self.record_metrics({
-                **inputs["metrics"],  # of the rollout being reused
+                **inputs.metrics,  # of the rollout being reused
                 "ppo/policy_loss": pg_loss,
                 "ppo/value_loss": vf_loss,
                 "ppo/clipfrac": clipfrac,
-                "ppo/approx_kl": masked_mean(inputs["old_log_probs"] - log_q, mask),
-                "ppo/returns_mean": masked_mean(inputs["returns"], mask),
+                "ppo/approx_kl": masked_mean(inputs.old_log_probs - log_q, mask),
+                "ppo/returns_mean": masked_mean(inputs.returns, mask),
             })
         return loss
 
     # ------------------------------------------------------------------ checkpoints
     def extra_state_dict(self) -> dict:
         """The KL coefficient and the rollouts still being reused, so that a resumed run continues exactly."""
-        return {"kl_coef": self.kl_coef, "rollouts": self._rollouts}
+        # saved as plain dicts (a checkpoint is loaded with weights_only=True)
+        return {"kl_coef": self.kl_coef, "rollouts": {i: r.to_dict() for i, r in self._rollouts.items()}}
 
     def load_extra_state_dict(self, state: dict) -> None:
         """The rollouts being reused and, with `adaptive_kl`, the controller's β.  A fixed β is a setting: the
@@ -216,6 +197,6 @@ class PPOTrainer(RolloutTrainer):
                            "the new value applies.")
         device = self.accelerator.device
         self._rollouts = {
-            i: {k: v.to(device) if torch.is_tensor(v) else v for k, v in r.items()}
+            i: PPOBatch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in r.items()})
             for i, r in state["rollouts"].items()
         }
