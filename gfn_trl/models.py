@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -180,3 +182,14 @@ def resolve_peft_config(model, peft_config):
     if model.config.model_type == "gpt2":
         peft_config.fan_in_fan_out = True
     return peft_config
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with `model` in eval mode (no dropout), then put back the training mode it had, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -4,8 +4,10 @@ Entries keep the latent's token ids and its *untempered* per-prefix log-rewards,
 no new reward pass (the reward LM is frozen) and is re-tempered with the current reward temperature.  Only
 the policy's log-probabilities are recomputed, by the same teacher-forced pass as fresh samples.
 
-With several processes each rank keeps its own buffer, filled by the prompts that rank draws; checkpoints
-save one file per rank.
+With several processes the buffer is shared: every rank adds the latents sampled on every rank (gathered by
+`GFlowNetTrainer._prepare_inputs`), so each rank holds the same buffer a single process would, and the replay-or-explore
+decision is the same on every rank.  Checkpoints save the trainer's state one file per rank
+(`gfn_state_rank{r}.pt`), each holding that same buffer.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ Dimension legend: B rows, P prompt width (left-padded), T latent width, S = T + 
 from __future__ import annotations
 
 import inspect
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -121,6 +122,13 @@ class LatentConstraints:
 
 
 _MASK32 = 0xFFFFFFFF
+
+
+def counter_seed(*parts) -> int:
+    """A 32-bit seed that is a pure function of `parts` (CRC-32 of their `str`s joined by ":"), for counter-based
+    randomness: e.g. `counter_seed("decode", seed, prompt, sample)`.  The same parts give the same seed on every
+    process, after every resume and in every batch layout."""
+    return zlib.crc32(":".join(str(p) for p in parts).encode("utf-8"))
 
 
 def hash32(x: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ but t is removed from the policy's support, so
 * the teacher-forced pass gives log q(t | s) = 0 exactly and log q(⊤ | s) = -inf: the token contributes nothing to
   log q(Z), and the state is non-terminable, so the loss skips windows that start or end there;
 * a replayed latent gets the same forced positions, because they are recomputed from its tokens by the same rule.
-  (The authors re-score replayed arithmetic latents without the tool, paper.md §7 defect 3; we do not.)
+  (The authors' code re-scores replayed arithmetic latents without the tool; we do not.)
 
 A tool is any object with `forced_tokens(latent) -> list[int]`: for each state s_0 .. s_n of the token list
 `latent` (n = len(latent)), the token the tool appends next there, or -1 where the policy acts.  It must be a pure

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -35,13 +34,14 @@ from transformers.utils import logging
 
 from .._trl import _BaseTrainer
 from ..data import tokenize_dataset
-from ..models import quantized_load_kwargs
+from ..models import eval_mode, quantized_load_kwargs
 from ..rewards import LikelihoodReward
-from ..sampling import left_pad, sample_latents
+from ..sampling import counter_seed, left_pad, sample_latents
 from ..tokenization import output_rows
 from ..tools import Tool
 from . import checkpoints as ckpt
 from . import setup, validation
+from .batch import RolloutBatch
 from .rollout_config import RolloutConfig
 from .validation import check_construction
 
@@ -187,8 +187,7 @@ class RolloutTrainer(_BaseTrainer):
     # process draws the same behaviour for a micro-batch, as a single process would.
     def _key(self, *parts, step: int | None = None) -> int:
         step = self.state.global_step if step is None else step
-        text = ":".join(str(p) for p in (self.args.seed, step, self._micro_index, *parts))
-        return zlib.crc32(text.encode("utf-8"))
+        return counter_seed(self.args.seed, step, self._micro_index, *parts)
 
     def _next_micro_batch(self) -> None:
         """Advance the micro-batch counter (reset at the first micro-batch of each optimizer step)."""
@@ -216,16 +215,14 @@ class RolloutTrainer(_BaseTrainer):
         Sample j of a prompt is seeded by (seed, step, micro-batch, prompt key, j mod num_generations)."""
         k = self.args.num_generations
         unwrapped = self.accelerator.unwrap_model(self.model)
-        was_training = unwrapped.training
-        unwrapped.eval()  # no dropout, and a KV cache even with activation checkpointing
-        # under ZeRO-3 the weights are gathered once for the whole decode (the ranks' step counts differ)
-        with self.rollout_weights(unwrapped), self.accelerator.autocast():
+        # eval mode: no dropout, and a KV cache even with activation checkpointing; under ZeRO-3 the weights are
+        # gathered once for the whole decode (the ranks' step counts differ)
+        with eval_mode(unwrapped), self.rollout_weights(unwrapped), self.accelerator.autocast():
             seeds = [self._key(r["gfn_key"], j % k, step=step) for j, r in enumerate(expanded)]
             z, lengths = sample_latents(
                 unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, self.processing_class.pad_token_id,
                 seeds,
             )
-        unwrapped.train(was_training)
         return z, lengths
 
     def score_latents(
@@ -249,17 +246,17 @@ class RolloutTrainer(_BaseTrainer):
             self._zero3_held: set[int] = set()
         return gathered(models, self.model_wrapped, self._zero3_held)
 
-    def _check_finite(self, log_r: torch.Tensor, inputs: dict) -> None:
+    def _check_finite(self, log_r: torch.Tensor, inputs: RolloutBatch) -> None:
         """A terminal log-reward that is -inf or NaN would make the loss meaningless: name the sample."""
-        lengths = inputs["lengths"]
+        lengths = inputs.lengths
         S = log_r.shape[1]
         idx = torch.arange(S, device=log_r.device)
         used = (idx[None, :] <= lengths[:, None]) & (idx[None, :] >= self.args.min_completion_length)
         bad = (~torch.isfinite(log_r) & used).any(1)
         if bad.any():
             b = int(bad.nonzero()[0])
-            row = inputs["rows"][b]
-            text = self.processing_class.decode(inputs["z"][b, : int(lengths[b])])
+            row = inputs.rows[b]
+            text = self.processing_class.decode(inputs.z[b, : int(lengths[b])])
             raise FloatingPointError(
                 f"Non-finite log-reward for prompt {row['prompt']!r} and latent {text!r} (tokens "
                 f"{inputs['z'][b, : int(lengths[b])].tolist()}). The reward LM gives it probability 0 (a banned token, "
