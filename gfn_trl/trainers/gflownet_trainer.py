@@ -9,7 +9,8 @@ One batch, end to end (`_prepare_inputs` then `compute_loss`):
    untempered values go into the replay buffer;
 5. one teacher-forced pass of the policy, with gradients, gives log q(z_k|·) and log q(⊤|·) at temperature 1
    under the same constraints;
-6. the loss (modified SubTB by default) is computed on log R / T_R, with T_R on a linear schedule in optimizer steps.
+6. the loss (`loss_type`, an objective of `gfn_trl.losses.OBJECTIVES`: modified SubTB by default) is computed on
+   log R / T_R, with T_R on a linear schedule in optimizer steps.
 """
 
 from __future__ import annotations

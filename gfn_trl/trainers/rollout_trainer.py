@@ -2,7 +2,8 @@
 
 `RolloutTrainer` owns what does not depend on the objective:
 
-* loading the policy (a name, a path, a `.gguf` file or a model), its tokenizer, the stop token and LoRA;
+* loading the policy (a name, a path, a `.gguf` file or a model), its tokenizer, the stop token and LoRA, through
+  the set-up the TRL baselines and the recipes share (`gfn_trl.trainers.setup`);
 * the latent's constraints (`LatentConstraints`: vocabulary mask, minimum and maximum length), used identically by
   the sampler and by every loss;
 * the frozen reward LM (the adapter-disabled base, a frozen copy of the initial model, or a separate, optionally
@@ -12,7 +13,8 @@
 * metrics reduced over ranks, extra trainable heads (log Z, value) outside the wrapped model, checkpoints that
   carry the trainer's own state (`gfn_state_rank{r}.pt`) and resume only from complete checkpoints.
 
-Subclasses implement `_prepare_inputs` and `compute_loss`, and may add state with `extra_state_dict`.
+Subclasses implement `_prepare_inputs` (rows -> a `gfn_trl.trainers.batch.RolloutBatch`) and `compute_loss` (that
+batch -> the loss), and may add state with `extra_state_dict`.
 """
 
 from __future__ import annotations
