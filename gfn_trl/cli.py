@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-TASKS = ("infill", "continuation", "subjectivity", "arithmetic")
+from .tasks import TASKS
+
 # Short names for the shipped accelerate configs (every file stem is a name too).
 ALIASES = {"zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "fsdp": "fsdp2", "ddp": "multi_gpu"}
 

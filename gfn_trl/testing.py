@@ -278,3 +278,18 @@ def tokenizer_kind(kind: str):
     if kind not in _TOKENIZER_CACHE:
         _TOKENIZER_CACHE[kind] = _build_tokenizer(kind)
     return copy.deepcopy(_TOKENIZER_CACHE[kind])
+
+
+def load_recipe(name: str):
+    """The script `recipes/<name>.py` of the source checkout, executed as a fresh module named `recipe_<name>` (the
+    recipes are scripts, not a package: each call loads it anew).  Raises FileNotFoundError without a checkout."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the recipes are scripts of the source checkout.")
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

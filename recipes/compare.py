@@ -28,9 +28,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gfn_trl.runner import TRAINERS
+from gfn_trl.tasks import TASKS
+
 ROOT = Path(__file__).resolve().parent
-TASKS = ("infill", "continuation", "subjectivity", "arithmetic")
-TRAINERS = ("gfn", "ppo", "grpo", "rloo", "sft")
 
 
 def recipe_argv(trainer: str, out: Path, extra: list[str], first: bool, decoding: list[str]) -> list[str]:

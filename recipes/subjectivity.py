@@ -15,31 +15,16 @@ review's prediction is the majority vote.  Methods:
     gfn         rationales sampled from the GFlowNet-fine-tuned policy
 Writes, under --output_dir: the adapter and tokenizer (the GGUF default's de-quantized base in `base_model/`),
 metrics.json, samples.jsonl (rationales with their predicted labels) and policy_check.json; see
-gfn_trl.recipe.save_run.
+gfn_trl.runner.save_run.
 """
 
 import os
+from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from dataclasses import dataclass, field  # noqa: E402
-
-from gfn_trl.data import tokenize_dataset  # noqa: E402
-from gfn_trl.evaluation import sample_and_score  # noqa: E402
-from gfn_trl.recipe import (  # noqa: E402
-    RecipeArguments,
-    TaskSpec,
-    build_trainer,
-    check_train_rows,
-    load_data,
-    load_model_and_tokenizer,
-    make_recipe_parser,
-    print_summary,
-    save_run,
-    single_line_mask,
-    validate,
-)
-from gfn_trl.tasks import subjectivity  # noqa: E402
+from gfn_trl import runner  # noqa: E402
+from gfn_trl.tasks.subjectivity import TASK  # noqa: E402
 
 
 @dataclass
@@ -75,89 +60,18 @@ CPU_DEFAULTS = dict(
     num_eval=16, eval_samples=10, lora_target_modules=["k_proj", "v_proj"], num_labelled=10, wishful_rationales=8,
 )
 
-# What `validate` checks before any model is loaded: SUBJ JSON Lines files, labels but no gold rationales (no
-# --trainer sft), no encoder
-SPEC = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=False)
+
+def check(recipe: runner.RecipeArguments, args, task: SubjectivityArguments | None = None) -> None:
+    """Every argument, file and package the run needs, checked before any model loads (`gfn_trl.runner.check`)."""
+    runner.check(TASK, recipe, args, task or SubjectivityArguments())
 
 
-def check(recipe: RecipeArguments, args, task: SubjectivityArguments | None = None) -> None:
-    """Every argument, file and package the run needs, checked before any model loads (`gfn_trl.recipe.validate`)."""
-    task = task or SubjectivityArguments()
-    if recipe.num_train is not None:
-        raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
-                         "not --num_train.")
-    if task.num_labelled < 1 or task.wishful_rationales < 0:
-        raise ValueError("--num_labelled must be at least 1 and --wishful_rationales at least 0.")
-    validate(recipe, args, SPEC, data={"--dataset": recipe.dataset, "--test_dataset": task.test_dataset})
-
-
-def main(recipe: RecipeArguments, args, task: SubjectivityArguments | None = None) -> dict:
-    task = task or SubjectivityArguments()
-    check(recipe, args, task)
-    data = load_data(subjectivity.load_subj, recipe.dataset)
-    if task.test_dataset is not None:
-        test = load_data(subjectivity.load_subj, task.test_dataset, "--test_dataset", split="test")
-        held_out = set(test["text"])
-        pool = data.filter(lambda r: r["text"] not in held_out)
-    else:
-        pool, test = subjectivity.split(data, recipe.num_eval)
-    test = test.select(range(min(recipe.num_eval, len(test))))
-    train = subjectivity.low_data_subset(pool, task.num_labelled, task.subset_seed, balanced=task.balanced)
-    assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
-    check_train_rows(recipe, args, len(train))
-    model, tokenizer = load_model_and_tokenizer(recipe, args)
-
-    built = build_trainer(recipe, args, model, tokenizer, subjectivity.to_contract(train),
-                          vocab_mask=single_line_mask(tokenizer) if recipe.ban_newlines else None, gold_column=None)
-    trainer, method, policy, reward = built.trainer, recipe.trainer, built.policy, built.reward
-    # Evaluation rows carry no contrast suffix: sample_and_score then scores each rationale once, log p(Z Y_true | X)
-    # without the training penalty, and `evaluate` compares the two labels itself.
-    eval_rows = list(tokenize_dataset(subjectivity.to_contract(test).remove_columns("contrast_suffix"), tokenizer,
-                                      model.config, built.constraints.max_length, "eval"))
-
-    def run_eval(disable_adapter):
-        return sample_and_score(policy, reward, tokenizer, built.constraints, eval_rows, recipe.eval_samples,
-                                recipe.eval_temperature, seed=args.seed, disable_adapter=disable_adapter)
-
-    metrics, scored, details = {}, {}, {}
-
-    def judge(method):
-        metrics[method], details[method] = subjectivity.evaluate(scored[method], reward, tokenizer,
-                                                                 return_details=True)
-
-    if not recipe.skip_baseline:
-        scored["zero_shot"] = subjectivity.zero_shot(reward, tokenizer, eval_rows)  # Z = nothing
-        judge("zero_shot")
-        scored["untuned"] = run_eval(disable_adapter=True)  # the untuned LM's rationales, same prompt, same sampler
-        judge("untuned")
-    seeded = 0
-    if hasattr(trainer, "replay_buffer"):  # GFlowNet only: off-policy seeds of the search
-        seeded = subjectivity.seed_replay_buffer(trainer, task.wishful_rationales, seed=args.seed)
-    trainer.train()
-    scored[method] = run_eval(disable_adapter=False)
-    judge(method)
-
-    samples = [
-        {"method": method, "text": s.row["text"], "label": s.row["label"], "rationales": s.texts,
-         "predictions": d["predictions"], "log_likelihood": d["log_likelihood"]}
-        for method in scored for s, d in zip(scored[method], details[method])
-    ]
-    save_run(trainer, recipe, args, metrics, samples, built, scored[method])
-    if trainer.accelerator.is_main_process:
-        print(f"\n{len(train)} labelled reviews ({sum(lab == 'objective' for lab in train['label'])} objective), "
-              f"{len(test)} test reviews, {seeded} wishful rationales in the replay buffer before training")
-        examples = [
-            {"review": s.row["text"], "label": s.row["label"],
-             **{f"{m}": f"{scored[m][i].texts[0]!r} -> {details[m][i]['predictions'][0]}" for m in scored}}
-            for i, s in enumerate(scored[method][:3])
-        ]
-        print_summary("subjectivity classification", metrics, examples)
-    trainer.end()
-    return metrics
+def main(recipe: runner.RecipeArguments, args, task: SubjectivityArguments | None = None) -> dict:
+    return runner.run(TASK, recipe, args, task or SubjectivityArguments())
 
 
 def make_parser(argv=None):
-    return make_recipe_parser(CPU_DEFAULTS, SubjectivityArguments, argv=argv)
+    return runner.make_recipe_parser(CPU_DEFAULTS, SubjectivityArguments, argv=argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ config and tokenizer but a corrupt weights file, so loading it fails loudly (`te
 every other test expects its own error instead, which it can only get if the check ran first."""
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,16 +14,9 @@ from pathlib import Path
 import pytest
 
 from gfn_trl.tasks import DATA_DIR
+from gfn_trl.testing import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 STORIES = Path(DATA_DIR) / "stories.csv"
-
-
-def _recipe(task: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{task}", ROOT / "recipes" / f"{task}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def trap(tmp_path_factory) -> Path:
 
 def run(task: str, argv: list[str], tmp_path: Path, monkeypatch):
     """The recipe's `main`, parsed from a command line, as `python recipes/<task>.py ...` runs it."""
-    module = _recipe(task)
+    module = load_recipe(task)
     argv = [*argv, "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none"]
     monkeypatch.setattr(sys, "argv", [f"{task}.py", *argv])
     return module.main(*module.make_parser().parse_args_and_config())
@@ -109,13 +101,14 @@ def test_missing_metrics_encoder(task, trap, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["stories.tsv", "STORIES.CSV"])
 def test_local_files_are_read_not_looked_up_on_the_hub(name, tmp_path, monkeypatch):
     """An existing stories.tsv or STORIES.CSV is read from disk (the hub is offline in tests: a look-up would fail)."""
-    from gfn_trl.recipe import check_data_source, load_data
+    from gfn_trl.runner import check_data_source, load_data
+    from gfn_trl.tasks.infill import read_stories
 
     data = _stories(tmp_path / name, delimiter="\t" if name.endswith(".tsv") else ",", rows=12)
-    infill = _recipe("infill")
+    infill = load_recipe("infill")
     monkeypatch.chdir(tmp_path)
-    check_data_source(name, infill.SPEC)
-    stories = load_data(infill.load_stories, name)
+    check_data_source(name, infill.TASK.spec)
+    stories = load_data(read_stories, name)
     assert len(stories) == 12 and stories["sentence4"][0].startswith("On Thursday he quizzed her")
     with open(data, encoding="utf-8") as f:
         assert stories["sentence5"][-1] == list(csv.DictReader(f, delimiter="\t" if "tsv" in name else ","))[-1][
@@ -226,7 +219,7 @@ def test_reward_model_path_and_output_dir(trap, tmp_path, monkeypatch):
             tmp_path, monkeypatch)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    module = _recipe("arithmetic")
+    module = load_recipe("arithmetic")
     argv = ["--model_name_or_path", str(trap), "--output_dir", str(blocker / "out"), "--use_cpu", "true"]
     with pytest.raises(ValueError, match=r"--output_dir .*file/out cannot be created"):
         module.main(*module.make_parser(argv).parse_args_and_config(args=argv))
@@ -235,7 +228,7 @@ def test_reward_model_path_and_output_dir(trap, tmp_path, monkeypatch):
 def test_compare_checks_every_run_before_the_first_starts(trap, tmp_path):
     """The second run's arguments are refused before the first run starts (with `false` as the launcher, a started
     run would fail with another message)."""
-    compare = _recipe("compare")
+    compare = load_recipe("compare")
     out = tmp_path / "cmp"
     with pytest.raises(SystemExit, match=r"The sft run's arguments are refused \(.*--num_generations"):
         compare.main(["--task", "infill", "--trainers", "gfn", "sft", "--launcher", "false", "--output_dir", str(out),

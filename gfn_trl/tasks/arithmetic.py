@@ -59,10 +59,14 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
 from ..metrics import majority_vote_accuracy
+from ..sampling import LatentConstraints
 from ..tokenization import encode_continuation
 from ..tools import TextTool
+from .base import Evaluated, ReplaySeeds, RunContext, Summary, Task, TaskData, TaskSpec
+from .files import load_data
 
 OPERATORS = ("+", "-")
 TRAIN_OPERANDS = (3, 4)
@@ -452,3 +456,84 @@ def evaluate(scored: list[Scored]) -> dict[str, float]:
     }
     metrics.update(likelihood_summary(scored))
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe's task (recipes/arithmetic.py): its argument is `calculator`
+# ----------------------------------------------------------------------------------------------------------------
+
+N_SHOTS = 3  # demonstrations in the reward prompt (the paper's `num_points: 3`)
+N_GOLD = 10  # training problems whose gold rationale seeds the replay buffer (the paper's `num_train: 10`)
+SPLITS = {"test3": "test_3", "test4": "test_4", "ood5": "test_5"}  # metric prefix -> `load_splits` key
+
+
+class ArithmeticTask(Task):
+    """Integer arithmetic: the calculator tool (`--calculator`), digit/operator latents, the first `N_GOLD` gold
+    rationales in the replay buffer, the untuned LM zero-shot (`prompting`) and with the demonstrations (`3-shot`) as
+    baselines, each test split with a latent budget that holds its longest gold rationale."""
+
+    name = "arithmetic"
+    # JSON / JSON Lines problems or the paper's data directory, gold rationales (--trainer sft), no encoder
+    spec = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
+    baselines = ("prompting", "3-shot")
+
+    def uses_tool(self, ctx: RunContext) -> bool:
+        return ctx.task_args.calculator
+
+    def load(self, ctx: RunContext) -> TaskData:
+        recipe = ctx.recipe
+        splits = load_data(load_splits, recipe.dataset, seed=ctx.args.seed, n_train=recipe.num_train,
+                           n_test_per_length=recipe.num_eval, n_shots=N_SHOTS)
+        tests = {name: splits[key] for name, key in SPLITS.items() if splits.get(key)}
+        return TaskData(splits["train"], tests, extra={"shots": splits["shots"]})
+
+    def make_tool(self, ctx: RunContext) -> TextTool | None:
+        return calculator(ctx.tokenizer) if ctx.task_args.calculator else None
+
+    def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
+        budget = ctx.args.max_completion_length
+        too_long = sum(len(gold_latent(ctx.tokenizer, p, ctx.tool)) > budget for p in data.train)
+        if too_long:
+            print(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
+                  f"max_completion_length={budget} tokens; the policy cannot write it in full.")
+        return to_contract(data.train, data.extra["shots"])
+
+    def vocab_mask(self, ctx: RunContext):
+        return vocab_mask
+
+    def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds:
+        gold = [[gold_latent(ctx.tokenizer, p, ctx.tool)] if i < N_GOLD else [] for i, p in enumerate(data.train)]
+        return ReplaySeeds(gold, "gold rationales")
+
+    def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
+        c, shots = ctx.built.constraints, data.extra["shots"]
+        ctx.eval = {}
+        for name, problems in data.eval.items():
+            n_operands = max(p.n_operands for p in problems)
+            budget = max(c.max_length, rationale_token_budget(ctx.tokenizer, n_operands, ctx.tool))
+            rows = {prompting: list(tokenize_dataset(
+                to_contract(problems, shots, prompt_shots=shots if prompting == "3-shot" else ()),
+                ctx.tokenizer, ctx.model.config, budget, "eval")) for prompting in ("zero-shot", "3-shot")}
+            ctx.eval[name] = (LatentConstraints(c.stop_token_id, budget, c.min_length, c.allowed, c.tool), rows)
+
+    def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
+        prompting = "3-shot" if method == "3-shot" else "zero-shot"  # the trained policy sees X alone
+        scored = {name: ctx.sample(rows[prompting], disable_adapter=method in self.baselines, constraints=c)
+                  for name, (c, rows) in ctx.eval.items()}
+        return Evaluated(scored, {f"{name}/{k}": v for name, s in scored.items() for k, v in evaluate(s).items()})
+
+    def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
+        return [{"method": method, "split": name, "question": s.row["question"], "answer": s.row["answer"],
+                 "gold": s.row["gold"], "samples": s.texts, "predictions": [extract_answer(t) for t in s.texts],
+                 "log_likelihood": s.log_likelihood}
+                for method, r in results.items() for name, rows in r.scored.items() for s in rows]
+
+    def summary(self, ctx: RunContext, data: TaskData, results: dict[str, Evaluated], seeded: int) -> Summary:
+        trained = results[ctx.recipe.trainer].scored
+        examples = [{"question": s.row["question"], "answer": s.row["answer"], "gold": s.row["gold"],
+                     **{f"{m} sample": results[m].scored[name][i].texts[0] for m in results}}
+                    for name in data.eval for i, s in enumerate(trained[name][:1])]
+        return Summary(f"integer arithmetic ({'with' if ctx.tool else 'no'} calculator tool)", examples)
+
+
+TASK = ArithmeticTask()

@@ -42,6 +42,7 @@ log p(Z "." | X) (mean and max over the samples, averaged over prompts), and the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import string
@@ -49,9 +50,12 @@ import string
 import torch
 from datasets import Dataset, load_dataset
 
+from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
-from ..metrics import diversity
+from ..metrics import TextEncoder, default_encoder_path, diversity
 from . import DATA_DIR
+from .base import Evaluated, RunContext, Summary, Task, TaskData, TaskSpec
+from .files import load_data
 
 EMBEDDED = DATA_DIR / "prompts.txt"
 
@@ -210,3 +214,71 @@ def evaluate(scored: list[Scored], encoder=None) -> dict[str, float]:
     if encoder is not None:
         metrics["diversity"] = sum(diversity(s.texts, encoder) for s in scored) / len(scored)
     return metrics
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The recipe's task (recipes/continuation.py)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class ContinuationTask(Task):
+    """Sentence continuation: the paper's ban list as the vocabulary (`vocab_mask`, whatever --ban_newlines says),
+    the untuned LM (`lm`) and the `--decoding` baselines, metrics of `evaluate`."""
+
+    name = "continuation"
+    # prompt files, no gold latents (no --trainer sft), the sentence encoder of the diversity metric, --decoding
+    spec = TaskSpec("continuation", data_formats=(".txt", ".jsonl"), gold=False, encoder=True, decoding=True)
+    baselines = ("lm",)  # the untuned LM, ancestral sampling with the same sampler
+
+    def check(self, ctx: RunContext) -> None:
+        if ctx.args.stop_token is None:
+            raise ValueError('Sentence continuation ends a latent with "."; set --stop_token "."')
+
+    def load(self, ctx: RunContext) -> TaskData:
+        recipe = ctx.recipe
+        prompts = load_data(load_prompts, recipe.dataset)
+        train, held_out = split(prompts, num_eval=min(recipe.num_eval, 50) if len(prompts) < 1000 else 50)
+        if recipe.num_train:
+            train = train.select(range(min(recipe.num_train, len(train))))
+        return TaskData(train, held_out.select(range(min(recipe.num_eval, len(held_out)))))
+
+    def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
+        return to_contract(data.train, strip_trailing_space=ctx.recipe.strip_trailing_space)
+
+    def vocab_mask(self, ctx: RunContext):
+        return functools.partial(vocab_mask, stop_token=ctx.args.stop_token)
+
+    def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
+        held_out = to_contract(data.eval, strip_trailing_space=ctx.recipe.strip_trailing_space)
+        rows = list(tokenize_dataset(held_out, ctx.tokenizer, ctx.model.config, ctx.built.constraints.max_length,
+                                     "eval"))
+        ctx.eval = rows, TextEncoder(default_encoder_path())
+
+    def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
+        rows, encoder = ctx.eval
+        if method in (ctx.recipe.decoding or []):  # the paper's decoding baselines, on the untuned LM
+            from ..baselines import decode
+            from ..evaluation import score_tokens
+
+            b, recipe = ctx.built, ctx.recipe
+            with b.policy.disable_adapter():
+                latents = decode(b.policy, ctx.tokenizer, [r["prompt_ids"] for r in rows], method, recipe.eval_samples,
+                                 b.constraints, temperature=recipe.decoding_temperature, seed=ctx.args.seed)
+            scored = score_tokens(b.reward, ctx.tokenizer, rows, latents)
+        else:
+            scored = ctx.sample(rows, disable_adapter=method in self.baselines)
+        return Evaluated(scored, evaluate(scored, encoder))
+
+    def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
+        return [{"method": method, "prompt": s.row["prompt"], "samples": s.texts, "log_likelihood": s.log_likelihood}
+                for method, r in results.items() for s in r.scored]
+
+    def summary(self, ctx: RunContext, data: TaskData, results: dict[str, Evaluated], seeded: int) -> Summary:
+        trained = results[ctx.recipe.trainer].scored
+        examples = [{"prompt": s.row["prompt"],
+                     **{f"{m} samples": " | ".join(t + "." for t in results[m].scored[i].texts[:3]) for m in results}}
+                    for i, s in enumerate(trained[:3])]
+        return Summary("sentence continuation", examples)
+
+
+TASK = ContinuationTask()

@@ -19,9 +19,13 @@ import os
 
 from datasets import Dataset, load_dataset
 
+from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
-from ..metrics import infill_scores
+from ..metrics import TextEncoder, default_encoder_path, infill_scores
+from ..tokenization import encode_continuation
 from . import DATA_DIR
+from .base import Evaluated, ReplaySeeds, RunContext, Summary, Task, TaskData, TaskSpec
+from .files import is_local_file, load_data, read_table
 
 SENTENCES = [f"sentence{i}" for i in range(1, 6)]
 EMBEDDED = DATA_DIR / "stories.csv"
@@ -112,3 +116,82 @@ def finetune_story_lm(model, tokenizer, stories: Dataset, max_steps: int, learni
     trainer.train()
     return trainer.model.eval()
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The recipe's task (recipes/infill.py): its arguments are `seed_gold`, `story_lm_steps`, `story_lm_learning_rate`
+
+
+def read_stories(source: str | None) -> Dataset:
+    """A local .csv / .tsv file (any case of extension; errors name the line, `read_table`), else the embedded
+    stories or a hub dataset id (`load_stories`)."""
+    if is_local_file(source):
+        return read_table(os.path.expanduser(source), tuple(SENTENCES))
+    return load_stories(source)
+
+
+class InfillTask(Task):
+    """Story infilling: the story LM stage (`--story_lm_steps`), gold sentence 4 in the replay buffer
+    (`--seed_gold`), the untuned LM as the `prompting` baseline; metrics of `evaluate`; latents on one line
+    (`--ban_newlines`, the default vocabulary mask)."""
+
+    name = "infill"
+    # ROCStories-format CSV (or TSV) files, gold infills for --trainer sft, the sentence encoder of BERTScore
+    spec = TaskSpec("infill", data_formats=(".csv", ".tsv"), data_columns=tuple(SENTENCES), gold=True, encoder=True)
+    baselines = ("prompting",)  # the untuned LM, same prompt, same sampler
+
+    def check(self, ctx: RunContext) -> None:
+        if ctx.task_args.story_lm_steps < 0:
+            raise ValueError("--story_lm_steps must be 0 (no story-LM stage) or more.")
+
+    def load(self, ctx: RunContext) -> TaskData:
+        recipe = ctx.recipe
+        stories = load_data(read_stories, recipe.dataset)
+        train, held_out = split(stories, num_eval=min(recipe.num_eval, 100) if len(stories) < 1000 else 100)
+        stories = train  # the story LM trains on every training story, before --num_train subsamples them
+        if recipe.num_train:
+            train = train.select(range(min(recipe.num_train, len(train))))
+        held_out = held_out.select(range(min(recipe.num_eval, len(held_out))))
+        return TaskData(train, held_out, extra={"stories": stories})
+
+    def prepare_model(self, ctx: RunContext, data: TaskData) -> bool:
+        t = ctx.task_args
+        if t.story_lm_steps <= 0:
+            return False
+        ctx.model = finetune_story_lm(ctx.model, ctx.tokenizer, data.extra["stories"], t.story_lm_steps,
+                                      t.story_lm_learning_rate, seed=ctx.args.seed)
+        return True
+
+    def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
+        return to_contract(data.train)
+
+    def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds | None:
+        if not ctx.task_args.seed_gold:
+            return None
+        gold = [encode_continuation(ctx.tokenizer, g) for g in ctx.built.trainer.train_dataset["gold"]]  # as sampled
+        return ReplaySeeds([[g] for g in gold], f"gold infills of {len(gold)} stories")
+
+    def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
+        rows = list(tokenize_dataset(to_contract(data.eval), ctx.tokenizer, ctx.model.config,
+                                     ctx.built.constraints.max_length, "eval"))
+        ctx.eval = rows, TextEncoder(default_encoder_path())
+
+    def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
+        rows, encoder = ctx.eval
+        scored = ctx.sample(rows, disable_adapter=method in self.baselines)
+        return Evaluated(scored, evaluate(scored, encoder))
+
+    def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
+        return [{"method": method, "prompt": s.row["prompt"], "gold": s.row["gold"], "samples": s.texts,
+                 "log_likelihood": s.log_likelihood}
+                for method, r in results.items() for s in r.scored]
+
+    def summary(self, ctx: RunContext, data: TaskData, results: dict[str, Evaluated], seeded: int) -> Summary:
+        trained = results[ctx.recipe.trainer].scored
+        examples = [{"story": s.row["prompt"].replace("\n", " | "), "gold": s.row["gold"],
+                     **{f"{m} sample": results[m].scored[i].texts[0] for m in results}}
+                    for i, s in enumerate(trained[:3])]
+        return Summary("story infilling", examples)
+
+
+TASK = InfillTask()

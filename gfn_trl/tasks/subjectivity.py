@@ -45,11 +45,14 @@ from collections.abc import Sequence
 import torch
 from datasets import Dataset, load_dataset
 
+from ..data import tokenize_dataset
 from ..evaluation import Scored, score_texts
 from ..metrics import majority_vote_accuracy
-from ..sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from ..sampling import LatentConstraints, left_pad, sample_latents
 from ..tokenization import encode_continuation, encode_prompt
-from . import DATA_DIR
+from . import DATA_DIR, base
+from .base import Evaluated, RunContext, Summary, Task, TaskData, TaskSpec
+from .files import load_data
 
 EMBEDDED = DATA_DIR / "subj.jsonl"
 LABELS = ("objective", "subjective")
@@ -285,23 +288,26 @@ def _symbol_ids(tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
-    """Fill the trainer's replay buffer as the authors did: for each training review, sample `n_per_example`
-    continuations of `prompt + " {true label} because it is"` from the base LM (adapter off) at temperature 1,
-    cut each at its first non-alphanumeric token, and add the non-empty ones (at least `min_completion_length`
-    tokens) with their reward (wrong-label penalty included).  Returns the number of latents added."""
+def wishful_rationales(policy, tokenizer, constraints: LatentConstraints, rows: Sequence[dict], n_per_example: int = 20,
+                       seed: int = 0) -> list[list[list[int]]]:
+    """The authors' "wishful" rationales: for each training row (a tokenized contract row with `prompt` and
+    `label`), `n_per_example` continuations of `prompt + " {true label} because it is"` sampled from the base LM
+    (`policy` with its adapter off) at temperature 1 in the latent vocabulary of `constraints`, each cut at its
+    first non-alphanumeric token; the non-empty ones (at least `constraints.min_length` tokens) are kept.
+
+    Returns, per row, its kept latents (token ids, no stop token), for the trainer's replay buffer
+    (`gfn_trl.tasks.base.seed_replay_buffer`).  Seeds are counter-based (`zlib.crc32` of seed, row, sample)."""
     if n_per_example <= 0:
-        return 0
-    tokenizer = trainer.processing_class
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    c = trainer.constraints
+        return [[] for _ in rows]
+    c = constraints
     sampler = LatentConstraints(c.stop_token_id, c.max_length, 0, c.allowed)
     symbols = _symbol_ids(tokenizer)
-    added, was_training = 0, policy.training
+    device = next(policy.parameters()).device
+    latents, was_training = [], policy.training
     policy.eval()
-    for r_i, row in enumerate(trainer.train_dataset):
+    for r_i, row in enumerate(rows):
         wishful = encode_prompt(tokenizer, f"{row['prompt']} {row['label']} because it is")
-        ids, mask = left_pad([wishful] * n_per_example, tokenizer.pad_token_id, trainer.reward.device)
+        ids, mask = left_pad([wishful] * n_per_example, tokenizer.pad_token_id, device)
         seeds = [zlib.crc32(f"wishful:{seed}:{r_i}:{j}".encode()) for j in range(n_per_example)]
         with policy.disable_adapter():
             z, lengths = sample_latents(policy, ids, mask, sampler, 1.0, tokenizer.pad_token_id, seeds)
@@ -311,11 +317,97 @@ def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
             cut = next((k for k, t in enumerate(toks) if symbols[t]), len(toks))
             if cut >= max(1, c.min_length):
                 kept.append(toks[:cut])
-        if not kept:
-            continue
-        zk, lk = right_pad(kept, c.stop_token_id, device=trainer.reward.device)
-        log_r = trainer.reward([row] * len(kept), zk, lk)
-        for b, toks in enumerate(kept):
-            added += trainer.replay_buffer.add(row["gfn_key"], toks, log_r[b, : len(toks) + 1].tolist())
+        latents.append(kept)
     policy.train(was_training)
-    return added
+    return latents
+
+
+def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
+    """Fill a GFlowNet trainer's replay buffer as the authors did: `n_per_example` `wishful_rationales` per training
+    review, each added with its reward (wrong-label penalty included).  Returns the number of latents added."""
+    if n_per_example <= 0:
+        return 0
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    latents = wishful_rationales(policy, trainer.processing_class, trainer.constraints, trainer.train_dataset,
+                                 n_per_example, seed)
+    return base.seed_replay_buffer(trainer, latents)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The recipe's task (recipes/subjectivity.py): its arguments are `num_labelled`, `subset_seed`, `balanced`,
+# `test_dataset`, `wishful_rationales`
+
+
+class SubjectivityTask(Task):
+    """Subjectivity classification with a latent rationale: a low-data training subset, wishful rationales in the
+    replay buffer, the `zero_shot` (empty rationale) and `untuned` baselines, majority-vote metrics of `evaluate`."""
+
+    name = "subjectivity"
+    # SUBJ JSON Lines files, labels but no gold rationales (no --trainer sft), no encoder
+    spec = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=False)
+    baselines = ("zero_shot", "untuned")
+
+    def check(self, ctx: RunContext) -> None:
+        if ctx.recipe.num_train is not None:
+            raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
+                             "not --num_train.")
+        if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0:
+            raise ValueError("--num_labelled must be at least 1 and --wishful_rationales at least 0.")
+
+    def data_sources(self, ctx: RunContext) -> dict[str, str | None]:
+        return {"--dataset": ctx.recipe.dataset, "--test_dataset": ctx.task_args.test_dataset}
+
+    def load(self, ctx: RunContext) -> TaskData:
+        recipe, t = ctx.recipe, ctx.task_args
+        data = load_data(load_subj, recipe.dataset)
+        if t.test_dataset is not None:
+            test = load_data(load_subj, t.test_dataset, "--test_dataset", split="test")
+            held_out = set(test["text"])
+            pool = data.filter(lambda r: r["text"] not in held_out)
+        else:
+            pool, test = split(data, recipe.num_eval)
+        test = test.select(range(min(recipe.num_eval, len(test))))
+        train = low_data_subset(pool, t.num_labelled, t.subset_seed, balanced=t.balanced)
+        assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
+        return TaskData(train, test)
+
+    def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
+        return to_contract(data.train)
+
+    def replay_seeds(self, ctx: RunContext, data: TaskData) -> base.ReplaySeeds:
+        b = ctx.built
+        return base.ReplaySeeds(wishful_rationales(b.policy, ctx.tokenizer, b.constraints, b.trainer.train_dataset,
+                                                   ctx.task_args.wishful_rationales, seed=ctx.args.seed))
+
+    def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
+        # Evaluation rows carry no contrast suffix: sample_and_score then scores each rationale once,
+        # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
+        ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
+                                         ctx.model.config, ctx.built.constraints.max_length, "eval"))
+
+    def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
+        if method == "zero_shot":
+            scored = zero_shot(ctx.built.reward, ctx.tokenizer, ctx.eval)  # Z = nothing
+        else:  # the untuned LM's rationales (same prompt, same sampler), or the trained policy's
+            scored = ctx.sample(ctx.eval, disable_adapter=method in self.baselines)
+        metrics, details = evaluate(scored, ctx.built.reward, ctx.tokenizer, return_details=True)
+        return Evaluated(scored, metrics, details)
+
+    def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
+        return [{"method": method, "text": s.row["text"], "label": s.row["label"], "rationales": s.texts,
+                 "predictions": d["predictions"], "log_likelihood": d["log_likelihood"]}
+                for method, r in results.items() for s, d in zip(r.scored, r.details)]
+
+    def summary(self, ctx: RunContext, data: TaskData, results: dict[str, Evaluated], seeded: int) -> Summary:
+        train, test = data.train, data.eval
+        note = (f"\n{len(train)} labelled reviews ({sum(lab == 'objective' for lab in train['label'])} objective), "
+                f"{len(test)} test reviews, {seeded} wishful rationales in the replay buffer before training")
+        examples = [
+            {"review": s.row["text"], "label": s.row["label"],
+             **{f"{m}": f"{r.scored[i].texts[0]!r} -> {r.details[i]['predictions'][0]}" for m, r in results.items()}}
+            for i, s in enumerate(results[ctx.recipe.trainer].scored[:3])
+        ]
+        return Summary("subjectivity classification", examples, note)
+
+
+TASK = SubjectivityTask()

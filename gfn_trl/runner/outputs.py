@@ -1,0 +1,159 @@
+"""What a recipe's output directory holds: a policy that standard tools reload (`save_run`), its base when nothing
+else holds it (`save_base_model`), metrics.json, samples.jsonl, policy_check.json; and the printed summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .arguments import RecipeArguments
+    from .build import Built
+
+BASE_DIR = "base_model"
+
+
+def _is_gguf(name: str | None) -> bool:
+    return name is None or name.endswith(".gguf")  # None: the embedded GGUF default
+
+
+def save_base_model(recipe: RecipeArguments, args, model, tokenizer, modified: bool = False) -> str:
+    """Where the LoRA adapter's base lives, as `adapter_config.json`'s `base_model_name_or_path` will say; saves it
+    first when nothing else holds it.
+
+    * an unmodified hub model: its hub id (no copy of the weights);
+    * an unmodified local checkpoint directory: its absolute path (no copy);
+    * a GGUF file (de-quantized on loading; PEFT and `from_pretrained` cannot load it by path) or a model changed
+      before the adapter was put on it (`modified`, e.g. the infilling recipe's story LM): `model` is saved in HF
+      format, with its tokenizer, under `output_dir/base_model/`, and the reference is that folder's absolute path.
+
+    Absolute, because PEFT passes the reference to `from_pretrained` unchanged: a relative path would resolve against
+    the current directory of whoever loads the adapter.  After moving the output directory, load the base yourself:
+    `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base_model"), out)`.
+    Call it before the adapter is put on `model` (the trainers do that); under ZeRO-3 on every process."""
+    name = recipe.model_name_or_path
+    if not modified and not _is_gguf(name):
+        local = os.path.expanduser(name)
+        return os.path.abspath(local) if os.path.exists(local) else name
+    folder = os.path.abspath(os.path.join(args.output_dir, BASE_DIR))
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]  # ZeRO-3 shards: gather them to save
+    if params:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    else:
+        from contextlib import nullcontext
+
+        gathered = nullcontext()
+    with gathered:
+        if getattr(args, "process_index", 0) == 0:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _point_adapter_at(built: Built, base: str | None) -> Built:
+    """Make the adapter's saved `base_model_name_or_path` the reference `save_base_model` chose."""
+    if base is not None:
+        for config in getattr(built.policy, "peft_config", {}).values():
+            config.base_model_name_or_path = base
+    return built
+
+
+@torch.no_grad()
+def sequence_log_prob(model, context_ids: list[int], target_ids: list[int]) -> float:
+    """sum_k log p(target_k | context, target_<k) under `model`: one plain forward pass, temperature 1, no mask."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(context_ids) + list(target_ids)], device=device)
+    logits = model(input_ids=ids).logits[0, len(context_ids) - 1 : -1].float()
+    target = torch.tensor(target_ids, device=device)
+    return logits.log_softmax(-1).gather(1, target[:, None]).sum().item()
+
+
+def policy_check(built: Built, scored) -> dict:
+    """One evaluated sample and its log-likelihoods under the trained policy, written to `policy_check.json` so that
+    a reloaded output directory can be checked against the run (run it on every process: under ZeRO-3 every rank
+    must take part in the forward passes).
+
+    `policy_log_prob`: log q(Z ⊤ | prompt) of the sample's latent then the stop token under the trained policy,
+    without the sampler's constraints (a plain forward pass of `prompt_ids + latent_ids + [stop_token_id]`).
+    With an adapter, `base_log_prob`: log p(Z Y | reward prompt) under the adapter-disabled base, the evaluation's
+    likelihood (`log_likelihood` in samples.jsonl; here from a plain forward pass of `reward_ids`, scored from
+    `reward_scored_from`)."""
+    row, latent = scored.row, list(scored.tokens[0])
+    stop = built.constraints.stop_token_id
+    policy = built.policy
+    was_training = policy.training
+    policy.eval()
+    record = {
+        "text": scored.texts[0], "prompt_ids": list(row["prompt_ids"]), "latent_ids": latent, "stop_token_id": stop,
+        "policy_log_prob": sequence_log_prob(policy, row["prompt_ids"], latent + [stop]),
+    }
+    if hasattr(policy, "disable_adapter"):
+        tail = list(row["suffix_ids"]) if row.get("gfn_has_suffix") else [stop]
+        with policy.disable_adapter():
+            record["base_log_prob"] = sequence_log_prob(policy, row["reward_prompt_ids"], latent + tail)
+        record.update(reward_ids=list(row["reward_prompt_ids"]) + latent + tail,
+                      reward_scored_from=len(row["reward_prompt_ids"]),
+                      evaluated_log_likelihood=scored.log_likelihood[0])
+    policy.train(was_training)
+    return record
+
+
+def write_outputs(output_dir: str, metrics: dict, samples: list[dict], recipe_args, train_args,
+                  check: dict | None = None) -> None:
+    """metrics.json (every method's metrics and the arguments), samples.jsonl (latents next to the gold) and
+    policy_check.json (`policy_check`)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump({"metrics": metrics, "recipe_args": asdict(recipe_args), "train_args": train_args.to_dict()}, f,
+                  indent=2, default=str)
+    with open(os.path.join(output_dir, "samples.jsonl"), "w") as f:
+        for s in samples:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    if check is not None:
+        with open(os.path.join(output_dir, "policy_check.json"), "w") as f:
+            json.dump(check, f, indent=2, ensure_ascii=False)
+
+
+def save_run(trainer, recipe_args, train_args, metrics: dict, samples: list[dict], built: Built | None = None,
+             scored=None) -> None:
+    """Save the trained policy, its tokenizer and, on the main process, metrics.json, samples.jsonl and
+    policy_check.json (the first sample of `scored`, a `Scored` row of the trained policy, with its log-likelihoods).
+
+    The output directory reloads with standard tools into the policy that was evaluated:
+    * LoRA (every trainer's default): the adapter (`adapter_model.safetensors`, `adapter_config.json`) and the
+      tokenizer; `AutoPeftModelForCausalLM.from_pretrained(output_dir)` loads the base the adapter references (a hub
+      id, a local checkpoint's absolute path, or `output_dir/base_model/`: see `save_base_model`) and the adapter.
+      Under `--load_in_4bit` the policy ran on 4-bit base weights: pass the same `quantization_config` to reload it.
+    * full fine-tuning (`--lora_r 0`, gfn/ppo): the model itself; `AutoModelForCausalLM.from_pretrained(output_dir)`.
+    The trainer's own heads (PPO's value head, the GFlowNet's learned log Z) are not part of the policy and are not
+    saved here; checkpoints (`--save_strategy`) hold them.
+
+    `trainer.save_model` runs on every process: under DeepSpeed ZeRO-3 or FSDP each rank holds a shard to gather."""
+    check = policy_check(built, scored[0]) if built is not None and scored else None
+    trainer.save_model(train_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer = getattr(trainer, "processing_class", None)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(train_args.output_dir)
+        write_outputs(train_args.output_dir, metrics, samples, recipe_args, train_args, check)
+
+
+def print_summary(title: str, metrics: dict[str, dict[str, float]], examples: list[dict]) -> None:
+    """Print a table of every method's metrics (a column per method, NaN where a method lacks a metric), then the
+    examples, one labelled line per key."""
+    methods = list(metrics)
+    keys = sorted({k for m in metrics.values() for k in m})
+    print(f"\n== {title} ==")
+    print(f"{'metric':28s}" + "".join(f"{m:>16s}" for m in methods))
+    for k in keys:
+        print(f"{k:28s}" + "".join(f"{metrics[m].get(k, float('nan')):16.4f}" for m in methods))
+    for ex in examples:
+        print()
+        for k, v in ex.items():
+            print(f"  {k}: {v}")

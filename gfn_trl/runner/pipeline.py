@@ -1,0 +1,85 @@
+"""The recipes' one skeleton: `run(task, recipe, args, task_args)`.
+
+    check -> load data -> load model -> optional stage (task) -> build trainer -> replay seeds -> baseline evaluation
+    -> train -> evaluation -> save and record -> summary
+
+Everything task-specific is a hook of the `gfn_trl.tasks.base.Task` (data, templates, vocabulary, seeds, metrics,
+examples); everything else is here, once.
+"""
+
+from __future__ import annotations
+
+from ..tasks.base import Evaluated, RunContext, Task, seed_replay_buffer
+from .arguments import RecipeArguments
+from .build import build_trainer, load_model_and_tokenizer
+from .checks import check_train_rows, validate
+from .outputs import print_summary, save_run
+
+
+def check(task: Task, recipe: RecipeArguments, args, task_args=None) -> None:
+    """Every argument, file and package a run of `task` needs, checked before any model loads: the task's own
+    checks, then `validate` with its `spec`, data flags and tool.
+
+    Raises:
+        ValueError / FileNotFoundError / ModuleNotFoundError: naming the flag, file or package and the fix.
+    """
+    ctx = RunContext(recipe, args, task_args)
+    task.check(ctx)
+    validate(recipe, args, task.spec, tool=task.uses_tool(ctx), data=task.data_sources(ctx))
+
+
+def run(task: Task, recipe: RecipeArguments, args, task_args=None) -> dict[str, dict[str, float]]:
+    """Train `recipe.trainer` on `task` and evaluate it against the task's baselines; write the output directory.
+
+    1. `check` (before anything expensive); 2. the task's data (`load`); 3. the model and tokenizer; 4. the task's
+    optional stage (`prepare_model`, e.g. the story LM); 5. the trainer (`build_trainer`: the task's data contract,
+    vocabulary mask and tool); 6. GFlowNet only: the task's replay seeds; 7. the baselines on the untuned LM (unless
+    `--skip_baseline`) and the `--decoding` methods; 8. training; 9. the trained policy's evaluation; 10. the output
+    directory (`save_run`: policy, tokenizer, metrics.json, samples.jsonl, policy_check.json); 11. the summary, on
+    the main process.
+
+    Returns:
+        {method: {metric: value}}: the baselines, the decoding methods, then `recipe.trainer`.
+    Raises:
+        ValueError / FileNotFoundError / ModuleNotFoundError: from `check` and the task's `load`, before any model
+            is loaded.
+    """
+    from ..trainers.gflownet_trainer import GFlowNetTrainer
+
+    check(task, recipe, args, task_args)
+    ctx = RunContext(recipe, args, task_args)
+    data = task.load(ctx)
+    check_train_rows(recipe, args, len(data.train))
+    ctx.model, ctx.tokenizer = load_model_and_tokenizer(recipe, args)
+    modified = task.prepare_model(ctx, data)
+    ctx.tool = task.make_tool(ctx)
+    ctx.built = build_trainer(recipe, args, ctx.model, ctx.tokenizer, task.to_contract(ctx, data),
+                              vocab_mask=task.vocab_mask(ctx), gold_column="gold" if task.spec.gold else None,
+                              allow_decoding=task.spec.decoding, tool=ctx.tool,
+                              base_modified=modified)  # a changed model is saved as the adapter's base
+    trainer, method = ctx.built.trainer, recipe.trainer
+
+    seeded = 0
+    seeds = task.replay_seeds(ctx, data) if isinstance(trainer, GFlowNetTrainer) else None  # off-policy seeds
+    if seeds is not None:
+        seeded = seed_replay_buffer(trainer, seeds.latents)
+        if seeds.what is not None:
+            print(f"Replay buffer seeded with {seeded} {seeds.what}.")
+
+    task.prepare_evaluation(ctx, data)
+    results: dict[str, Evaluated] = {}
+    before = [] if recipe.skip_baseline else list(task.baselines)
+    for name in [*before, *(recipe.decoding or [])]:  # the untuned LM, same prompts, same sampler and scoring
+        results[name] = task.evaluate(ctx, name)
+    trainer.train()
+    results[method] = task.evaluate(ctx, method)
+
+    metrics = {name: r.metrics for name, r in results.items()}
+    save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())
+    if trainer.accelerator.is_main_process:
+        summary = task.summary(ctx, data, results, seeded)
+        if summary.note is not None:
+            print(summary.note)
+        print_summary(summary.title, metrics, summary.examples)
+    trainer.end()
+    return metrics
