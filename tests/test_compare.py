@@ -1,20 +1,11 @@
 """recipes/compare.py: several trainers on one task, one table and one plot (CI-sized), and `--trainer` parsing."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from gfn_trl.testing import load_recipe
 
 
 @pytest.mark.parametrize("task", ["infill", "continuation", "subjectivity", "arithmetic"])
@@ -24,7 +15,7 @@ def test_every_recipe_parses_every_trainer(task, trainer):
 
     from gfn_trl import GFlowNetConfig, PPOConfig
 
-    module = _load(task)
+    module = load_recipe(task)
     parsed = module.make_parser(["--trainer", trainer]).parse_args_into_dataclasses(["--trainer", trainer])
     recipe, args = parsed[0], parsed[1]
     want = {"gfn": GFlowNetConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "sft": SFTConfig}[trainer]
@@ -48,7 +39,7 @@ def test_unset_bf16_is_off_on_a_cpu_whatever_the_launcher_says(trainer, launcher
     else:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
     argv = ["--trainer", trainer]
-    args = _load("continuation").make_parser(argv).parse_args_into_dataclasses(argv)[1]
+    args = load_recipe("continuation").make_parser(argv).parse_args_into_dataclasses(argv)[1]
     assert args.bf16 is False  # transformers refuses bf16 on a CPU without use_cpu
 
 
@@ -84,13 +75,13 @@ def test_resolve_bf16_on_a_gpu_follows_deepspeed_launches(cuda_bf16, deepspeed, 
 
 
 def test_unknown_trainer_is_refused_with_the_choices():
-    module = _load("infill")
+    module = load_recipe("infill")
     with pytest.raises(ValueError, match="gfn, ppo, grpo, rloo, sft"):
         module.make_parser(["--trainer", "dpo"])
 
 
 def test_sft_without_gold_latents_is_refused(tmp_path, monkeypatch):
-    module = _load("continuation")
+    module = load_recipe("continuation")
     argv = ["--trainer", "sft", "--output_dir", str(tmp_path), "--max_steps", "1"]
     recipe, args = module.make_parser(argv).parse_args_into_dataclasses(argv)
     with pytest.raises(ValueError, match="gold latents"):
@@ -105,7 +96,7 @@ SMALL = ["--max_steps", "1", "--num_eval", "1", "--eval_samples", "2", "--num_tr
 def test_compare_runs_trainers_and_writes_table_and_plot(tmp_path, monkeypatch):
     # one of ours and one of TRL's (PPO and SFT run in the recipe tests below, RLOO in test_baselines), to keep CI short
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    compare = _load("compare")
+    compare = load_recipe("compare")
     out = tmp_path / "cmp"
     # GRPO's 8 completions a step are 4 prompts x 2: 4 training prompts (with fewer, TRL trains zero steps; refused)
     small = [*SMALL[:SMALL.index("--num_train") + 1], "4", *SMALL[SMALL.index("--num_train") + 2 :]]
@@ -128,7 +119,7 @@ def test_compare_runs_trainers_and_writes_table_and_plot(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("task,trainer", [("infill", "sft"), ("arithmetic", "sft"), ("subjectivity", "ppo")])
 def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeypatch):
-    module = _load(task)
+    module = load_recipe(task)
     argv = ["--trainer", trainer, "--output_dir", str(tmp_path), "--skip_baseline", "true", *SMALL]
     if task == "subjectivity":  # draws its training set with --num_labelled
         i = argv.index("--num_train")

@@ -1,6 +1,5 @@
 """recipes/infill.py: its configs parse, and its offline default runs end to end (CI-sized)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -8,19 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfn_trl.testing import load_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe_infill", ROOT / "recipes" / "infill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("config", ["infill_gpt2-large.yaml", "infill_smollm2.yaml"])
 def test_configs_parse(config, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("infill")
     monkeypatch.setattr(sys, "argv", ["infill.py", "--config", str(ROOT / "recipes" / "configs" / config)])
     r, a, task = recipe.make_parser().parse_args_and_config()
     assert task.seed_gold  # the paper seeds the buffer with the gold sentence 4
@@ -34,7 +28,7 @@ def test_configs_parse(config, monkeypatch):
 
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("infill")
     monkeypatch.setattr(sys, "argv", ["infill.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--num_eval", "2",
                                       "--eval_samples", "2", "--num_train", "4", "--use_cpu", "true",
                                       "--story_lm_steps", "2"])

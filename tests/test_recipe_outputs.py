@@ -3,13 +3,14 @@ policy it evaluated: the run records one evaluated sample with its log-likelihoo
 model reproduces them.  Real tiny checkpoints (a Llama with a byte-level BPE tokenizer trained on the embedded data),
 every task, every trainer, in-process runs of a few steps."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from gfn_trl.testing import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,13 +39,6 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def load_recipe(task: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{task}", ROOT / "recipes" / f"{task}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def log_prob(model, context: list[int], target: list[int]) -> float:

