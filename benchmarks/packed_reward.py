@@ -42,8 +42,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPTJConfig  # noqa: E
 from gfn_trl.rewards import prefix_log_rewards, suffix_log_rewards_naive  # noqa: E402
 from gfn_trl.rewards.packed import _copies_per_row  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _rss import RssPeak  # noqa: E402
+if __package__:  # `python -m benchmarks.<name>`, or imported as `benchmarks.<name>`
+    from ._rss import RssPeak
+else:  # `python benchmarks/<name>.py`: this folder is sys.path[0]
+    from _rss import RssPeak
 
 PRESETS = {
     # name: (config class, overrides)

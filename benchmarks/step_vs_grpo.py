@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -53,8 +52,10 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
 from gfn_trl.testing import tiny_tokenizer  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _rss import RssPeak  # noqa: E402
+if __package__:  # `python -m benchmarks.<name>`, or imported as `benchmarks.<name>`
+    from ._rss import RssPeak
+else:  # `python benchmarks/<name>.py`: this folder is sys.path[0]
+    from _rss import RssPeak
 
 PRESETS = {"tiny": (64, 2, 2), "small": (256, 4, 4), "gpt2": (768, 12, 12)}
 WORDS = [f"w{i}" for i in range(2000)]

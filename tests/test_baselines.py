@@ -1,9 +1,7 @@
 """The non-GFlowNet baselines: same reward, same latent space, real TRL trainers on real tiny models."""
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,8 +26,6 @@ from gfn_trl.evaluation.exact import exact_log_rewards, exact_policy_log_probs  
 from gfn_trl.rewards import LikelihoodReward  # noqa: E402
 from gfn_trl.sampling import right_pad  # noqa: E402
 from gfn_trl.testing import exact_posterior_toy, tiny_model, tiny_tokenizer  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _toy(reward="suffix", min_length=1):
@@ -328,7 +324,7 @@ def test_diverse_beam_search_spreads_over_first_tokens():
 
 
 def test_ci_sized_comparison_table_has_every_method():
-    from exact_posterior_compare import TRAINERS, run
+    from benchmarks.exact_posterior_compare import TRAINERS, run
 
     rows, table = run(steps=2, verbose=False)
     names = [r["method"] for r in rows]

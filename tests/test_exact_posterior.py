@@ -5,17 +5,12 @@ true posterior and the policy's q(Z ⊤) are computed exactly by enumeration.  T
 (checked below), so matching the posterior is not matching a near-uniform distribution.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from exact_posterior import run  # noqa: E402
-
-from gfn_trl.evaluation.exact import tv_and_kl  # noqa: E402
-from gfn_trl.testing import exact_posterior_toy, exact_target_and_policy  # noqa: E402
+from benchmarks.exact_posterior import run
+from gfn_trl.evaluation.exact import tv_and_kl
+from gfn_trl.testing import exact_posterior_toy, exact_target_and_policy
 
 
 @pytest.mark.parametrize("reward", ["suffix", "stop"])

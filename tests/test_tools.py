@@ -4,9 +4,6 @@ The claim to check: with a tool, sampling, the loss's log-probabilities and repl
 support is exactly the latents the tool admits, and GFlowNet training still reaches the exact posterior over them.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,8 +11,6 @@ from gfn_trl.evaluation.exact import exact_policy_log_probs
 from gfn_trl.sampling import LatentConstraints, left_pad, policy_log_probs, right_pad, sample_latents
 from gfn_trl.tasks import arithmetic
 from gfn_trl.testing import TOY_WORDS, exact_posterior_toy, tiny_tokenizer, toy_tool
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def ids(tok, text):
@@ -105,7 +100,7 @@ def test_the_policy_is_normalised_over_the_latents_the_tool_admits(toy):
 
 
 def test_gfn_with_a_tool_matches_the_exact_posterior():
-    from exact_posterior import run
+    from benchmarks.exact_posterior import run
 
     history, trainer = run("suffix", steps=400, verbose=False, tool=True)
     assert history[0][1] > 0.3, history  # far from the posterior at the start
