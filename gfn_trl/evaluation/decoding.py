@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..baselines import completion_to_latent
 from ..sampling import LatentConstraints, clean_generate, left_pad, sample_latents
+from ..trainers.trl_baselines import completion_to_latent
 
 
 class _ConstrainedLogProbs(LogitsProcessor):

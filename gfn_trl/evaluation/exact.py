@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..rewards import prefix_log_rewards
-from ..sampling import LatentConstraints, left_pad, policy_log_probs, right_pad
+from ..sampling import LatentConstraints, latent_batch, left_pad, policy_log_probs
 
 
 def enumerate_latents(token_ids: list[int], min_length: int, max_length: int) -> list[list[int]]:
@@ -20,19 +20,12 @@ def enumerate_latents(token_ids: list[int], min_length: int, max_length: int) ->
     return [list(z) for n in range(min_length, max_length + 1) for z in itertools.product(token_ids, repeat=n)]
 
 
-def _batch(latents, stop_id, device):
-    z, lengths = right_pad(latents, stop_id, device=device)
-    if z.shape[1] == 0:
-        z = torch.full((len(latents), 1), stop_id, dtype=torch.long, device=device)
-    return z, lengths
-
-
 @torch.no_grad()
 def exact_log_rewards(model, reward_prompt_ids, latents, stop_id, pad_id, suffix_ids=None) -> torch.Tensor:
     """(N,) float32 untempered log R(Z ⊤) (natural log) of every latent, given as token id lists without the stop,
     after one reward prompt (and one suffix: `suffix_ids`, else the stop-token reward): `prefix_log_rewards` at
     k = n."""
-    z, lengths = _batch(latents, stop_id, next(model.parameters()).device)
+    z, lengths = latent_batch(latents, stop_id, next(model.parameters()).device)
     n = len(latents)
     log_r = prefix_log_rewards(
         model, [reward_prompt_ids] * n, z, lengths, stop_id, pad_id, None if suffix_ids is None else [suffix_ids] * n
@@ -45,7 +38,7 @@ def exact_policy_log_probs(model, prompt_ids, latents, constraints: LatentConstr
     """(N,) log q(Z ⊤) (natural log) of every latent under the constrained policy at temperature 1, after
     one prompt: Σ_k log q(z_k | s_{k-1}) + log q(⊤ | s_n), from `gfn_trl.sampling.policy_log_probs`."""
     device = next(model.parameters()).device
-    z, lengths = _batch(latents, constraints.stop_token_id, device)
+    z, lengths = latent_batch(latents, constraints.stop_token_id, device)
     p_ids, p_mask = left_pad([prompt_ids] * len(latents), pad_id, device)
     log_pf, log_pterm = policy_log_probs(model, p_ids, p_mask, z, lengths, constraints)
     return log_pf.sum(1) + log_pterm.gather(1, lengths[:, None]).squeeze(1)

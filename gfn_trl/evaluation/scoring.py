@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..rewards import LikelihoodReward
-from ..sampling import LatentConstraints, left_pad, right_pad, sample_latents
+from ..sampling import LatentConstraints, latent_batch, left_pad, sample_latents
 from ..tokenization import encode_continuation
 
 
@@ -85,10 +85,7 @@ def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents:
     with the untempered log R(Z⊤) of each latent."""
     out = []
     for row, toks in zip(rows, latents):
-        z, lengths = right_pad(toks, reward.stop_token_id)
-        if z.shape[1] == 0:
-            z = torch.full((len(toks), 1), reward.stop_token_id)
-        z, lengths = z.to(reward.device), lengths.to(reward.device)
+        z, lengths = latent_batch(toks, reward.stop_token_id, reward.device)
         final = reward.final([row] * len(toks), z, lengths)
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
         out.append(Scored(row, [list(t) for t in toks], texts, final.tolist()))
