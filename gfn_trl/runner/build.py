@@ -16,6 +16,7 @@ from ..models import load_causal_lm, load_tokenizer, quantized_load_kwargs, smol
 from ..rewards import LikelihoodReward
 from ..sampling import LatentConstraints
 from ..tasks.base import TaskSpec
+from ..trainers import setup
 from .arguments import RecipeArguments
 from .checks import check_trainer_choice
 from .outputs import _point_adapter_at, save_base_model
@@ -41,9 +42,9 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     forced tokens of every method's latents; `base_modified`: `model` is no longer the checkpoint it was loaded from
     (e.g. the infilling recipe's story LM), so it is saved under `output_dir/base_model/` for the adapter to
     reference (`save_base_model`)."""
-    from ..baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer, latent_constraints
     from ..trainers.gflownet_trainer import GFlowNetTrainer
     from ..trainers.ppo_trainer import PPOTrainer
+    from ..trainers.trl_baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer
 
     name = recipe.trainer
     spec = TaskSpec("this", (), gold=gold_column is not None, decoding=allow_decoding)
@@ -56,11 +57,10 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
                       vocab_mask=vocab_mask, tool=tool)
         built = Built(trainer, trainer.accelerator.unwrap_model(trainer.model), trainer.reward, trainer.constraints)
         return _point_adapter_at(built, base)
-    mask = vocab_mask(tokenizer) if callable(vocab_mask) else vocab_mask
-    constraints = latent_constraints(tokenizer, args.max_completion_length, args.min_completion_length,
-                                     args.stop_token, mask, tool)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    # TRL's trainers: the latent space and pad token of the shared set-up, as our trainers build them
+    constraints = setup.latent_space(tokenizer, args.max_completion_length, args.min_completion_length,
+                                     args.stop_token, vocab_mask, tool, model)
+    setup.ensure_pad_token(tokenizer)
     if name in ("grpo", "rloo"):
         build = build_grpo_trainer if name == "grpo" else build_rloo_trainer
         trainer = build(model, args, train_dataset, constraints, tokenizer, lora,

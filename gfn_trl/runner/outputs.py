@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..models import eval_mode
+
 if TYPE_CHECKING:
     from .arguments import RecipeArguments
     from .build import Built
@@ -87,20 +89,18 @@ def policy_check(built: Built, scored) -> dict:
     row, latent = scored.row, list(scored.tokens[0])
     stop = built.constraints.stop_token_id
     policy = built.policy
-    was_training = policy.training
-    policy.eval()
-    record = {
-        "text": scored.texts[0], "prompt_ids": list(row["prompt_ids"]), "latent_ids": latent, "stop_token_id": stop,
-        "policy_log_prob": sequence_log_prob(policy, row["prompt_ids"], latent + [stop]),
-    }
-    if hasattr(policy, "disable_adapter"):
-        tail = list(row["suffix_ids"]) if row.get("gfn_has_suffix") else [stop]
-        with policy.disable_adapter():
-            record["base_log_prob"] = sequence_log_prob(policy, row["reward_prompt_ids"], latent + tail)
-        record.update(reward_ids=list(row["reward_prompt_ids"]) + latent + tail,
-                      reward_scored_from=len(row["reward_prompt_ids"]),
-                      evaluated_log_likelihood=scored.log_likelihood[0])
-    policy.train(was_training)
+    with eval_mode(policy):
+        record = {
+            "text": scored.texts[0], "prompt_ids": list(row["prompt_ids"]), "latent_ids": latent,
+            "stop_token_id": stop, "policy_log_prob": sequence_log_prob(policy, row["prompt_ids"], latent + [stop]),
+        }
+        if hasattr(policy, "disable_adapter"):
+            tail = list(row["suffix_ids"]) if row.get("gfn_has_suffix") else [stop]
+            with policy.disable_adapter():
+                record["base_log_prob"] = sequence_log_prob(policy, row["reward_prompt_ids"], latent + tail)
+            record.update(reward_ids=list(row["reward_prompt_ids"]) + latent + tail,
+                          reward_scored_from=len(row["reward_prompt_ids"]),
+                          evaluated_log_likelihood=scored.log_likelihood[0])
     return record
 
 

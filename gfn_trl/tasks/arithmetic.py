@@ -61,7 +61,7 @@ from datasets import Dataset
 
 from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
-from ..metrics import majority_vote_accuracy
+from ..evaluation.text_metrics import majority_vote_accuracy
 from ..sampling import LatentConstraints
 from ..tokenization import encode_continuation
 from ..tools import TextTool

@@ -51,8 +51,9 @@ import torch
 from datasets import Dataset, load_dataset
 
 from ..data import tokenize_dataset
-from ..evaluation import Scored, likelihood_summary
-from ..metrics import TextEncoder, default_encoder_path, diversity
+from ..evaluation import Scored, likelihood_summary, score_tokens
+from ..evaluation.decoding import decode
+from ..evaluation.text_metrics import TextEncoder, default_encoder_path, diversity
 from . import DATA_DIR
 from .base import Evaluated, RunContext, Summary, Task, TaskData, TaskSpec
 from .files import load_data
@@ -257,9 +258,6 @@ class ContinuationTask(Task):
     def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
         rows, encoder = ctx.eval
         if method in (ctx.recipe.decoding or []):  # the paper's decoding baselines, on the untuned LM
-            from ..baselines import decode
-            from ..evaluation import score_tokens
-
             b, recipe = ctx.built, ctx.recipe
             with b.policy.disable_adapter():
                 latents = decode(b.policy, ctx.tokenizer, [r["prompt_ids"] for r in rows], method, recipe.eval_samples,

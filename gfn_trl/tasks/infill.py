@@ -21,7 +21,7 @@ from datasets import Dataset, load_dataset
 
 from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
-from ..metrics import TextEncoder, default_encoder_path, infill_scores
+from ..evaluation.text_metrics import TextEncoder, default_encoder_path, infill_scores
 from ..tokenization import encode_continuation
 from . import DATA_DIR
 from .base import Evaluated, ReplaySeeds, RunContext, Summary, Task, TaskData, TaskSpec

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import zlib
 from collections.abc import Sequence
 
 import torch
@@ -47,8 +46,9 @@ from datasets import Dataset, load_dataset
 
 from ..data import tokenize_dataset
 from ..evaluation import Scored, score_texts
-from ..metrics import majority_vote_accuracy
-from ..sampling import LatentConstraints, left_pad, sample_latents
+from ..evaluation.text_metrics import majority_vote_accuracy
+from ..models import eval_mode
+from ..sampling import LatentConstraints, counter_seed, left_pad, sample_latents
 from ..tokenization import encode_continuation, encode_prompt
 from . import DATA_DIR, base
 from .base import Evaluated, RunContext, Summary, Task, TaskData, TaskSpec
@@ -296,20 +296,19 @@ def wishful_rationales(policy, tokenizer, constraints: LatentConstraints, rows: 
     first non-alphanumeric token; the non-empty ones (at least `constraints.min_length` tokens) are kept.
 
     Returns, per row, its kept latents (token ids, no stop token), for the trainer's replay buffer
-    (`gfn_trl.tasks.base.seed_replay_buffer`).  Seeds are counter-based (`zlib.crc32` of seed, row, sample)."""
+    (`gfn_trl.tasks.base.seed_replay_buffer`).  Seeds are counter-based: `counter_seed("wishful", seed, row, j)`."""
     if n_per_example <= 0:
         return [[] for _ in rows]
     c = constraints
     sampler = LatentConstraints(c.stop_token_id, c.max_length, 0, c.allowed)
     symbols = _symbol_ids(tokenizer)
     device = next(policy.parameters()).device
-    latents, was_training = [], policy.training
-    policy.eval()
+    latents = []
     for r_i, row in enumerate(rows):
         wishful = encode_prompt(tokenizer, f"{row['prompt']} {row['label']} because it is")
         ids, mask = left_pad([wishful] * n_per_example, tokenizer.pad_token_id, device)
-        seeds = [zlib.crc32(f"wishful:{seed}:{r_i}:{j}".encode()) for j in range(n_per_example)]
-        with policy.disable_adapter():
+        seeds = [counter_seed("wishful", seed, r_i, j) for j in range(n_per_example)]
+        with eval_mode(policy), policy.disable_adapter():
             z, lengths = sample_latents(policy, ids, mask, sampler, 1.0, tokenizer.pad_token_id, seeds)
         kept = []
         for b in range(n_per_example):
@@ -318,7 +317,6 @@ def wishful_rationales(policy, tokenizer, constraints: LatentConstraints, rows: 
             if cut >= max(1, c.min_length):
                 kept.append(toks[:cut])
         latents.append(kept)
-    policy.train(was_training)
     return latents
 
 
