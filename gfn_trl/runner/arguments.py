@@ -122,7 +122,12 @@ _CONFIGS = {"gfn": GFlowNetConfig, "ppo": PPOConfig, "grpo": LatentGRPOConfig, "
             "sft": LatentSFTConfig}
 
 
-def config_class(trainer: str):
+def config_class(trainer: str) -> type:
+    """The settings class of `--trainer trainer`: GFlowNetConfig, PPOConfig, or a TRL config with the latent's fields.
+
+    Raises:
+        ValueError: an unknown trainer (the message lists `TRAINERS`).
+    """
     if trainer not in _CONFIGS:
         raise ValueError(f"--trainer {trainer!r} is unknown; choose one of {', '.join(TRAINERS)}.")
     return _CONFIGS[trainer]
@@ -152,7 +157,12 @@ def trainer_from_argv(argv: list[str]) -> str:
 def make_recipe_parser(defaults: dict, *extra_dataclasses, argv: list[str] | None = None) -> TrlParser:
     """`TrlParser((RecipeArguments, <the chosen trainer's config>, *extra_dataclasses))` with the recipe's defaults
     (those the chosen config does not have are dropped).  GRPO and RLOO count completions per device, so their
-    default `per_device_train_batch_size` is the recipe's prompts per device times `num_generations`."""
+    default `per_device_train_batch_size` is the recipe's prompts per device times `num_generations`; a non-GFlowNet
+    run's default `output_dir` gets the suffix `-<trainer>`.
+
+    Raises:
+        ValueError: an unknown `--trainer` (`config_class`).
+    """
     trainer = trainer_from_argv(sys.argv[1:] if argv is None else argv)
     cls = config_class(trainer)
     classes = (RecipeArguments, cls, *extra_dataclasses)

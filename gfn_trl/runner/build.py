@@ -41,7 +41,12 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     `allow_decoding`: the task evaluates `--decoding` baselines; `tool`: a `gfn_trl.tools` tool whose outputs are
     forced tokens of every method's latents; `base_modified`: `model` is no longer the checkpoint it was loaded from
     (e.g. the infilling recipe's story LM), so it is saved under `output_dir/base_model/` for the adapter to
-    reference (`save_base_model`)."""
+    reference (`save_base_model`).
+
+    Raises:
+        ValueError: as `check_trainer_choice`; `--trainer sft` on data without `gold_column`; the latent space's
+            checks (`gfn_trl.trainers.setup.latent_space`) and the trainers' own construction-time checks.
+    """
     from ..trainers.gflownet_trainer import GFlowNetTrainer
     from ..trainers.ppo_trainer import PPOTrainer
     from ..trainers.trl_baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer
@@ -78,7 +83,12 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
 
 
 def load_model_and_tokenizer(args: RecipeArguments, train_args=None):
-    """The recipe's model and tokenizer; with `--load_in_4bit` (QLoRA) the model's weights are loaded in 4 bits."""
+    """The recipe's model (in `--dtype`) and tokenizer, by default the embedded SmolLM2-135M-Instruct GGUF; with
+    `--load_in_4bit` (QLoRA) the model's weights are loaded in 4 bits.
+
+    Raises:
+        ValueError: `--load_in_4bit` with a GGUF model.
+    """
     name = args.model_name_or_path or smollm2_gguf_path()
     quantize = getattr(train_args, "load_in_4bit", False)
     if quantize and name.endswith(".gguf"):

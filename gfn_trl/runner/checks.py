@@ -57,7 +57,14 @@ def _require(module: str, why: str, install: str) -> None:
 
 def check_model_source(name: str, flag: str = "--model_name_or_path") -> None:
     """A model argument is an existing local checkpoint directory or .gguf file, or a well-formed hub id (in the
-    local cache when HF_HUB_OFFLINE is set).  Reads no weights."""
+    local cache when HF_HUB_OFFLINE is set).  Reads no weights.
+
+    Raises:
+        FileNotFoundError: a path that does not exist (with the closest names in its folder), or a hub id missing
+            from the cache while offline.
+        ValueError: a file that is not .gguf, a directory without config.json, a malformed hub id.
+        ModuleNotFoundError: a .gguf file without the `gguf` package.
+    """
     path = os.path.expanduser(name)
     if os.path.exists(path) or looks_like_path(name):
         if not os.path.exists(path):
@@ -94,7 +101,13 @@ def check_model_source(name: str, flag: str = "--model_name_or_path") -> None:
 def check_data_source(source: str | None, spec: TaskSpec, flag: str = "--dataset") -> None:
     """A data argument is None (the embedded data), an existing local file in one of the task's formats, in UTF-8,
     with the task's columns when tabular (or a directory, where the task takes one), or a hub dataset id.  A name that
-    looks like a path is never looked up on the hub."""
+    looks like a path is never looked up on the hub.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a directory where the task reads a file, a wrong extension, a malformed hub id, a file that is not
+            UTF-8, a table with another delimiter or without the task's columns.
+    """
     if source is None:
         return
     path = os.path.expanduser(source)
@@ -129,7 +142,12 @@ def check_data_source(source: str | None, spec: TaskSpec, flag: str = "--dataset
 
 def check_trainer_choice(recipe: RecipeArguments, spec: TaskSpec | None = None, tool: bool = False,
                          has_gold: bool | None = None) -> None:
-    """The `--trainer` (and `--decoding`) of a run fit the task: the checks `build_trainer` also makes."""
+    """The `--trainer` (and `--decoding`) of a run fit the task: the checks `build_trainer` also makes.
+
+    Raises:
+        ValueError: an unknown trainer or decoding method; `--decoding` for a task without decoding baselines; a TRL
+            trainer without LoRA; GRPO / RLOO with a tool; SFT for a task without gold latents.
+    """
     name = recipe.trainer
     config_class(name)
     allow_decoding = spec.decoding if spec is not None else False
@@ -163,8 +181,11 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
     arguments, the model and data paths (local paths are never looked up on the hub), the data files' encoding,
     delimiter and columns, the optional packages (the metrics encoder, gguf, bitsandbytes) and that --output_dir can
     be written.  `tool`: the task will run a tool; `data`: further data flags and their values (default:
-    {"--dataset": recipe.dataset}).  Raises FileNotFoundError / ValueError / ModuleNotFoundError naming the flag,
-    file or package and the fix."""
+    {"--dataset": recipe.dataset}).
+
+    Raises:
+        FileNotFoundError / ValueError / ModuleNotFoundError: naming the flag, file or package and the fix.
+    """
     check_trainer_choice(recipe, spec, tool)
     if recipe.dtype not in DTYPES:
         raise ValueError(f"--dtype {recipe.dtype}: choose one of {', '.join(DTYPES)}.")
@@ -201,7 +222,11 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
 
 
 def check_output_dir(output_dir: str) -> None:
-    """`output_dir` is a writable directory, or can be created (checked without creating anything)."""
+    """`output_dir` is a writable directory, or can be created (checked without creating anything).
+
+    Raises:
+        ValueError: a file is in the way, or the directory (or its nearest existing parent) is not writable.
+    """
     out = os.path.abspath(os.path.expanduser(output_dir))
     existing = out
     while not os.path.exists(existing):
@@ -215,7 +240,11 @@ def check_output_dir(output_dir: str) -> None:
 
 def check_train_rows(recipe: RecipeArguments, args, n_rows: int) -> None:
     """The training set can fill a step.  TRL's GRPO / RLOO draw `generation_batch_size / num_generations` distinct
-    prompts per generation round and yield no batch at all from fewer: the run would train zero steps, silently."""
+    prompts per generation round and yield no batch at all from fewer: the run would train zero steps, silently.
+
+    Raises:
+        ValueError: GRPO / RLOO with fewer training rows than prompts per generation round.
+    """
     if recipe.trainer not in ("grpo", "rloo"):
         return
     need = args.generation_batch_size // args.num_generations
