@@ -472,7 +472,6 @@ class ArithmeticTask(Task):
     rationales in the replay buffer, the untuned LM zero-shot (`prompting`) and with the demonstrations (`3-shot`) as
     baselines, each test split with a latent budget that holds its longest gold rationale."""
 
-    name = "arithmetic"
     # JSON / JSON Lines problems or the paper's data directory, gold rationales (--trainer sft), no encoder
     spec = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
     baselines = ("prompting", "3-shot")

@@ -143,10 +143,9 @@ class Summary:
 class Task:
     """Base class of the recipes' tasks (see the module docstring for the order of the hooks).
 
-    Subclasses set `name`, `spec` and `baselines` and implement `load`, `to_contract`, `prepare_evaluation`,
-    `evaluate`, `samples` and `summary`; the other hooks have defaults."""
+    Subclasses set `spec` (its `name` is the task's) and `baselines` and implement `load`, `to_contract`,
+    `prepare_evaluation`, `evaluate`, `samples` and `summary`; the other hooks have defaults."""
 
-    name: str
     spec: TaskSpec
     baselines: tuple[str, ...] = ()  # methods evaluated on the untuned LM before training (unless --skip_baseline)
 

@@ -226,7 +226,6 @@ class ContinuationTask(Task):
     """Sentence continuation: the paper's ban list as the vocabulary (`vocab_mask`, whatever --ban_newlines says),
     the untuned LM (`lm`) and the `--decoding` baselines, metrics of `evaluate`."""
 
-    name = "continuation"
     # prompt files, no gold latents (no --trainer sft), the sentence encoder of the diversity metric, --decoding
     spec = TaskSpec("continuation", data_formats=(".txt", ".jsonl"), gold=False, encoder=True, decoding=True)
     baselines = ("lm",)  # the untuned LM, ancestral sampling with the same sampler

@@ -135,7 +135,6 @@ class InfillTask(Task):
     (`--seed_gold`), the untuned LM as the `prompting` baseline; metrics of `evaluate`; latents on one line
     (`--ban_newlines`, the default vocabulary mask)."""
 
-    name = "infill"
     # ROCStories-format CSV (or TSV) files, gold infills for --trainer sft, the sentence encoder of BERTScore
     spec = TaskSpec("infill", data_formats=(".csv", ".tsv"), data_columns=tuple(SENTENCES), gold=True, encoder=True)
     baselines = ("prompting",)  # the untuned LM, same prompt, same sampler

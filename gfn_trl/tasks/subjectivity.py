@@ -340,7 +340,6 @@ class SubjectivityTask(Task):
     """Subjectivity classification with a latent rationale: a low-data training subset, wishful rationales in the
     replay buffer, the `zero_shot` (empty rationale) and `untuned` baselines, majority-vote metrics of `evaluate`."""
 
-    name = "subjectivity"
     # SUBJ JSON Lines files, labels but no gold rationales (no --trainer sft), no encoder
     spec = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=False)
     baselines = ("zero_shot", "untuned")
