@@ -2,7 +2,8 @@
 
 A gfn_trl checkpoint (`RolloutTrainer._save_checkpoint`, for the GFlowNet and PPO trainers alike) is written in a
 staging folder (`.staging-checkpoint-N`) and renamed to `checkpoint-N` only once every file is there, so a process
-killed while saving leaves no `checkpoint-N` at all (a staging folder is removed by the next run).  The last file written before the rename is `gfn_manifest.json`:
+killed while saving leaves no `checkpoint-N` at all (a staging folder is removed by the next run).  The last file
+written before the rename is `gfn_manifest.json`:
 
 * `files`: every file of the checkpoint with its size and SHA-256;
 * `resumable`: whether the optimizer, scheduler and RNG states were saved (not with `save_only_model=True`);
