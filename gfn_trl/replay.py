@@ -16,6 +16,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from rapidfuzz.distance import Levenshtein
+
 
 @dataclass
 class ReplayEntry:
@@ -29,13 +31,11 @@ class ReplayEntry:
 
 
 def _edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance between two token sequences (unit costs), by rapidfuzz's C++ implementation: the buffer
+    compares every new latent with its whole bucket on every rank at every step.  Inserting 1,024 latents into
+    buckets of 50 (the paper's infilling scale) took 0.24 s against 6.3 s with a pure-Python dynamic programme, with
+    identical buffers (`benchmarks/replay_insert.py`)."""
+    return Levenshtein.distance(a, b)
 
 
 class ReplayBuffer:
@@ -47,6 +47,8 @@ class ReplayBuffer:
             paper's infilling code) instead of uniformly.
         sim_tolerance: two latents a, b are duplicates if their token edit distance is
             <= sim_tolerance * (len(a) + len(b)); 0 keeps only exact de-duplication.  The higher-reward one stays.
+            (The authors' buffer counts a duplicate with a strict `<`; we keep `<=`, which also merges latents
+            exactly at the bound: with the paper's tolerance 0.25, two 2-token latents differing in one token.)
     """
 
     def __init__(self, capacity: int = 50, prioritized: bool = True, sim_tolerance: float = 0.0):
