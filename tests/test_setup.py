@@ -119,7 +119,9 @@ def test_library_and_recipes_import_only_what_the_user_install_provides():
             owners = {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(module, [module])}
             if not owners & provided:
                 missing.setdefault(module, []).append(str(path.relative_to(ROOT)))
-    assert not missing, f"imported at module level but installed only by `dev` ({sorted(dev_only)}) or not at all: {missing}"
+    assert not missing, (
+        f"imported at module level but installed only by `dev` ({sorted(dev_only)}) or not at all: {missing}"
+    )
 
 
 def test_the_recipes_offline_assets_are_installed_by_the_user_install():
