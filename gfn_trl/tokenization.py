@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -279,8 +280,19 @@ def check_policy_vocabulary(model, tokenizer) -> int:
     return rows
 
 
+# Files that hold a tokenizer in a model directory (a directory with none of them has no tokenizer of its own).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                    "vocab.txt", "merges.txt")
+
+
 def try_load_tokenizer(name_or_path: str):
-    """The tokenizer stored with a model (hub id, directory or `.gguf` file), or None if there is none to load."""
+    """The tokenizer stored with a model (hub id, directory or `.gguf` file), or None if there is none to load.
+
+    A local directory without any tokenizer file (a model saved with `save_pretrained` alone) has none: there,
+    `AutoTokenizer` would build an empty tokenizer from the model's config instead of failing."""
+    path = Path(name_or_path)
+    if path.is_dir() and not any((path / name).exists() for name in _TOKENIZER_FILES):
+        return None
     try:
         return load_tokenizer(name_or_path)
     except (OSError, ValueError, TypeError, KeyError):
