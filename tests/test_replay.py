@@ -59,24 +59,16 @@ def test_state_dict_round_trip_is_json_serialisable():
     assert (other.capacity, other.prioritized, other.sim_tolerance) == (4, False, 0.1)
 
 
-def _python_edit_distance(a, b) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
 
 def test_edit_distance_equals_the_textbook_dynamic_programme():
     # the buffer's distance (rapidfuzz) on token ids, including ids beyond any character range and empty latents
     import random
 
+    from benchmarks.replay_insert import python_edit_distance
     from gfn_trl.replay import _edit_distance
 
     rng = random.Random(0)
     for _ in range(500):
         a = tuple(rng.choice([0, 1, 2, 70000, 150000]) for _ in range(rng.randint(0, 12)))
         b = tuple(rng.choice([0, 1, 2, 70000, 150000]) for _ in range(rng.randint(0, 12)))
-        assert _edit_distance(a, b) == _python_edit_distance(a, b), (a, b)
+        assert _edit_distance(a, b) == python_edit_distance(a, b), (a, b)
