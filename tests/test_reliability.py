@@ -395,3 +395,30 @@ def test_lora_on_an_embedding_trains_and_a_layer_norm_is_named_for_what_it_is(tm
         _tiny(tmp_path, lora=LoraConfig(r=4, target_modules=["c_attn", "ln_f"]))
     with pytest.raises(ValueError, match=r"\['q_proj'\] do not exist"):
         _tiny(tmp_path, lora=LoraConfig(r=4, target_modules=["q_proj"]))
+
+
+@pytest.mark.parametrize("trainer_name", ["GFlowNetTrainer", "PPOTrainer"])
+def test_the_adapter_is_initialised_from_the_run_seed_not_the_global_rng(tmp_path, trainer_name):
+    """LoRA's A matrices are drawn when the policy is wrapped, before the HF Trainer seeds; torch 2.13 starts every
+    process from a random default seed.  The same config must give the same adapter whatever the global RNG holds."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    import gfn_trl
+    from gfn_trl.testing import tiny_model, tiny_tokenizer
+
+    trainer_cls = getattr(gfn_trl, trainer_name)
+    config_cls = gfn_trl.GFlowNetConfig if trainer_name == "GFlowNetTrainer" else gfn_trl.PPOConfig
+    tok = tiny_tokenizer()
+    data = Dataset.from_dict({"prompt": ["the cat", "a dog"], "suffix": ["sat .", "ran ."]})
+    adapters = []
+    for global_seed in (1, 2):
+        model = tiny_model("gpt2", len(tok))
+        torch.manual_seed(global_seed)  # what an unseeded process would hold
+        args = config_cls(output_dir=str(tmp_path / str(global_seed)), per_device_train_batch_size=2,
+                          num_generations=2, max_completion_length=4, report_to="none", use_cpu=True, seed=7)
+        trainer = trainer_cls(model, args, train_dataset=data, processing_class=tok, peft_config=LoraConfig(r=4))
+        adapters.append({k: v.clone() for k, v in trainer.model.state_dict().items() if "lora_A" in k})
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[0][name], adapters[1][name], rtol=0, atol=0, msg=name)

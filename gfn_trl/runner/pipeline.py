@@ -45,8 +45,10 @@ def run(task: Task, recipe: RecipeArguments, args, task_args=None) -> dict[str, 
             is loaded.
     """
     from ..trainers.gflownet_trainer import GFlowNetTrainer
+    from ..trainers.setup import seed_run
 
     check(task, recipe, args, task_args)
+    seed_run(args)  # every model built below (task stage, LoRA, TRL baselines) starts from the run's seed
     ctx = RunContext(recipe, args, task_args)
     data = task.load(ctx)
     check_train_rows(recipe, args, len(data.train))

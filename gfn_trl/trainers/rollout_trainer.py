@@ -118,6 +118,7 @@ class RolloutTrainer(_BaseTrainer):
         if train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a train_dataset with a 'prompt' column.")
         check_construction(args, train_dataset, eval_dataset)
+        setup.seed_run(args)  # before LoRA's initialisation, which the HF Trainer's own seeding comes too late for
 
         # Model
         init_kwargs = dict(args.model_init_kwargs or {})

@@ -4,6 +4,7 @@
 RLOO, SFT) and the recipes' runner build these with the functions below, so that every method samples the same
 constrained latent space from the same starting point and is rewarded by the same frozen LM:
 
+* `seed_run`: the run's seed, set before anything random is drawn (LoRA's initialisation included);
 * `load_policy`: a model given by name (hub id, directory, `.gguf` file) is loaded, its tokenizer too, and the
   tokenizer gets a pad token (`ensure_pad_token`);
 * `latent_space`: the `LatentConstraints` (stop token, minimum and maximum length, vocabulary mask, tool) after every
@@ -38,6 +39,23 @@ try:
     from peft import PeftModel, get_peft_model
 except ImportError:  # peft is a dependency, but keep the import error readable
     PeftModel = get_peft_model = None
+
+
+def seed_run(args) -> None:
+    """Seed Python, NumPy and torch from `args.seed` (`args.full_determinism` as the HF Trainer reads it), before any
+    model is built or wrapped.
+
+    The HF Trainer seeds in its own `__init__`, but LoRA's `A` matrices are drawn earlier, when the policy is wrapped
+    (here, and in TRL's trainers given a `peft_config`).  Since torch 2.10 a process starts from a random default
+    seed, so an unseeded adapter differs from run to run: with B = 0 the first loss is equal but every gradient
+    differs (a recipe's step-1 grad norm: 12.36 against 12.75, same command).
+    """
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
+    if getattr(args, "full_determinism", False):
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def ensure_pad_token(tokenizer) -> None:
