@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,21 @@ _LORA_TARGETS = {
 }
 # Model types on which PEFT refuses LoRA on these modules (left out of the every-linear-layer default)
 _LORA_REFUSED = {t: {"out_proj", "conv1d"} for t in ("mamba2", "falcon_h1", "nemotron_h")}
+
+
+# A forward's cache argument: recent transformers call `past_key_values` `cache`; Mamba-like LMs say `cache_params`.
+CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
+
+
+def cache_kwarg(fn) -> str:
+    """The name under which the forward `fn` takes its KV cache (or recurrent state): the first of `CACHE_KWARGS` it
+    declares, else `past_key_values`.  The one detection for the sampler's decode loop (`gfn_trl.sampling`) and the
+    packed reward passes (`gfn_trl.rewards.packed`)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover (builtins without a signature)
+        return "past_key_values"
+    return next((name for name in CACHE_KWARGS if name in params), "past_key_values")
 
 
 def _linear_leaf_names(model: nn.Module) -> set[str]:

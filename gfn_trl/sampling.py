@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig
 
+from .models import CACHE_KWARGS, cache_kwarg
 from .tools import Tool
 
 
@@ -209,8 +210,7 @@ class _DecoderArgs:
 def _decoder_args(model) -> _DecoderArgs:
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # the transformers model under PEFT
     params = inspect.signature(hf.forward).parameters
-    cache = next((n for n in ("cache", "past_key_values", "cache_params") if n in params), "past_key_values")
-    return _DecoderArgs(cache, "position_ids" in params, "logits_to_keep" in params)
+    return _DecoderArgs(cache_kwarg(hf.forward), "position_ids" in params, "logits_to_keep" in params)
 
 
 def _forward_step(model, args: _DecoderArgs, ids: Tensor, mask: Tensor, positions: Tensor, cache):
@@ -221,8 +221,7 @@ def _forward_step(model, args: _DecoderArgs, ids: Tensor, mask: Tensor, position
     if cache is not None:
         kw[args.cache] = cache
     out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
-    new_cache = next((getattr(out, n) for n in ("cache", "past_key_values", "cache_params")
-                      if getattr(out, n, None) is not None), None)
+    new_cache = next((getattr(out, n) for n in CACHE_KWARGS if getattr(out, n, None) is not None), None)
     return out.logits[:, -1].float(), new_cache
 
 

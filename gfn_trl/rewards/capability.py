@@ -124,17 +124,3 @@ def _find_packing_obstacle(hf) -> str | None:
     if "local" in (getattr(config, "attention_layers", None) or []):
         return f"{name} has local attention layers whose window follows the token order"
     return None
-
-
-# A forward's cache argument: recent transformers call `past_key_values` `cache`; Mamba-like LMs say `cache_params`.
-_CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
-
-
-def _cache_kwarg(fn) -> str:
-    """The name under which the forward `fn` takes its cache: the first of `_CACHE_KWARGS` it declares, else
-    `past_key_values`.  The one detection for the sampler's decode loop and the packed reward passes."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return "past_key_values"
-    return next((name for name in _CACHE_KWARGS if name in params), "past_key_values")

@@ -35,8 +35,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..models import cache_kwarg
 from ..sampling import left_pad, position_ids_from_mask, right_pad
-from .capability import _cache_kwarg, _hf_model, _split_lm_head, _text_config
+from .capability import _hf_model, _split_lm_head, _text_config
 from .reference import _mask_states
 
 try:  # the read-only prompt cache builds on transformers' dynamic cache (>= 5)
@@ -98,7 +99,7 @@ class _Scorer:
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         fn = self.split[0].forward if self.split else _hf_model(model).forward
-        self.cache_name = _cache_kwarg(fn)
+        self.cache_name = cache_kwarg(fn)
 
     def run(self, ids, mask4d, position_ids, keep: int, cache=None, keep_cache=False) -> tuple[Tensor, object]:
         """The last `keep` positions' (B, keep, H) hidden states (split) or (B, keep, V) logits, and the cache
