@@ -17,12 +17,12 @@ and SetFit/subj do), `label_text` is used, and an integer `label` that contradic
 error, so an inverted copy cannot pass silently.  The embedded `tasks/data/subj.jsonl` holds 240 rows written for
 this project (120 per label, all shorter than 25 words, shuffled).
 
-Low-data training sets (the paper's 10 / 20 / 50 labelled examples): the authors' `train.{10,20,50}.jsonl` were taken
-from the training list filtered to texts of fewer than 25 words and shuffled with seed 0 (paper.md §3.3; whether
-they were balanced by label is not recorded).  `low_data_subset` does the same filtering and seeded shuffle, then
-takes the first k//2 rows of each label in shuffled order (balanced; the odd one and any shortfall of one label go
-to the next rows of the shuffled order), or, with `balanced=False`, simply the first k rows.  Subsets of one seed
-are nested (k=10 is inside k=20 for the same seed).
+Low-data training sets (the paper's 10 / 20 / 50 labelled examples, Hu et al. 2024 §4.3): the authors'
+`train.{10,20,50}.jsonl` were taken from the training list filtered to texts of fewer than 25 words and shuffled with
+seed 0 (their `data/subj` folder and E-step notebook; whether they were balanced by label is not recorded).
+`low_data_subset` does the same filtering and seeded shuffle, then takes the first k//2 rows of each label in shuffled
+order (balanced; the odd one and any shortfall of one label go to the next rows of the shuffled order), or, with
+`balanced=False`, simply the first k rows.  Subsets of one seed are nested (k=10 is inside k=20 for the same seed).
 
 Evaluation (the paper's M-step notebook): sample 10 rationales per test review at temperature 1; for each, the
 predicted label is the one whose Y the *base* LM scores higher after X Z; the review's prediction is the majority
