@@ -422,3 +422,32 @@ def test_the_adapter_is_initialised_from_the_run_seed_not_the_global_rng(tmp_pat
     assert adapters[0] and adapters[0].keys() == adapters[1].keys()
     for name in adapters[0]:
         torch.testing.assert_close(adapters[0][name], adapters[1][name], rtol=0, atol=0, msg=name)
+
+
+def test_every_config_field_has_a_docstring_entry_and_help_and_the_stated_default_is_the_real_one():
+    """A field of our configs is documented twice (the class docstring and `help`, which `--help` prints): both exist,
+    and a default the docstring states ("defaults to `25`") is the field's default."""
+    import dataclasses
+
+    from gfn_trl import GFlowNetConfig, PPOConfig, RolloutConfig
+
+    for cls in (RolloutConfig, GFlowNetConfig, PPOConfig):
+        parts = re.split(r"\n    (\w+) \(`", cls.__doc__)
+        sections = {name: " ".join(text.split()) for name, text in zip(parts[1::2], parts[2::2])}
+        own = cls.__dict__.get("__annotations__", {})
+        for f in dataclasses.fields(cls):
+            if f.name not in own or f.name.startswith("_"):
+                continue
+            overridden = any(f.name in getattr(base, "__dataclass_fields__", {}) for base in cls.__mro__[1:])
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+            if overridden:  # an inherited HF/TRL field with a new default: its help says why
+                continue
+            assert f.name in sections, f"{cls.__name__}.{f.name} is not in the class docstring"
+            stated = re.search(r"defaults to `([^`]*)`", sections[f.name].split(")")[0] + ")")
+            if stated:
+                text = stated.group(1).strip("\"'")
+                try:  # numbers compare as numbers ("1e-2" is 0.01)
+                    same = float(text) == float(f.default)
+                except (TypeError, ValueError):
+                    same = text == str(f.default)
+                assert same, (cls.__name__, f.name, stated.group(1), f.default)
