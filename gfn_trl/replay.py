@@ -38,6 +38,11 @@ def _edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return Levenshtein.distance(a, b)
 
 
+# The buffer's cumulative counters (`ReplayBuffer.stats`): latents offered to `add`, those that entered the buffer (new,
+# or replacing a lower-reward duplicate), and those found to duplicate an entry (kept or not).
+STAT_NAMES = ("offered", "inserted", "duplicates")
+
+
 class ReplayBuffer:
     """Keeps, for every prompt key, the `capacity` highest-reward distinct latents seen so far.
 
@@ -49,6 +54,12 @@ class ReplayBuffer:
             <= sim_tolerance * (len(a) + len(b)); 0 keeps only exact de-duplication.  The higher-reward one stays.
             (The authors' buffer counts a duplicate with a strict `<`; we keep `<=`, which also merges latents
             exactly at the bound: with the paper's tolerance 0.25, two 2-token latents differing in one token.)
+
+    Attributes:
+        stats: cumulative counters since the buffer was created (saved in `state_dict`): "offered" (latents passed to
+            `add`), "inserted" (those now in the buffer: new, or replacing a lower-reward duplicate), "duplicates"
+            (those matching an entry within the tolerance, whether or not they replaced it).  The trainer logs their
+            rates per logging window.
     """
 
     def __init__(self, capacity: int = 50, prioritized: bool = True, sim_tolerance: float = 0.0):
@@ -58,6 +69,7 @@ class ReplayBuffer:
         self.prioritized = prioritized
         self.sim_tolerance = sim_tolerance
         self._data: dict[str, list[ReplayEntry]] = {}
+        self.stats = dict.fromkeys(STAT_NAMES, 0)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._data.values())
@@ -69,10 +81,12 @@ class ReplayBuffer:
         return list(self._data.get(key, []))
 
     def add(self, key: str, tokens, log_rewards) -> bool:
-        """Insert one latent; returns whether the buffer changed."""
+        """Insert one latent; returns whether it is in the buffer afterwards (as a new entry, or replacing a
+        lower-reward duplicate), i.e. whether the buffer changed.  Counted in `stats`."""
         entry = ReplayEntry(tuple(int(t) for t in tokens), tuple(float(r) for r in log_rewards))
         if len(entry.log_rewards) != len(entry.tokens) + 1:
             raise ValueError("log_rewards must hold one value per prefix: len(tokens) + 1.")
+        self.stats["offered"] += 1
         if not math.isfinite(entry.score):
             return False  # a latent the reward rules out can never be a useful replay
         bucket = self._data.setdefault(key, [])
@@ -83,14 +97,26 @@ class ReplayBuffer:
                 <= self.sim_tolerance * (len(old.tokens) + len(entry.tokens))
             )
             if same:
+                self.stats["duplicates"] += 1
                 if entry.score > old.score:
                     bucket[i] = entry
+                    self.stats["inserted"] += 1
                     return True
                 return False
         bucket.append(entry)
         if len(bucket) > self.capacity:
-            bucket.remove(min(bucket, key=lambda e: e.score))
+            worst = min(bucket, key=lambda e: e.score)  # the first of the lowest: an older entry on a tie
+            bucket.remove(worst)
+            if worst is entry:  # a full bucket of better latents: nothing changed
+                return False
+        self.stats["inserted"] += 1
         return True
+
+    def fill(self) -> float:
+        """Entries / (capacity × prompts that have entries): how full the visited prompts' buckets are, in [0, 1]
+        (0 for an empty buffer)."""
+        buckets = sum(1 for v in self._data.values() if v)
+        return len(self) / (self.capacity * buckets) if buckets else 0.0
 
     def sample(self, key: str, k: int, rng: random.Random) -> list[ReplayEntry]:
         """k entries of one prompt, with replacement; empty if the prompt has none."""
@@ -109,6 +135,7 @@ class ReplayBuffer:
             "prioritized": self.prioritized,
             "sim_tolerance": self.sim_tolerance,
             "data": {k: [[list(e.tokens), list(e.log_rewards)] for e in v] for k, v in self._data.items()},
+            "stats": dict(self.stats),
         }
 
     def reconfigure(self, capacity: int, prioritized: bool, sim_tolerance: float) -> list[str]:
@@ -122,10 +149,11 @@ class ReplayBuffer:
         rebuild = capacity < self.capacity or sim_tolerance > self.sim_tolerance
         self.capacity, self.prioritized, self.sim_tolerance = capacity, prioritized, sim_tolerance
         if rebuild:
-            data, self._data = self._data, {}
+            data, self._data, stats = self._data, {}, dict(self.stats)
             for key, entries in data.items():
                 for e in sorted(entries, key=lambda e: -e.score):
                     self.add(key, e.tokens, e.log_rewards)
+            self.stats = stats  # (re-adding saved entries is not traffic)
         return changes
 
     def load_state_dict(self, state: dict) -> None:
@@ -133,3 +161,5 @@ class ReplayBuffer:
         self.prioritized = state["prioritized"]
         self.sim_tolerance = state["sim_tolerance"]
         self._data = {k: [ReplayEntry(tuple(t), tuple(r)) for t, r in v] for k, v in state["data"].items()}
+        # (a state saved before the counters existed has no "stats": they restart from 0)
+        self.stats = {**dict.fromkeys(STAT_NAMES, 0), **{k: int(v) for k, v in state.get("stats", {}).items()}}

@@ -72,3 +72,35 @@ def test_edit_distance_equals_the_textbook_dynamic_programme():
         a = tuple(rng.choice([0, 1, 2, 70000, 150000]) for _ in range(rng.randint(0, 12)))
         b = tuple(rng.choice([0, 1, 2, 70000, 150000]) for _ in range(rng.randint(0, 12)))
         assert _edit_distance(a, b) == python_edit_distance(a, b), (a, b)
+
+
+def test_counters_of_offered_inserted_and_duplicate_latents():
+    buf = ReplayBuffer(capacity=2, sim_tolerance=0.25)
+    assert buf.fill() == 0.0
+    buf.add("p", [1, 2, 3, 4], [0, 0, 0, 0, -3.0])  # new
+    buf.add("p", [1, 2, 3, 5], [0, 0, 0, 0, -1.0])  # a duplicate within the tolerance, better: replaces
+    buf.add("p", [1, 2, 3, 6], [0, 0, 0, 0, -9.0])  # a duplicate, worse: rejected
+    buf.add("p", [9, 9, 9, 9], [0, 0, 0, 0, -2.0])  # new
+    assert not buf.add("p", [7, 7, 7, 7], [0, 0, 0, 0, -5.0])  # new but the worst of a full bucket: never kept
+    assert [e.tokens for e in buf.entries("p")] == [(1, 2, 3, 5), (9, 9, 9, 9)]
+    buf.add("q", [4], [0.0, -math.inf])  # ruled out by the reward
+    buf.add("q", [4], [0.0, -1.0])
+    assert buf.stats == {"offered": 7, "inserted": 4, "duplicates": 2}
+    assert buf.fill() == pytest.approx(3 / (2 * 2))  # 3 entries in 2 buckets of 2
+
+
+def test_state_dict_keeps_the_counters_and_loads_a_state_saved_without_them():
+    buf = ReplayBuffer(capacity=3)
+    buf.add("p", [1], [0.0, -1.0])
+    buf.add("p", [1], [0.0, -1.0])
+    other = ReplayBuffer()
+    other.load_state_dict(json.loads(json.dumps(buf.state_dict())))
+    assert other.stats == buf.stats == {"offered": 2, "inserted": 1, "duplicates": 1}
+    old = {k: v for k, v in buf.state_dict().items() if k != "stats"}  # a checkpoint written before the counters
+    other.load_state_dict(old)
+    assert other.entries("p") == buf.entries("p") and other.stats == {"offered": 0, "inserted": 0, "duplicates": 0}
+    # a rebuild under new settings re-adds the saved entries without counting them as traffic
+    buf.add("p", [2], [0.0, -2.0])
+    before = dict(buf.stats)
+    buf.reconfigure(1, True, 0.0)
+    assert buf.stats == before and len(buf) == 1
