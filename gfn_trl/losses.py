@@ -28,11 +28,16 @@ Entries past a trajectory's length are ignored (they may hold anything finite or
 Flows.  In the paper's modified SubTB every state can terminate, so the flow through a state is
 F(s) = R(s⊤) / q(⊤|s) and no partition function is needed (Hu et al. 2024, eq. 3).  A state that
 cannot terminate (shorter than `min_length`, or in the middle of a tool's output) has no such flow.
-We do NOT copy the authors' trick of giving those states log R = -99 while keeping the unconstrained stop
-probability: instead the policy in the loss is the constrained one that is actually sampled (stop banned
-below `min_length` and while a tool writes), the flow of
-s_0 is log Z (a learned value or a per-prompt batch estimate), and windows that start or end at the other
-non-terminable states are skipped.  With `min_length == 0` this is exactly eq. 3.
+Two constructions for the states below the minimum length (`GFlowNetConfig.min_length_mode`):
+  "ban_stop" (ours, the default): the policy in the loss is the constrained one that is actually sampled (stop
+      banned below `min_length` and while a tool writes), the flow of s_0 is log Z (a learned value or a per-prompt
+      batch estimate), and windows that start or end at the other non-terminable states are skipped.  With
+      `min_length == 0` this is exactly eq. 3.
+  "penalize" (the authors' code): the sampler bans the stop below the minimum, but the loss keeps the policy's
+      unconstrained stop probability there, gives those states a fixed log-reward (`penalize_short_states`: -99
+      before tempering, so -99 / T_R), and uses every window with `min_length = 0` (no log Z).  The stop logit at
+      s_0 then absorbs log Z: log q(⊤|s_0) is pushed towards -99 / T_R - log Z, so the first residuals are ~99.
+Only the loss inputs differ between the two; the loss functions below are the same.
 
 Every residual below is a difference of a per-state potential
     u_i = log F(s_i) - Σ_{k<=i} log q(z_k | s_{k-1})
@@ -44,6 +49,7 @@ and with log F(s) = log R(s⊤) - log q(⊤|s) that is the bracket of eq. 3:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,6 +59,11 @@ from torch import Tensor
 
 # The window sets a batch log Z estimate can fit (`batch_log_z`): those from s_0 of "tb", "subtb" or "db".
 LOG_Z_WINDOWS = ("tb", "subtb", "db")
+# The constructions for the states below the minimum length (module docstring, `GFlowNetConfig.min_length_mode`).
+MIN_LENGTH_MODES = ("ban_stop", "penalize")
+# The authors' untempered log-reward of a state shorter than the minimum length (their `score_fast`: -99, then divided
+# by the reward temperature like every log-reward).
+SHORT_STATE_LOG_REWARD = -99.0
 
 
 def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> None:
@@ -66,6 +77,32 @@ def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Ten
         raise ValueError(
             f"lengths must lie in [0, {T}] (the latent width), got [{int(lengths.min())}, {int(lengths.max())}]."
         )
+
+
+def penalize_short_states(log_r: Tensor, min_length: int, log_reward: float | None = SHORT_STATE_LOG_REWARD) -> Tensor:
+    """The authors' log-reward below the minimum length: `log_r` with every state s_i, i < `min_length`, set to
+    `log_reward` (the "penalize" construction of the module docstring).
+
+    Args:
+        log_r: (B, S) untempered log R(s_i ⊤) (natural log); the caller divides the result by T_R, so the authors'
+            -99 becomes -99 / T_R, as in their code (GFNOrg/gfn-lm-tuning, `score_fast` then `* 1/temperature`).
+        min_length: the sampler's minimum number of latent tokens; states s_0 .. s_{min_length - 1} are replaced.
+        log_reward: the untempered log-reward of those states (the authors': -99), or None to keep `log_r` as it is
+            (the authors' subjectivity E-step, whose reward has no minimum length while its sampler bans the empty
+            rationale).
+    Returns:
+        (B, S) a new tensor (`log_r` is not modified).
+    Raises:
+        ValueError: `min_length` < 0 or `log_reward` is not finite.
+    """
+    if min_length < 0:
+        raise ValueError(f"min_length must be >= 0, got {min_length}.")
+    if log_reward is None or min_length == 0:
+        return log_r.clone()
+    if not math.isfinite(log_reward):
+        raise ValueError(f"log_reward must be finite (the authors use -99), got {log_reward}.")
+    short = torch.arange(log_r.shape[1], device=log_r.device)[None, :] < min_length  # (1, S)
+    return torch.where(short, torch.full_like(log_r, float(log_reward)), log_r)
 
 
 def state_potentials(

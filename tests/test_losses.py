@@ -735,3 +735,66 @@ def test_a_registered_objective_is_a_loss_type_choice(tmp_path):
         OBJECTIVES.pop("tb_twice")
     with pytest.raises(ValueError, match="loss_type must be 'subtb', 'tb' or 'db', got 'tb_twice'"):
         GFlowNetConfig(str(tmp_path), loss_type="tb_twice")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The authors' construction below the minimum length (min_length_mode="penalize")
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def brute_authors_subtb(log_pf, log_pterm, log_r, lengths, min_length, t_r, short=-99.0, lam=1.0):
+    """The authors' loss, from their code's definition (GFNOrg/gfn-lm-tuning `score_fast`, then the SubTB loop over
+    every window of the trajectory, each counted once): states shorter than `min_length` have log R = short / T_R
+    (None: the reward's own value), the stop log-probability everywhere is the unconstrained one (`log_pterm` as
+    given), and every window 0 <= i < j <= n is used.  `log_r` is untempered."""
+    num = den = 0.0
+    for b in range(log_pf.shape[0]):
+        n = int(lengths[b])
+
+        def log_reward(i, b=b):
+            value = short if (i < min_length and short is not None) else float(log_r[b, i])
+            return value / t_r
+
+        for i in range(n + 1):
+            for j in range(i + 1, n + 1):
+                path = sum(float(log_pf[b, k - 1]) for k in range(i + 1, j + 1))
+                res = log_reward(i) + path + float(log_pterm[b, j]) - log_reward(j) - float(log_pterm[b, i])
+                w = lam ** (j - i - 1)
+                num += w * res**2
+                den += w
+    return num / den if den > 0 else 0.0
+
+
+@pytest.mark.parametrize("min_length", [1, 2, 3])
+@pytest.mark.parametrize(("t_r", "lam"), [(1.0, 1.0), (0.5, 1.0), (0.85, 0.7)])
+def test_penalized_short_states_give_the_authors_loss(min_length, t_r, lam):
+    from gfn_trl.losses import penalize_short_states
+
+    lengths = [n for n in LENGTHS if n >= min_length] + [T_FULL]  # the sampler never stops below the minimum
+    log_pf, log_pterm, log_r, lengths = make_batch(lengths, T_FULL, seed=min_length, garbage=GARBAGE)
+    got = modified_subtb_loss(log_pf, log_pterm, penalize_short_states(log_r, min_length) / t_r, lengths, lam,
+                              min_length=0)
+    want = brute_authors_subtb(*clean_copy(log_pf, log_pterm, log_r, lengths), min_length, t_r, lam=lam)
+    assert float(got) == approx(want)
+    assert want > 99**2 / 10  # the -99 residuals dominate: the brute force is not vacuous
+    # the reward LM's own value at the short states (the authors' subjectivity E-step), and -99 enters through T_R
+    kept = modified_subtb_loss(log_pf, log_pterm, penalize_short_states(log_r, min_length, None) / t_r, lengths, lam,
+                               min_length=0)
+    assert float(kept) == approx(brute_authors_subtb(*clean_copy(log_pf, log_pterm, log_r, lengths), min_length, t_r,
+                                                     short=None, lam=lam))
+    assert float(kept) == approx(float(modified_subtb_loss(log_pf, log_pterm, log_r / t_r, lengths, lam, min_length=0)))
+
+
+def test_penalize_short_states_replaces_only_the_short_states_and_checks_its_inputs():
+    from gfn_trl.losses import SHORT_STATE_LOG_REWARD, penalize_short_states
+
+    log_r = torch.randn(3, 5, dtype=torch.float64)
+    out = penalize_short_states(log_r, 2)
+    assert SHORT_STATE_LOG_REWARD == -99.0
+    assert (out[:, :2] == -99.0).all() and torch.equal(out[:, 2:], log_r[:, 2:])
+    assert out is not log_r and torch.equal(penalize_short_states(log_r, 0), log_r)
+    assert torch.equal(penalize_short_states(log_r, 3, -5.0)[:, :3], torch.full((3, 3), -5.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="min_length must be >= 0"):
+        penalize_short_states(log_r, -1)
+    with pytest.raises(ValueError, match="finite"):
+        penalize_short_states(log_r, 1, float("-inf"))

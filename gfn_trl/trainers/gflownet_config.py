@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..losses import OBJECTIVES, get_objective
+from ..losses import MIN_LENGTH_MODES, OBJECTIVES, SHORT_STATE_LOG_REWARD, get_objective
 from .rollout_config import MIN_TEMPERATURE, RolloutConfig, _check_number
 
 
@@ -31,6 +31,17 @@ class GFlowNetConfig(RolloutConfig):
         hidden state at the last prompt token.
     log_z_learning_rate (`float`, *optional*, defaults to `1e-2`):
         Learning rate of the learned log Z head; >= 0.
+    min_length_mode (`str`, *optional*, defaults to `"ban_stop"`):
+        How the loss treats the states shorter than `min_completion_length`, where the sampler bans the stop (both
+        modes sample the same way; `gfn_trl.losses` module docstring): `"ban_stop"`, the loss's policy is the sampled
+        one (no stop there), s_0's flow is log Z (`log_z`) and windows at the other short states are skipped;
+        `"penalize"`, the authors' code: those states get the log-reward `min_length_log_reward` (divided by T_R
+        like every log-reward), the loss keeps the policy's unconstrained stop probability there and uses every
+        window, with no log Z.
+    min_length_log_reward (`float` or `None`, *optional*, defaults to `-99.0`):
+        Under `min_length_mode="penalize"`: the untempered log-reward of a state shorter than
+        `min_completion_length` (the authors' -99); in [-1e6, 0].  None keeps the reward LM's own value there (the
+        authors' subjectivity E-step, whose reward has no minimum length).  Unused under `"ban_stop"`.
 
     > Parameters that control exploration (the latent's constraints and the reward LM: [`RolloutConfig`])
 
@@ -86,6 +97,19 @@ class GFlowNetConfig(RolloutConfig):
     log_z_learning_rate: float = field(
         default=1e-2, metadata={"help": "Learning rate of the learned log Z head; >= 0."}
     )
+    min_length_mode: str = field(
+        default="ban_stop",
+        metadata={"help": "States shorter than min_completion_length (the sampler bans the stop there in both modes): "
+                  "'ban_stop' (the loss's policy is the sampled one, s_0's flow is log Z, windows at the other short "
+                  "states skipped) or 'penalize' (the authors' code: those states get min_length_log_reward / T_R, "
+                  "the loss keeps the unconstrained stop probability there and uses every window, no log Z)."},
+    )
+    min_length_log_reward: float | None = field(
+        default=SHORT_STATE_LOG_REWARD,
+        metadata={"help": "With min_length_mode='penalize': the untempered log-reward of a state shorter than "
+                  "min_completion_length (the authors' -99); in [-1e6, 0]. None (null in YAML) keeps the reward LM's "
+                  "value (the authors' subjectivity E-step)."},
+    )
 
     # Exploration
     on_policy_prob: float = field(
@@ -139,11 +163,18 @@ class GFlowNetConfig(RolloutConfig):
         objective = get_objective(self.loss_type)  # raises naming the registered objectives
         if self.log_z not in ("batch", "learned"):
             raise ValueError(f"log_z must be 'batch' or 'learned', got {self.log_z!r}.")
-        needs_log_z = objective.needs_log_z(self.min_completion_length)
+        if self.min_length_mode not in MIN_LENGTH_MODES:
+            raise ValueError(f"min_length_mode must be 'ban_stop' (ours) or 'penalize' (the authors' code), got "
+                             f"{self.min_length_mode!r}.")
+        _check_number(self, "min_length_log_reward", -1e6, 0, optional=True, why=" It replaces the log-reward of "
+                      "states shorter than min_completion_length (the authors: -99); beyond -1e6, log R / T_R "
+                      "overflows float32 in the loss. None keeps the reward LM's value.")
+        needs_log_z = objective.needs_log_z(self.loss_min_length())
         if needs_log_z and self.log_z == "batch" and self.num_generations < 2:
             raise ValueError(
                 "log_z='batch' estimates log Z from the samples of one prompt, so it needs num_generations >= 2. "
-                "Raise num_generations, use log_z='learned', or (for subtb/db) set min_completion_length=0."
+                "Raise num_generations, use log_z='learned', or (for subtb/db) set min_completion_length=0 or "
+                "min_length_mode='penalize'."
             )
         _check_number(self, "subtb_lambda", 0, low_open=True)
         if (self.max_completion_length - 1) * math.log10(self.subtb_lambda) > 37:
@@ -174,6 +205,11 @@ class GFlowNetConfig(RolloutConfig):
         _check_number(self, "replay_buffer_size", 1, integer=True)
         _check_number(self, "replay_sim_tolerance", 0, 0.5, high_open=True, why=" From 0.5 on, any two latents count "
                       "as duplicates (their edit distance never exceeds the longer length).")
+
+    def loss_min_length(self) -> int:
+        """The minimum length of the policy in the loss: `min_completion_length` under `min_length_mode="ban_stop"`,
+        0 under `"penalize"` (the loss keeps the unconstrained stop below the sampler's minimum)."""
+        return 0 if self.min_length_mode == "penalize" else self.min_completion_length
 
     def reward_temperature(self, step: int) -> float:
         """T_R after `step` optimizer steps: linear from start to end over the horizon, then constant."""

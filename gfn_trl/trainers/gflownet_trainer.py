@@ -15,13 +15,14 @@ One batch, end to end (`_prepare_inputs` then `compute_loss`):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import textwrap
 
 import torch
 from accelerate.utils import gather_object
 
-from ..losses import batch_log_z, get_objective, group_mean, trajectory_log_ratio
+from ..losses import batch_log_z, get_objective, group_mean, penalize_short_states, trajectory_log_ratio
 from ..replay import ReplayBuffer
 from ..sampling import policy_log_probs, right_pad
 from .batch import RolloutBatch
@@ -62,7 +63,7 @@ class GFlowNetTrainer(RolloutTrainer):
         # State carried across steps (saved in checkpoints)
         self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
         self.objective = get_objective(args.loss_type)  # the loss and what it needs (`gfn_trl.losses.OBJECTIVES`)
-        self.needs_log_z = self.objective.needs_log_z(args.min_completion_length)
+        self.needs_log_z = self.objective.needs_log_z(args.loss_min_length())
         self.log_z_head = None
         if self.needs_log_z and args.log_z == "learned":
             hidden = self.model.config.get_text_config().hidden_size
@@ -129,27 +130,39 @@ class GFlowNetTrainer(RolloutTrainer):
                             group=group, rows=expanded, behaviour=mode, temperature=temperature)
 
     # ------------------------------------------------------------------ loss
+    def loss_constraints(self):
+        """The policy's rules in the loss: the sampler's (`self.constraints`) under `min_length_mode="ban_stop"`;
+        under `"penalize"` the same without the minimum length (the authors keep the unconstrained stop probability
+        below it; the forced stop at the maximum, the vocabulary mask and a tool's forced tokens stay)."""
+        if self.args.min_length_mode == "penalize" and self.constraints.min_length:
+            return dataclasses.replace(self.constraints, min_length=0)
+        return self.constraints
+
     def compute_loss(self, model, inputs: RolloutBatch, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("GFlowNetTrainer does not return model outputs from compute_loss.")
         args = self.args
         want_hidden = self.log_z_head is not None
         out = policy_log_probs(
-            model, inputs.prompt_ids, inputs.prompt_mask, inputs.z, inputs.lengths, self.constraints,
+            model, inputs.prompt_ids, inputs.prompt_mask, inputs.z, inputs.lengths, self.loss_constraints(),
             want_hidden,
         )
         log_pf, log_pterm = out[0], out[1]
         t_r = args.reward_temperature(self.state.global_step)
         self._check_finite(inputs.log_r, inputs)
-        log_r = inputs.log_r / t_r  # (B, S) tempered
+        log_r = inputs.log_r  # (B, S) untempered
+        if args.min_length_mode == "penalize":  # the authors' log-reward below the minimum length (-99)
+            log_r = penalize_short_states(log_r, args.min_completion_length, args.min_length_log_reward)
+        log_r = log_r / t_r  # (B, S) tempered
         lengths, group = inputs.lengths, inputs.group
-        # The states where the constrained policy may stop (not below min_length, not while a tool is writing)
+        min_length = args.loss_min_length()  # 0 under "penalize": every state of the loss's policy may stop
+        # The states where the loss's policy may stop (not below min_length, not while a tool is writing)
         terminable = log_pterm.detach() > float("-inf")
 
         log_z = None
         if self.needs_log_z:
             def estimate():  # the per-prompt batch estimate, on the loss's own windows
-                return batch_log_z(log_pf, log_pterm, log_r, lengths, group, args.min_completion_length,
+                return batch_log_z(log_pf, log_pterm, log_r, lengths, group, min_length,
                                    self.objective.log_z_windows, args.subtb_lambda, terminable)
 
             if self.log_z_head is None:
@@ -161,9 +174,8 @@ class GFlowNetTrainer(RolloutTrainer):
                 log_z = self.log_z_head(out[2][:, 0].detach().float())  # (B,): at s_0
 
         self._flag_nonfinite_terms(inputs, log_pf, log_pterm, log_r, log_z, t_r)
-        loss = self.objective.loss(log_pf, log_pterm, log_r, lengths, log_z=log_z,
-                                   min_length=args.min_completion_length, subtb_lambda=args.subtb_lambda,
-                                   terminable=terminable)
+        loss = self.objective.loss(log_pf, log_pterm, log_r, lengths, log_z=log_z, min_length=min_length,
+                                   subtb_lambda=args.subtb_lambda, terminable=terminable)
 
         self.flag_nonfinite("the loss", loss, detail=f" (reward temperature T_R = {t_r:g}; log R / T_R spans "
                             f"[{float(log_r.min()):.3g}, {float(log_r.max()):.3g}])")
@@ -182,7 +194,7 @@ class GFlowNetTrainer(RolloutTrainer):
         self.flag_nonfinite("log q(stop | s_k), the policy's stop log-probability", log_pterm, states,
                             allow_neg_inf=True)
         self.flag_nonfinite(f"log R / T_R, the tempered log-reward (T_R = {t_r:g})", log_r,
-                            states & (torch.arange(S, device=lengths.device) >= self.args.min_completion_length))
+                            states & (torch.arange(S, device=lengths.device) >= self.args.loss_min_length()))
         if log_z is not None:
             self.flag_nonfinite("log Z", log_z)
 
@@ -249,4 +261,9 @@ class GFlowNetTrainer(RolloutTrainer):
 
     def fingerprint_extra(self) -> dict:
         a = self.args
-        return {"loss": a.loss_type, "log_z": a.log_z if self.needs_log_z else "unused"}
+        # the authors' construction below the minimum length trains another loss ("ban_stop" checkpoints keep the key
+        # set they always had)
+        mode = {}
+        if a.loss_min_length() != a.min_completion_length:
+            mode = {"min_length_mode": a.min_length_mode, "min_length_log_reward": a.min_length_log_reward}
+        return {"loss": a.loss_type, "log_z": a.log_z if self.needs_log_z else "unused", **mode}
