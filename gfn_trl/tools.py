@@ -32,12 +32,18 @@ class Tool(Protocol):
 
 
 class TextTool:
-    """A tool that fires when the policy emits a token whose text ends with `trigger` (trailing spaces ignored).
+    """A tool that fires when the policy emits a token whose text is exactly `trigger`, spaces around it ignored.
 
-    `compute(text)` receives the latent's text up to and including that token and returns the text to append, or
-    None to append nothing.  The text is tokenized as a continuation in the middle of a sequence
-    (`gfn_trl.tokenization.encode_continuation`: no space piece or special token added), so that the latent decodes
-    to the policy's text followed by exactly that text.  Tokens the tool appends never fire it again.
+    For the arithmetic calculator (`trigger="="`) that is "=" and " =", the two tokens the authors' calculator fires
+    on (GFNOrg/gfn-lm-tuning: the last ids of `encode(" =")` and `encode("=")`); tokens that merely end in "=" ("==",
+    " +=", " -=", "====" in SmolLM2's vocabulary) do not fire it.  `compute(text)` receives the latent's text up to and
+    including that token and returns the text to append, or None to append nothing.  The text is tokenized as a
+    continuation in the middle of a sequence (`gfn_trl.tokenization.encode_continuation`: no space piece or special
+    token added), so that the latent decodes to the policy's text followed by exactly that text.  Tokens the tool
+    appends never fire it again.
+
+    Raises:
+        ValueError: an empty `trigger`, or no token of the tokenizer is the trigger.
     """
 
     def __init__(self, tokenizer, trigger: str, compute: Callable[[str], str | None]):
@@ -46,9 +52,10 @@ class TextTool:
         self.tokenizer, self.trigger, self.compute = tokenizer, trigger, compute
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
         special = set(tokenizer.all_special_ids)
-        self._fires = [i not in special and t.rstrip().endswith(trigger) for i, t in enumerate(texts)]
+        self._fires = [i not in special and t.strip(" ") == trigger for i, t in enumerate(texts)]
         if not any(self._fires):
-            raise ValueError(f"No token of the tokenizer ends with the trigger {trigger!r}: the tool could never fire.")
+            raise ValueError(f"No token of the tokenizer is the trigger {trigger!r} (spaces around it ignored): the "
+                             "tool could never fire.")
         self._encoded: dict[str, tuple[int, ...]] = {}
         # The sampler asks for the forced tokens of every prefix at every step: remember recent outputs.
         self._output = functools.lru_cache(maxsize=2**16)(self._compute_output)

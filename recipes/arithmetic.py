@@ -60,6 +60,10 @@ class ArithmeticArguments:
     calculator: bool = field(default=True, metadata={
         "help": "The paper's calculator tool: after each '=' the result is appended to the state as forced tokens "
                 "(not policy actions). false: the policy writes the results itself."})
+    gold_weight: int = field(default=1, metadata={
+        "help": "How many times as often the 10 training problems whose gold rationale seeds the replay buffer are "
+                "drawn as the others (they are repeated in the training set); an integer >= 1. The paper weights "
+                "them 1 against 0.2: 5 (recipes/configs/arithmetic_gpt-j.yaml)."})
 
 
 def check(recipe: runner.RecipeArguments, args, task: ArithmeticArguments | None = None) -> None:

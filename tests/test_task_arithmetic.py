@@ -82,17 +82,54 @@ def test_query_solution_few_shot_prompt_and_contract():
 @pytest.mark.parametrize("text, expected", [
     (" 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6", -6),
     (" 2 - 8 = -16.", -16),
-    (" 3 + 4 = 7, 7 - 9 =", 9),  # nothing after the last "=": the last integer ("- 9" is an operator and 9)
-    (" 5 - 12", 12),  # "- 12" is an operator and 12
+    (" 3 + 4 = 7, 7 - 9 =", None),  # nothing after the last "=" and the last word is "=": no answer
+    (" 6 - 0 = 6, 6 - 4", 4),  # cut mid-step: the last word, as the authors read it (not the last result, 6)
+    (" 6 - 0 = 6,", None),  # "6," is not an integer
+    (" 2 - 8 = -", None),
+    (" 5 - 12", 12),  # no "=": the last word
     (" 5 -12", -12),
     ("=-3", -3),
     (" 10. 10.", 10),
+    (" 6 .", None),  # the last word is "."
     ("", None),
     (" , . = ", None),
     (" = = -", None),
 ])
 def test_extract_answer(text, expected):
     assert A.extract_answer(text) == expected
+
+
+def _authors_extract_answer(str_answer):
+    """The authors' function (GFNOrg/gfn-lm-tuning, infill_subj_arithmetic/utils.py), restated: int of the text after
+    the last "=", else of the last word, each stripped of spaces then "."; -1 when neither parses.  They call it on
+    the decoded query + rationale."""
+    for piece in (lambda: str_answer.split("=")[-1], lambda: str_answer.split()[-1]):
+        try:
+            return int(piece().strip().strip("."))
+        except (ValueError, IndexError):
+            continue
+    return -1
+
+
+def test_extract_answer_reads_rationales_as_the_authors_do():
+    """On every prefix of many rationales (complete, cut mid-step, cut after a comma, ...), ours equals theirs called
+    on the query followed by the rationale, with their -1 for "no answer" as our None."""
+    rng = random.Random(0)
+    query = "Question: 6 - 0 - 4 - 8 = ? Answer:"
+    texts = set()
+    for p in A.make_splits(0, 40, 5)["train"]:
+        gold = A.gold_rationale(p)
+        texts.update(gold[:k] for k in range(len(gold) + 1))
+    texts.update(" " + " ".join(rng.choice(["6", "-", "+", "=", ",", ".", "12", "-3", "6."]) for _ in range(5))
+                 for _ in range(300))
+    assert len(texts) > 500
+    cut_mid_step = 0
+    for text in texts:
+        theirs = _authors_extract_answer(query + text)
+        ours = A.extract_answer(text)
+        assert (ours if ours is not None else -1) == theirs, text
+        cut_mid_step += text.rstrip().endswith(("- 4", "+ 4")) and ours == 4
+    assert cut_mid_step  # cut mid-step rationales are among them
 
 
 def test_evaluate_majority_vote_from_rationales():
@@ -284,6 +321,48 @@ def test_final_likelihood_matches_the_packed_reward():
     assert fast.shape == (3,)
     assert torch.allclose(fast, full[idx, lengths], atol=1e-5)
     assert (fast < 0).all()
+
+
+def test_calculator_fires_on_the_authors_tokens_only(smollm2_tokenizer):
+    """The authors' calculator fires on the ids of "=" and " =" only; SmolLM2's vocabulary also has tokens that end in
+    "=" and that the arithmetic mask allows ("==", " +=", " -=", "===="): they must not fire it."""
+    tok = smollm2_tokenizer
+    tool = A.calculator(tok)
+    allowed = A.vocab_mask(tok)
+    texts = tok.batch_decode([[i] for i in range(len(tok))], clean_up_tokenization_spaces=False)
+    fires = {texts[i] for i in range(len(tok)) if tool.fires(i)}
+    assert fires == {"=", " ="}
+    assert {tok.encode(" =")[-1], tok.encode("=")[-1]} == {i for i in range(len(tok)) if tool.fires(i)}
+    ends_in_eq = {t for i, t in enumerate(texts) if t.rstrip().endswith("=") and bool(allowed[i])}
+    assert {"==", " +=", " -=", "===="} <= ends_in_eq  # in the latent vocabulary, yet not the calculator's trigger
+    # a rationale that writes " +=" gets no result after it; " =" and "=" do
+    for text, fired in ((" 6 +=", False), (" 6 ==", False), (" 6 - 0 =", True), (" 6 - 0=", True)):
+        latent = tok.encode(text, add_special_tokens=False)
+        assert (tool.forced_tokens(latent)[-1] >= 0) == fired, text
+
+
+def test_gold_weight_repeats_the_seeded_problems(smollm2_tokenizer):
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext, TaskData
+
+    tok = smollm2_tokenizer
+    splits = A.make_splits(0, 30, 2, 3)
+    data = TaskData(splits["train"], {}, {"shots": splits["shots"]})
+    sizes = {}
+    for weight in (1, 5):
+        ctx = RunContext(SimpleNamespace(), SimpleNamespace(max_completion_length=40),
+                         SimpleNamespace(calculator=True, gold_weight=weight), tokenizer=tok, tool=A.calculator(tok))
+        rows = A.TASK.to_contract(ctx, data)
+        seeds = A.TASK.replay_seeds(ctx, data).latents
+        assert len(seeds) == len(rows)  # one entry per training row, as seed_replay_buffer needs
+        gold = {A.gold_rationale(p) for p in splits["train"][: A.N_GOLD]}
+        assert sum(g in gold for g in rows["gold"]) == A.N_GOLD * weight
+        assert [bool(s) for s in seeds] == [i < A.N_GOLD for i in range(len(rows))]
+        sizes[weight] = len(rows)
+    assert sizes == {1: 30, 5: 30 + 4 * A.N_GOLD}
+    with pytest.raises(ValueError, match="--gold_weight must be an integer >= 1"):
+        A.TASK.check(RunContext(None, None, SimpleNamespace(calculator=True, gold_weight=0)))
 
 
 def test_calculator_gold_latents_are_what_the_sampler_writes(smollm2_tokenizer):

@@ -15,20 +15,21 @@ Data contract (the paper's `FrozenModelWithPrompt` reward; reward_prompt != prom
     gold           " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6"                   (gold_rationale)
 The few-shot demonstrations follow the paper's format exactly: "\\n".join(query + " " + rationale + solution) + "\\n".
 
-The calculator tool (`calculator`, on by default in the recipe, as in the paper): whenever the policy emits a token
-ending in "=", the calculator evaluates the two-term expression since the last ",", "." or "=" and appends
-" " + result to the *state*: those tokens are forced (`gfn_trl.tools`), not policy actions, so the policy writes
-" 6 - 0 =", the calculator " 6", the policy ", 6 - 4 =", the calculator " 2", ...  The state is the same text as the
-gold rationale and the reward-prompt demonstrations, " 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6", and the reward scores it
-with the tool's outputs in place (log p(Z_with_tool_outputs Y | 3-shot prompt + X), as in the paper).  Replayed
-latents get the same forced positions, recomputed from their tokens (the authors re-score them without the tool,
-paper.md §7 defect 3; we do not).  Without the calculator (`--calculator false`) the policy writes the results too
-and accuracy measures the LM's own arithmetic.
+The calculator tool (`calculator`, on by default in the recipe, as in the paper): whenever the policy emits the token
+"=" or " =" (as the authors' calculator: not "==", " +=", ...), the calculator evaluates the two-term expression
+since the last ",", "." or "=" and appends " " + result to the *state*: those tokens are forced (`gfn_trl.tools`),
+not policy actions, so the policy writes " 6 - 0 =", the calculator " 6", the policy ", 6 - 4 =", the calculator
+" 2", ...  The state is the same text as the gold rationale and the reward-prompt demonstrations,
+" 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6", and the reward scores it with the tool's outputs in place
+(log p(Z_with_tool_outputs Y | 3-shot prompt + X), as in the paper).  Replayed latents get the same forced positions,
+recomputed from their tokens (the authors re-score them without the tool, a defect of their code; we do not).
+Without the calculator (`--calculator false`) the policy writes the results too and accuracy measures the LM's own
+arithmetic.
 
-Deliberate fixes of the authors' code (paper.md §7):
-* defect 4: `gold_rationale` evaluates every operand left to right, and the calculator reads the last two operands
+Deliberate fixes of defects of the authors' code (GFNOrg/gfn-lm-tuning):
+* `gold_rationale` evaluates every operand left to right, and the calculator reads the last two operands
   of a longer expression (the paper's `limit_capability: 2`) instead of dropping one (their `get_limited_expr`);
-* defect 5: the tests never overlap the training problems (`make_splits` and `load_splits` assert it).
+* the tests never overlap the training problems (`make_splits` and `load_splits` assert it).
 
 Loading real data (`load_problems`, `load_splits`): a JSON list or a JSONL file of objects, in either format
     the paper's:   {"str_query": "Question: 6 - 0 - 4 - 8 = ? Answer:", "num_sol": -6,
@@ -40,10 +41,15 @@ the paper's files hold tool-style rationales without results ("6 - 0 =, 6 - 4 =,
 with the calculator, so gold rationales always come from `gold_rationale`.  `load_splits` also reads a directory
 holding the paper's files (`1digit_34_op+-_train_50.json`, `1digit_34_op+-_hw.json`, `1digit_{3,4,5}_op+-_test.json`).
 
+Training problems (`training_problems`): the first `N_GOLD` have their gold rationale put in a GFlowNet's replay
+buffer; `--gold_weight w` repeats each of them w times in the training set, so that they are drawn w times as often
+as the others (the authors weight them 1 against 0.2 for the problems without a rationale: w = 5, ~4.8 % of the
+draws with their 10 + 1000 problems; the default, 1, draws every problem alike).
+
 Evaluation (`evaluate`): the paper's protocol, 10 samples per question at temperature 0.1, the prediction of each
-sample extracted from its rationale (`extract_answer`: the integer after the last "=", else the last integer in the
-text), majority vote; plus the base-LM log-likelihood log p(Z Y | reward_prompt) of the samples, which is the same
-likelihood for every method (the §7 warning about evaluating methods under their own likelihoods).
+sample read from its rationale as the authors read it (`extract_answer`: the text after the last "=" if it is an
+integer, else the last word if it is one), majority vote; plus the base-LM log-likelihood log p(Z Y | reward_prompt)
+of the samples, which is the same likelihood for every method (methods are not scored under their own likelihoods).
 """
 
 from __future__ import annotations
@@ -233,7 +239,6 @@ def to_contract(problems: Sequence[Problem], shots: Sequence[Problem], prompt_sh
 
 _QUERY = re.compile(r"^\s*(?:Question:)?\s*(?P<expr>.*?)\s*(?:=\s*\?\s*(?:Answer:)?)?\s*$", re.DOTALL)
 _EXPR = re.compile(r"^\d+(?:\s*[+-]\s*\d+)+$")
-_INT = re.compile(r"-?\d+")
 
 
 def parse_question(question: str) -> Problem:
@@ -249,14 +254,23 @@ def parse_question(question: str) -> Problem:
 
 
 def extract_answer(text: str) -> int | None:
-    """The sample's prediction: the integer right after the last '=' (' 2 - 8 = -6' -> -6); if none follows it, the
-    last integer in the text; None when the text holds no integer."""
-    if "=" in text:
-        m = re.match(r"\s*(-?\d+)", text.rsplit("=", 1)[1])
-        if m:
-            return int(m.group(1))
-    found = _INT.findall(text)
-    return int(found[-1]) if found else None
+    """The prediction of a rationale `text`, read as the authors' `extract_answer` reads it (GFNOrg/gfn-lm-tuning,
+    infill_subj_arithmetic/utils.py): the text after the last "=", if it is an integer once spaces and "." around it
+    are stripped (' 2 - 8 = -6.' -> -6); else the last whitespace-separated word, if it is one (' 6 - 0 = 6, 6 - 4'
+    -> 4: a rationale cut mid-step is read by its last number, not its last result); else None (' 7 - 9 =', ' 6,',
+    '').  Theirs returns -1 for None, a vote that counts as right when the answer is -1; theirs also reads the query
+    before the rationale, whose own "= ? Answer:" never parses, so the readings agree (except for a rationale glued to
+    "Answer:" with no space)."""
+    pieces = [text.rsplit("=", 1)[1]] if "=" in text else []
+    words = text.split()
+    if words:
+        pieces.append(words[-1])
+    for piece in pieces:
+        try:
+            return int(piece.strip().strip("."))
+        except ValueError:
+            continue
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,7 +301,8 @@ def calculator_result(text: str) -> str | None:
 
 
 def calculator(tokenizer) -> TextTool:
-    """The calculator as a `gfn_trl.tools` tool for `tokenizer`: fires on tokens ending in "="."""
+    """The calculator as a `gfn_trl.tools` tool for `tokenizer`: fires on the tokens "=" and " =" (spaces around "="
+    ignored), as the authors' calculator does; "==", " +=", " -=", "====" do not fire it."""
     return TextTool(tokenizer, "=", calculator_result)
 
 
@@ -464,17 +479,34 @@ def evaluate(scored: list[Scored]) -> dict[str, float]:
 
 N_SHOTS = 3  # demonstrations in the reward prompt (the paper's `num_points: 3`)
 N_GOLD = 10  # training problems whose gold rationale seeds the replay buffer (the paper's `num_train: 10`)
+
+
+def training_problems(problems: Sequence[Problem], gold_weight: int = 1, n_gold: int = N_GOLD) -> list[Problem]:
+    """The training rows, in the trainer's order: `problems`, then `gold_weight - 1` more copies of each of the first
+    `n_gold` (those whose gold rationale seeds the replay buffer), so that a uniform draw over the rows picks each of
+    them `gold_weight` times as often as another problem.  The authors draw their 10 problems with a rationale with
+    weight 1 and the 1000 without with weight 0.2 (`train_weight` in their data.py): `gold_weight=5`.
+
+    Raises:
+        ValueError: `gold_weight` is not an integer >= 1.
+    """
+    if isinstance(gold_weight, bool) or not isinstance(gold_weight, int) or gold_weight < 1:
+        raise ValueError(f"--gold_weight must be an integer >= 1 (the paper's 1 : 0.2 is 5), got {gold_weight!r}.")
+    return list(problems) + [p for p in problems[:n_gold] for _ in range(gold_weight - 1)]
 SPLITS = {"test3": "test_3", "test4": "test_4", "ood5": "test_5"}  # metric prefix -> `load_splits` key
 
 
 class ArithmeticTask(Task):
     """Integer arithmetic: the calculator tool (`--calculator`), digit/operator latents, the first `N_GOLD` gold
-    rationales in the replay buffer, the untuned LM zero-shot (`prompting`) and with the demonstrations (`3-shot`) as
+    rationales in the replay buffer (those problems drawn `--gold_weight` times as often), the untuned LM zero-shot (`prompting`) and with the demonstrations (`3-shot`) as
     baselines, each test split with a latent budget that holds its longest gold rationale."""
 
     # JSON / JSON Lines problems or the paper's data directory, gold rationales (--trainer sft), no encoder
     spec = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
     baselines = ("prompting", "3-shot")
+
+    def check(self, ctx: RunContext) -> None:
+        training_problems([], ctx.task_args.gold_weight)  # raises on a bad --gold_weight
 
     def uses_tool(self, ctx: RunContext) -> bool:
         return ctx.task_args.calculator
@@ -495,13 +527,14 @@ class ArithmeticTask(Task):
         if too_long:
             print(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
                   f"max_completion_length={budget} tokens; the policy cannot write it in full.")
-        return to_contract(data.train, data.extra["shots"])
+        return to_contract(training_problems(data.train, ctx.task_args.gold_weight), data.extra["shots"])
 
     def vocab_mask(self, ctx: RunContext):
         return vocab_mask
 
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds:
-        gold = [[gold_latent(ctx.tokenizer, p, ctx.tool)] if i < N_GOLD else [] for i, p in enumerate(data.train)]
+        rows = training_problems(data.train, ctx.task_args.gold_weight)  # the copies share their problem's buffer
+        gold = [[gold_latent(ctx.tokenizer, p, ctx.tool)] if i < N_GOLD else [] for i, p in enumerate(rows)]
         return ReplaySeeds(gold, "gold rationales")
 
     def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
