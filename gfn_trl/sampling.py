@@ -15,8 +15,11 @@ Dimension legend: B rows, P prompt width (left-padded), T latent width, S = T + 
 from __future__ import annotations
 
 import inspect
+import math
+import weakref
 import zlib
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -265,6 +268,8 @@ def sample_latents(
     temperature: float = 1.0,
     pad_token_id: int | None = None,
     row_seeds: Tensor | None = None,
+    cache_implementation: str | None = None,
+    compile: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample Z from the constrained policy at an exploration temperature, with the KV cache.
 
@@ -283,18 +288,29 @@ def sample_latents(
         pad_token_id: unused (the latents are padded with the stop token); kept for callers.
         row_seeds: optional (B,) integers in [0, 2^32): each row's randomness is then a pure function of its
             seed (Gumbel-max sampling); without them the loop samples with `torch.multinomial` and the global RNG.
+        cache_implementation: `"dynamic"` (a cache that grows by one position per step) or `"static"` (one
+            preallocated `transformers.StaticCache` of the final width, fixed shapes at every step: the loop of
+            `_sample_static`); None takes the `sampler_options` in force (default `"dynamic"`).  Both draw the same
+            latents for the same row seeds (`tests/test_fast_sampler.py`).
+        compile: compile the static loop's decode step with `torch.compile` (CUDA graphs on a GPU); implies
+            `cache_implementation="static"`.  None takes the `sampler_options` in force (default off).
     Returns:
         z: (B, T) latent tokens, right-padded with the stop token; T <= max_length.
         lengths: (B,) number of latent tokens before the stop action.
     Raises:
-        ValueError: if `temperature` <= 0.
+        ValueError: if `temperature` <= 0, an unknown `cache_implementation`, `compile` with
+            `cache_implementation="dynamic"`, or a static cache on an LM that cannot decode exactly with one
+            (`static_cache_obstacle`).
     """
     if temperature <= 0:
         raise ValueError(f"Sampling temperature must be > 0, got {temperature}.")
+    options = _resolve_options(cache_implementation, compile)
     B, P = prompt_ids.shape
     device, stop = prompt_ids.device, constraints.stop_token_id
     if B == 0:
         return prompt_ids.new_zeros(0, 0), prompt_ids.new_zeros(0)
+    if options.cache_implementation == "static":
+        return _sample_static(model, prompt_ids, prompt_mask, constraints, temperature, row_seeds, options.compile)
     steps = constraints.max_length + 1  # at most max_length tokens, then the stop (forced at s_max)
     if row_seeds is not None:
         row_seeds = torch.as_tensor(row_seeds, dtype=torch.long, device=device)
@@ -322,6 +338,208 @@ def sample_latents(
             mask = None  # the state already holds the prompt, and the fed token is never padding
     lengths = (new == stop).long().argmax(dim=1)  # the first stop (every row has one: forced at s_max)
     T = int(lengths.max()) if B else 0
+    return new[:, :T].clone(), lengths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The static-cache loop: the same sampler on fixed shapes, so that its decode step can be compiled (CUDA graphs on a
+# GPU, where a small batch's step is launch-bound).  Everything a step reads has the same shape at every step: one
+# `transformers.StaticCache` of the final width P + max_length + 1, the full (B, P + steps) attention mask (positions
+# not yet written are hidden by causality), the one new token per row, its position, and the step index as a 0-d
+# tensor (a Python int would be a new constant, and a recompile, at every step).
+
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How `sample_latents` decodes when its caller does not say (`sampler_options`).
+
+    Attributes:
+        cache_implementation: `"dynamic"` (default) or `"static"` (`transformers.StaticCache`, fixed shapes).
+        compile: compile the static loop's decode step (`torch.compile`; CUDA graphs on a GPU).
+    """
+
+    cache_implementation: str = "dynamic"
+    compile: bool = False
+
+
+_OPTIONS: ContextVar[SamplerOptions | None] = ContextVar("gfn_trl_sampler_options", default=None)
+
+
+def _resolve_options(cache_implementation: str | None, compile: bool | None) -> SamplerOptions:
+    """The settings of a call: its own where given, else those of the `sampler_options` in force."""
+    default = _OPTIONS.get() or SamplerOptions()
+    impl = default.cache_implementation if cache_implementation is None else cache_implementation
+    if impl not in CACHE_IMPLEMENTATIONS:
+        raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got {impl!r}.")
+    if compile is None:  # an explicit "dynamic" turns the compile in force off
+        compiled = default.compile and cache_implementation != "dynamic"
+    else:
+        compiled = bool(compile)
+    if compiled and cache_implementation == "dynamic":
+        raise ValueError("compile=True needs fixed shapes: use cache_implementation='static' (or leave it unset), not "
+                         "'dynamic'.")
+    return SamplerOptions("static" if compiled else impl, compiled)
+
+
+@contextmanager
+def sampler_options(cache_implementation: str | None = None, compile: bool | None = None):
+    """Within the block, `sample_latents` calls that do not choose themselves decode with these settings (the
+    evaluation's and the decoding baselines' calls included).  Arguments left None keep the settings in force;
+    `compile=True` implies `cache_implementation="static"`.
+
+    Raises:
+        ValueError: an unknown `cache_implementation`, or `compile=True` with `cache_implementation="dynamic"`.
+    """
+    token = _OPTIONS.set(_resolve_options(cache_implementation, compile))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def static_cache_obstacle(model, length: int) -> str | None:
+    """Why `model` cannot decode sequences of `length` tokens exactly with a `transformers.StaticCache`, or None.
+
+    Recurrent and hybrid LMs (Mamba, LFM2: a state, not a key/value cache) have no static cache to give, and a
+    sliding-window layer's static cache wraps around once the sequence outgrows its window (then its layout is not
+    that of the dynamic cache); every other decoder of transformers decodes with one.
+    """
+    from transformers import StaticCache
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if _decoder_args(hf).cache == "cache_params":
+        return f"{type(hf).__name__} keeps a recurrent state, not a key/value cache"
+    try:
+        cache = StaticCache(config=hf.config, max_cache_len=length)
+    except Exception as e:  # noqa: BLE001 - any failure means: no static cache for this config
+        return f"transformers cannot build a StaticCache for {type(hf).__name__} ({type(e).__name__}: {e})"
+    if any(cache.is_linear):
+        return f"{type(hf).__name__} has linear-attention or recurrent layers"
+    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    windows = [getattr(config, n, None) for n in ("sliding_window", "window_size", "attention_chunk_size")]
+    windows = [w for w in windows if isinstance(w, int) and w > 0]
+    if (any(cache.is_sliding) or windows) and windows and length > min(windows):
+        return f"sequences of {length} tokens exceed {type(hf).__name__}'s attention window ({min(windows)})"
+    return None
+
+
+_STATIC_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> StaticCache, kept when compiling
+_COMPILED: dict[str, object] = {}  # torch.compile mode -> the compiled decode step
+
+
+def _static_cache(hf, batch: int, length: int, keep: bool):
+    """A StaticCache for `batch` rows of `length` tokens; with `keep`, the model's last one, reset, when it has that
+    shape (a compiled step, and a CUDA graph above all, is bound to its cache's addresses)."""
+    from transformers import StaticCache
+
+    if keep:
+        cache = _STATIC_CACHES.get(hf)
+        if cache is not None and getattr(cache, "_gfn_shape", None) == (batch, length):
+            cache.reset()
+            return cache
+    cache = StaticCache(config=hf.config, max_cache_len=length)
+    cache._gfn_shape = (batch, length)
+    if keep:
+        _STATIC_CACHES[hf] = cache
+    return cache
+
+
+def _choose(logits: Tensor, constraints: LatentConstraints, step: Tensor, temperature: Tensor,
+            row_seeds: Tensor | None) -> Tensor:
+    """The constrained, tempered scores at state index `step` (0-d): the Gumbel-max token (B,) with row seeds, else
+    the (B, V) float32 scores (the caller draws with `torch.multinomial`, from the global RNG as the dynamic loop)."""
+    scores = constraints.apply(logits.float(), step) / temperature
+    if row_seeds is None:
+        return scores
+    return (scores + gumbel_noise(row_seeds, step, scores.shape[-1]).to(scores.dtype)).argmax(-1)
+
+
+def _static_step(model, args: _DecoderArgs, ids: Tensor, mask: Tensor, positions: Tensor, cache, step: Tensor,
+                 temperature: Tensor, row_seeds: Tensor | None, constraints: LatentConstraints | None):
+    """One forward of `ids` (B, L) into the static cache: the last position's (B, V) float32 logits, or, with
+    `constraints` (no tool), the choice of `_choose` fused into the same (compiled) call."""
+    logits, _ = _forward_step(model, args, ids, mask, positions, cache)
+    if constraints is None:
+        return logits
+    return _choose(logits, constraints, step, temperature, row_seeds)
+
+
+def _compiled_step():
+    """`_static_step` compiled once per process: CUDA graphs ("reduce-overhead") where CUDA is available, inductor's
+    default elsewhere.  Dynamo re-specialises it per model and shape (a new batch size or prompt bucket)."""
+    mode = "reduce-overhead" if torch.cuda.is_available() else "default"
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(_static_step, mode=mode, dynamic=False)
+    return _COMPILED[mode]
+
+
+def _bucket(width: int, multiple: int = 32) -> int:
+    return int(math.ceil(width / multiple) * multiple)
+
+
+@torch.no_grad()
+def _sample_static(model, prompt_ids: Tensor, prompt_mask: Tensor, constraints: LatentConstraints,
+                   temperature: float, row_seeds, compile: bool) -> tuple[Tensor, Tensor]:
+    """`sample_latents` on a static cache (the arguments and returns of `sample_latents`).
+
+    The prefill runs eagerly (its width changes from batch to batch); the decode steps, compiled or not, see fixed
+    shapes.  Compiled, the prompts are left-padded to a multiple of 32 tokens (masked, so the latents do not change)
+    so that batches of nearby widths share one compiled step.  The choice of each token is the dynamic loop's
+    (`LatentConstraints.apply`, / temperature, Gumbel-max or `torch.multinomial`), so for the same row seeds the
+    two loops draw the same latents up to floating-point ties (the static attention runs over the full width)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device, stop = prompt_ids.device, constraints.stop_token_id
+    steps = constraints.max_length + 1
+    args, sharded = _decoder_args(model), _sharded(model)
+    if compile and sharded:
+        raise ValueError("compile=True is not supported with weights sharded over processes (ZeRO-3, FSDP): their "
+                         "hooks gather weights inside each forward. Decode with compile=False.")
+    B, P = prompt_ids.shape
+    if compile and _bucket(P) != P:  # masked left padding: same latents, fewer distinct shapes to compile
+        extra = _bucket(P) - P
+        prompt_ids = torch.cat([prompt_ids.new_full((B, extra), stop), prompt_ids], dim=1)
+        prompt_mask = torch.cat([prompt_mask.new_zeros(B, extra), prompt_mask], dim=1)
+        P = prompt_ids.shape[1]
+    obstacle = static_cache_obstacle(model, P + steps)
+    if obstacle is not None:
+        raise ValueError(f"cache_implementation='static' cannot decode this LM exactly: {obstacle}. Use "
+                         "cache_implementation='dynamic' (the default) for it.")
+    if row_seeds is not None:
+        row_seeds = torch.as_tensor(row_seeds, dtype=torch.long, device=device)
+    cache = _static_cache(hf, B, P + steps, keep=compile)
+    mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, steps).long()], dim=1)  # (B, P + steps), fixed
+    positions = position_ids_from_mask(prompt_mask)[:, -1:]  # advanced before each decode step
+    temp = torch.tensor(float(temperature), dtype=torch.float32, device=device)
+    fused = constraints if constraints.tool is None else None  # a tool's forced tokens are host-side
+    step_fn = _compiled_step() if compile else _static_step
+    new = torch.full((B, steps), stop, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    token = None
+    for step in range(steps):
+        step_t = torch.tensor(step, dtype=torch.long, device=device)
+        if step == 0:  # the prefill, eager
+            out = _static_step(model, args, prompt_ids, mask, position_ids_from_mask(prompt_mask), cache, step_t,
+                               temp, row_seeds, fused)
+        else:
+            positions = positions + 1
+            if compile and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+                torch.compiler.cudagraph_mark_step_begin()
+            out = step_fn(model, args, token[:, None], mask, positions, cache, step_t, temp, row_seeds, fused)
+        if fused is None:  # a tool: the constraints need the written prefix on the host
+            scores = constraints.apply_decoding(out, new[:, :step]) / temperature
+            out = scores if row_seeds is None else \
+                (scores + gumbel_noise(row_seeds, step, scores.shape[-1]).to(scores.dtype)).argmax(-1)
+        if row_seeds is None:
+            out = torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(1)
+        token = torch.where(done, torch.full_like(out, stop), out)  # a stopped row keeps emitting the stop
+        new[:, step] = token
+        done |= token == stop
+        if _all_stopped(done, sharded):
+            break
+    lengths = (new == stop).long().argmax(dim=1)
+    T = int(lengths.max())
     return new[:, :T].clone(), lengths
 
 

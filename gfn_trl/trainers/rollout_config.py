@@ -72,6 +72,13 @@ class RolloutConfig(_BaseConfig):
         The token that ends the latent, ⊤.  Defaults to the tokenizer's EOS token.  Must encode to one token.
     num_generations (`int`, *optional*, defaults to `8`):
         Latents sampled per prompt in each micro-batch (`per_device_train_batch_size` counts prompts).
+    cache_implementation (`str`, *optional*):
+        The sampler's KV cache, as in TRL's GRPO: `"static"`, one preallocated `transformers.StaticCache` and fixed
+        shapes at every decode step (needed for `sampler_compile`); unset or `"dynamic"`, a cache that grows by one
+        position per step.  Both draw the same latents for the same seeds (`gfn_trl.sampling.sample_latents`).
+    sampler_compile (`bool`, *optional*, defaults to `False`):
+        Compile the sampler's decode step with `torch.compile` (CUDA graphs on a GPU); implies
+        `cache_implementation="static"`.  The first batch of each shape pays the compilation (seconds to a minute).
 
     > Parameters that control the reward
 
@@ -139,6 +146,16 @@ class RolloutConfig(_BaseConfig):
         default=None, metadata={"help": "Token that ends the latent (default: the tokenizer's EOS). One token."}
     )
     num_generations: int = field(default=8, metadata={"help": "Latents sampled per prompt in each micro-batch."})
+    cache_implementation: str | None = field(
+        default=None,
+        metadata={"help": "The sampler's KV cache: 'static' (preallocated, fixed shapes; needed by sampler_compile) or "
+                  "unset/'dynamic' (grows by one position per step). The same latents either way."},
+    )
+    sampler_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the sampler's decode step with torch.compile (CUDA graphs on a GPU); implies "
+                  "cache_implementation='static'."},
+    )
 
     # Reward
     reward_model_name_or_path: str | None = field(
@@ -219,6 +236,12 @@ class RolloutConfig(_BaseConfig):
                 f"{self.max_completion_length}]."
             )
         _check_number(self, "num_generations", 1, integer=True)
+        if self.cache_implementation not in (None, "dynamic", "static"):
+            raise ValueError(f"cache_implementation must be 'static', 'dynamic' or unset, got "
+                             f"{self.cache_implementation!r}.")
+        if self.sampler_compile and self.cache_implementation == "dynamic":
+            raise ValueError("sampler_compile=True compiles the static-cache decode step: set cache_implementation="
+                             "'static' (or leave it unset), not 'dynamic'.")
         _check_number(self, "reward_chunk_size", 1, integer=True, optional=True)
         _check_number(self, "contrast_penalty", -1e6, 0, why=" It is added to the log-reward of a prefix after which "
                       "the wrong alternative is more likely: a penalty, <= 0 (and >= -1e6, beyond which log R / T_R "

@@ -38,12 +38,13 @@ from .._trl import _BaseTrainer
 from ..data import tokenize_dataset
 from ..models import eval_mode, quantized_load_kwargs
 from ..rewards import LikelihoodReward
-from ..sampling import counter_seed, left_pad, sample_latents
+from ..sampling import counter_seed, left_pad
 from ..tokenization import output_rows
 from ..tools import Tool
 from . import checkpoints as ckpt
 from . import setup, validation
 from .batch import RolloutBatch
+from .generation import DecodeLoop, GenerationBackend, GenerationRequest, check_latents
 from .rollout_config import RolloutConfig
 from .validation import check_construction
 
@@ -222,11 +223,27 @@ class RolloutTrainer(_BaseTrainer):
         # gathered once for the whole decode (the ranks' step counts differ)
         with eval_mode(unwrapped), self.rollout_weights(unwrapped), self.accelerator.autocast():
             seeds = [self._key(r["gfn_key"], j % k, step=step) for j, r in enumerate(expanded)]
-            z, lengths = sample_latents(
-                unwrapped, prompt_ids, prompt_mask, self.constraints, temperature, self.processing_class.pad_token_id,
-                seeds,
-            )
+            backend = self.generation_backend
+            request = GenerationRequest(expanded, prompt_ids, prompt_mask, temperature, seeds, self.state.global_step)
+            z, lengths = backend.generate(unwrapped, self.constraints, request)
+            if not isinstance(backend, DecodeLoop):  # another engine: its latents must lie in the policy's support
+                check_latents(self.constraints, z, lengths, backend)
         return z, lengths
+
+    @property
+    def generation_backend(self) -> GenerationBackend:
+        """What `sample` asks for latents (`gfn_trl.trainers.generation`): by default our decode loop with the config's
+        `cache_implementation` and `sampler_compile`; assign another `GenerationBackend` to replace it."""
+        if self.__dict__.get("_generation_backend") is None:
+            self._generation_backend = DecodeLoop(self.args.cache_implementation, self.args.sampler_compile)
+        return self._generation_backend
+
+    @generation_backend.setter
+    def generation_backend(self, backend: GenerationBackend) -> None:
+        if not isinstance(backend, GenerationBackend):
+            raise TypeError(f"A generation backend needs a generate(model, constraints, request) method; got "
+                            f"{type(backend).__name__}.")
+        self._generation_backend = backend
 
     def score_latents(
         self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor, final_only: bool = False
