@@ -12,8 +12,23 @@ Written against TRL 1.16.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trl.trainer.base_config import _BaseConfig
-from trl.trainer.base_trainer import _BaseTrainer
+
+if TYPE_CHECKING:
+    from trl.trainer.base_trainer import _BaseTrainer
+
+
+def __getattr__(name: str):
+    # `_BaseTrainer` on first use: it imports the HF Trainer and model code, which a recipe's `--help` (built from
+    # the config classes, which need `_BaseConfig` only) does not need.
+    if name == "_BaseTrainer":
+        from trl.trainer.base_trainer import _BaseTrainer
+
+        globals()[name] = _BaseTrainer
+        return _BaseTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_hooks(engine) -> None:

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if known.dry_run:
         print(shlex.join(cmd))
         return 0
-    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "GFN_TRL_CLI": "1"}  # GFN_TRL_CLI: `gfn-trl <task>` in usage
     return subprocess.run(cmd, env=env).returncode
 
 

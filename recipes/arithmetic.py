@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from gfn_trl import runner  # noqa: E402
-from gfn_trl.tasks.arithmetic import TASK  # noqa: E402
+from gfn_trl import runner  # noqa: E402  (lazy: `--help` imports the arguments only)
+
+TASK = "arithmetic"  # gfn_trl.tasks.arithmetic.TASK, imported when the run starts
 
 # The offline CPU default: a few minutes on 2 idle cores (the reward pass dominates: 3-shot prompt + Z + one copy of
 # Y per prefix, ~440 tokens a latent). The paper's values are in recipes/configs/arithmetic_gpt-j.yaml.
@@ -76,7 +77,7 @@ def main(recipe: runner.RecipeArguments, args, task: ArithmeticArguments | None 
 
 
 def make_parser(argv=None):
-    return runner.make_recipe_parser(CPU_DEFAULTS, ArithmeticArguments, argv=argv)
+    return runner.make_recipe_parser(CPU_DEFAULTS, ArithmeticArguments, argv=argv, task=TASK, description=__doc__)
 
 
 if __name__ == "__main__":

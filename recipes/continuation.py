@@ -19,8 +19,9 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from gfn_trl import runner  # noqa: E402
-from gfn_trl.tasks.continuation import TASK  # noqa: E402
+from gfn_trl import runner  # noqa: E402  (lazy: `--help` imports the arguments only)
+
+TASK = "continuation"  # gfn_trl.tasks.continuation.TASK, imported when the run starts
 
 # The offline CPU default: small enough to finish in a few minutes on 2 cores (8 prompts seen 3 times each, so that
 # replay is exercised). The paper's values are in
@@ -45,7 +46,7 @@ def main(recipe: runner.RecipeArguments, args) -> dict:
 
 
 def make_parser(argv=None):
-    return runner.make_recipe_parser(CPU_DEFAULTS, argv=argv)
+    return runner.make_recipe_parser(CPU_DEFAULTS, argv=argv, task=TASK, description=__doc__)
 
 
 if __name__ == "__main__":

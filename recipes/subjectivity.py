@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from gfn_trl import runner  # noqa: E402
-from gfn_trl.tasks.subjectivity import TASK  # noqa: E402
+from gfn_trl import runner  # noqa: E402  (lazy: `--help` imports the arguments only)
+
+TASK = "subjectivity"  # gfn_trl.tasks.subjectivity.TASK, imported when the run starts
 
 
 @dataclass
@@ -71,7 +72,7 @@ def main(recipe: runner.RecipeArguments, args, task: SubjectivityArguments | Non
 
 
 def make_parser(argv=None):
-    return runner.make_recipe_parser(CPU_DEFAULTS, SubjectivityArguments, argv=argv)
+    return runner.make_recipe_parser(CPU_DEFAULTS, SubjectivityArguments, argv=argv, task=TASK, description=__doc__)
 
 
 if __name__ == "__main__":

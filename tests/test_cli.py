@@ -76,6 +76,36 @@ def test_task_help_is_the_recipes_own_help():
     assert "--trainer" in out.stdout and "--num_labelled" in out.stdout  # a subjectivity flag, so its own parser
 
 
+def test_infill_help_shows_the_groups_and_only_infills_flags():
+    out = _cli("infill", "--help", timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("usage: gfn-trl infill [--config FILE.yaml]")
+    titles = ["task (infill):", "model (TRL's ModelConfig):", "algorithm (GFlowNetConfig):",
+              "Trainer (transformers.TrainingArguments):"]
+    where = [text.index(f"\n{t}\n") for t in titles]
+    assert where == sorted(where)  # the four groups, in this order
+
+    def group(title):  # the flags listed under one group's title
+        start = text.index(f"\n{title}\n")
+        end = min([text.index(f"\n{t}\n") for t in titles if text.index(f"\n{t}\n") > start] + [len(text)])
+        return {line.split()[0] for line in text[start:end].splitlines() if line.startswith("  --")}
+
+    assert {"--seed_gold", "--story_lm_steps", "--num_eval", "--ban_newlines"} <= group(titles[0])
+    assert {"--model_name_or_path", "--use_peft", "--lora_r", "--load_in_4bit", "--attn_implementation",
+            "--trust_remote_code", "--model_revision", "--dtype"} <= group(titles[1])
+    assert {"--trainer", "--loss_type", "--replay_prob", "--reward_temperature_start"} <= group(titles[2])
+    assert {"--learning_rate", "--max_steps", "--output_dir", "--report_to"} <= group(titles[3])
+    assert "--trainer {gfn,ppo,grpo,rloo,sft}" in text
+    for other in ("--num_labelled", "--calculator", "--decoding", "--strip_trailing_space", "--wishful_rationales"):
+        assert other not in text  # other recipes' flags
+    assert "  --no_" not in text and "--seed-gold" not in text  # one spelling per flag
+    assert "--ban_newlines [{true,false}]" in text
+    assert "(default: true)" in text and "(default: True)" not in text and "(default: False)" not in text
+    ppo = _cli("infill", "--trainer", "ppo", "--help", timeout=300).stdout
+    assert "algorithm (PPOConfig):" in ppo and "--kl_coef" in ppo and "--loss_type" not in ppo
+
+
 SMALL = ["--max_steps", "1", "--num_eval", "1", "--eval_samples", "2", "--num_train", "1", "--num_generations", "2",
          "--max_completion_length", "6", "--logging_steps", "1", "--warmup_steps", "0"]
 

