@@ -5,7 +5,8 @@ trainer, the output directory, and `run(task, recipe, args, task_args)`, the one
                   fields, `make_recipe_parser` (the grouped `--help`)
     checks.py     `validate` and the checks it makes (model and data paths, files, packages, trainer choice)
     build.py      `load_model_and_tokenizer`, `build_trainer` -> `Built` (trainer, policy, reward, constraints)
-    outputs.py    `save_run`, `save_base_model`, `policy_check`, `print_summary`, `log_final_metrics`
+    outputs.py    `save_run`, `save_base_model`, `policy_check`, `print_summary`, `log_final_metrics`,
+                  `write_run_card` (README.md)
     pipeline.py   `check` and `run`: the skeleton, with a `gfn_trl.tasks.base.Task` for everything task-specific
 
 The names are imported on first use: a recipe's `--help` needs `arguments` only, not the tasks, rewards and models.
@@ -25,7 +26,9 @@ _EXPORTS = {
     "DTYPES": ".checks", "check_data_source": ".checks", "check_model_source": ".checks",
     "check_output_dir": ".checks", "check_train_rows": ".checks", "check_trainer_choice": ".checks",
     "looks_like_path": ".checks", "validate": ".checks",
-    "BASE_DIR": ".outputs", "log_final_metrics": ".outputs", "policy_check": ".outputs", "print_summary": ".outputs",
+    "BASE_DIR": ".outputs", "TASK_SUMMARIES": ".outputs", "final_metric_logs": ".outputs",
+    "write_run_card": ".outputs", "log_final_metrics": ".outputs", "policy_check": ".outputs",
+    "print_summary": ".outputs",
     "save_base_model": ".outputs", "save_run": ".outputs", "sequence_log_prob": ".outputs", "write_outputs": ".outputs",
     "check": ".pipeline", "get_task": ".pipeline", "run": ".pipeline",
     "TaskSpec": "..tasks.base", "single_line_mask": "..tasks.base",
@@ -73,6 +76,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from .outputs import (  # noqa: F401
         BASE_DIR,
+        TASK_SUMMARIES,
+        final_metric_logs,
         log_final_metrics,
         policy_check,
         print_summary,
@@ -80,5 +85,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         save_run,
         sequence_log_prob,
         write_outputs,
+        write_run_card,
     )
     from .pipeline import check, get_task, run  # noqa: F401

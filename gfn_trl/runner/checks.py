@@ -184,9 +184,13 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
     {"--dataset": recipe.dataset}).
 
     Raises:
-        FileNotFoundError / ValueError / ModuleNotFoundError: naming the flag, file or package and the fix.
+        FileNotFoundError / ValueError / ModuleNotFoundError: naming the flag, file or package and the fix
+            (`--push_to_hub` while HF_HUB_OFFLINE is set: ValueError).
     """
     check_trainer_choice(recipe, spec, tool)
+    if getattr(args, "push_to_hub", False) and _offline():
+        raise ValueError("--push_to_hub needs the Hugging Face Hub, and HF_HUB_OFFLINE is set: unset it (and log in "
+                         "with `hf auth login`), or drop --push_to_hub and upload the output directory later.")
     if recipe.dtype not in DTYPES:
         raise ValueError(f"--dtype {recipe.dtype}: choose one of {', '.join(DTYPES)}.")
     for flag in ("num_eval", "eval_samples"):
@@ -218,9 +222,6 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
         check_model_source(args.reward_model_name_or_path, "--reward_model_name_or_path")
     if bits or getattr(args, "reward_model_quantization", None):
         _require("bitsandbytes", " / ".join(bits) or "--reward_model_quantization", "pip install -e '.[bitsandbytes]'")
-    if getattr(args, "push_to_hub", False) and _offline():
-        raise ValueError("--push_to_hub needs the Hugging Face Hub, and HF_HUB_OFFLINE is set: unset it (and log in "
-                         "with `hf auth login`), or drop --push_to_hub and upload the output directory later.")
 
     for flag, source in (data if data is not None else {"--dataset": recipe.dataset}).items():
         check_data_source(source, spec, flag)

@@ -1,5 +1,7 @@
 """What a recipe's output directory holds: a policy that standard tools reload (`save_run`), its base when nothing
-else holds it (`save_base_model`), metrics.json, samples.jsonl, policy_check.json; and the printed summary."""
+else holds it (`save_base_model`), metrics.json, samples.jsonl, policy_check.json, the final metrics through the
+trainer (`log_final_metrics`: trainer_state.json, test_results.json, the trackers), the model card (README.md,
+`write_run_card`); and the printed summary."""
 
 from __future__ import annotations
 
@@ -134,14 +136,72 @@ def save_run(trainer, recipe_args, train_args, metrics: dict, samples: list[dict
     The trainer's own heads (PPO's value head, the GFlowNet's learned log Z) are not part of the policy and are not
     saved here; checkpoints (`--save_strategy`) hold them.
 
-    `trainer.save_model` runs on every process: under DeepSpeed ZeRO-3 or FSDP each rank holds a shard to gather."""
+    `trainer.save_model` runs on every process: under DeepSpeed ZeRO-3 or FSDP each rank holds a shard to gather.
+    Under `--push_to_hub` nothing is pushed here: the runner pushes the finished directory (`push_output_dir`)."""
     check = policy_check(built, scored[0]) if built is not None and scored else None
-    trainer.save_model(train_args.output_dir)
+    trainer.save_model(train_args.output_dir, _internal_call=True)  # not pushed yet: the card and metrics come first
     if trainer.accelerator.is_main_process:
         tokenizer = getattr(trainer, "processing_class", None)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(train_args.output_dir)
         write_outputs(train_args.output_dir, metrics, samples, recipe_args, train_args, check)
+
+
+def final_metric_logs(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{method: {metric: value}} -> {"test_<method>/<metric>": value}: the held-out evaluation of every method, under
+    the HF Trainer's prefix of a test split (trackers file them under test/<method>/<metric>)."""
+    return {f"test_{method}/{key}": value for method, values in metrics.items() for key, value in values.items()}
+
+
+def log_final_metrics(trainer, metrics: dict[str, dict[str, float]]) -> None:
+    """The run's final metrics (every method on the held-out examples) through the trainer, as an HF run reports
+    its results: `trainer.log` (the log history and every `report_to` tracker, at the last step), `log_metrics`
+    (printed) and `save_metrics` (`test_results.json`, merged into `all_results.json`); then `save_state` writes
+    `trainer_state.json`, with the whole log history, into the output directory.  Call it on every process (the
+    writes are the main process's)."""
+    logs = final_metric_logs(metrics)
+    trainer.log(dict(logs))
+    trainer.log_metrics("test", logs)
+    trainer.save_metrics("test", logs)
+    trainer.save_state()
+
+
+# One line per task for the model card (the recipes' docstrings say more)
+TASK_SUMMARIES = {
+    "infill": "story infilling (Hu et al. 2024, §4.2): given sentences 1-3 (X) and 5 (Y) of a five-sentence story, "
+              "sample sentence 4 (Z) from the posterior p(Z | X, Y) ∝ p_LM(X Z Y).",
+    "continuation": "sentence continuation (Hu et al. 2024, §4.1): sample the next sentence Z of a prompt X with "
+                    "probability ∝ p_LM(Z \".\" | X)^(1/T): likely and diverse continuations.",
+    "subjectivity": "subjectivity classification with a latent rationale (Hu et al. 2024, §4.3): sample a short "
+                    "rationale Z for a movie-review sentence X with probability ∝ p_LM(Z Y | X), Y the label's "
+                    "words; the label is read from the frozen LM after X Z.",
+    "arithmetic": "integer arithmetic with a latent rationale and a calculator (Hu et al. 2024, §4.4): sample the "
+                  "chain of intermediate results Z of a problem X with probability ∝ p_LM(Z Y | demonstrations, X), Y "
+                  "the answer.",
+}
+
+
+def write_run_card(trainer, recipe_args, train_args, task: str, metrics: dict, built: Built | None = None,
+                   example_prompt: str | None = None, base_modified: bool = False) -> None:
+    """README.md of the output directory (main process): the model card of `gfn_trl.trainers.model_card` with the
+    real base model (SmolLM2-135M-Instruct for the embedded GGUF default), what `base_model/` holds, the task, the
+    run's metrics, a usage snippet for this directory and the settings.  Later cards of `trainer` (a push) keep it."""
+    from ..trainers.model_card import base_model_name, set_card_info, write_model_card
+
+    name = recipe_args.model_name_or_path
+    base = base_model_name(name)
+    note = None
+    if base_modified:
+        note = (f"The adapter's base is {base} fine-tuned on the task's training data first (as the paper's infilling "
+                f"runs start from a story LM), saved in `{BASE_DIR}/`.")
+    elif _is_gguf(name):
+        note = (f"The base was loaded from a GGUF file of {base} (de-quantized) and is saved in `{BASE_DIR}/`, the "
+                "base the adapter was trained on.")
+    set_card_info(trainer, base_model=base, base_note=note, task=task, task_summary=TASK_SUMMARIES.get(task),
+                  metrics=metrics, example_prompt=example_prompt,
+                  stop_token_id=built.constraints.stop_token_id if built is not None else None)
+    if trainer.accelerator.is_main_process:
+        write_model_card(trainer, train_args.output_dir)
 
 
 def print_summary(title: str, metrics: dict[str, dict[str, float]], examples: list[dict]) -> None:

@@ -15,7 +15,7 @@ from ..tasks.base import Evaluated, RunContext, Task, seed_replay_buffer
 from .arguments import RecipeArguments
 from .build import build_trainer, load_model_and_tokenizer
 from .checks import check_train_rows, validate
-from .outputs import print_summary, save_run
+from .outputs import log_final_metrics, print_summary, save_run, write_run_card
 
 
 def get_task(task: Task | str) -> Task:
@@ -54,8 +54,9 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     optional stage (`prepare_model`, e.g. the story LM); 5. the trainer (`build_trainer`: the task's data contract,
     vocabulary mask and tool); 6. GFlowNet only: the task's replay seeds; 7. the baselines on the untuned LM (unless
     `--skip_baseline`) and the `--decoding` methods; 8. training; 9. the trained policy's evaluation; 10. the output
-    directory (`save_run`: policy, tokenizer, metrics.json, samples.jsonl, policy_check.json); 11. the summary, on
-    the main process.
+    directory (`save_run`: policy, tokenizer, metrics.json, samples.jsonl, policy_check.json; `log_final_metrics`:
+    the metrics through `trainer.log` / `log_metrics` / `save_metrics`, trainer_state.json; `write_run_card`:
+    README.md), pushed to the hub under `--push_to_hub`; 11. the summary, on the main process.
 
     Returns:
         {method: {metric: value}}: the baselines, the decoding methods, then `recipe.trainer`.
@@ -75,7 +76,8 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     ctx.model, ctx.tokenizer = load_model_and_tokenizer(recipe, args)
     modified = task.prepare_model(ctx, data)
     ctx.tool = task.make_tool(ctx)
-    ctx.built = build_trainer(recipe, args, ctx.model, ctx.tokenizer, task.to_contract(ctx, data),
+    contract = task.to_contract(ctx, data)
+    ctx.built = build_trainer(recipe, args, ctx.model, ctx.tokenizer, contract,
                               vocab_mask=task.vocab_mask(ctx), gold_column="gold" if task.spec.gold else None,
                               allow_decoding=task.spec.decoding, tool=ctx.tool,
                               base_modified=modified)  # a changed model is saved as the adapter's base
@@ -98,6 +100,13 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
 
     metrics = {name: r.metrics for name, r in results.items()}
     save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())
+    log_final_metrics(trainer, metrics)
+    prompt = contract["prompt"][0] if len(contract) and isinstance(contract["prompt"][0], str) else None
+    write_run_card(trainer, recipe, args, task.spec.name, metrics, ctx.built, prompt, modified)
+    if args.push_to_hub:
+        from ..trainers.model_card import push_output_dir
+
+        push_output_dir(trainer, args.output_dir)
     if trainer.accelerator.is_main_process:
         summary = task.summary(ctx, data, results, seeded)
         if summary.note is not None:
