@@ -45,6 +45,7 @@ from . import checkpoints as ckpt
 from . import setup, validation
 from .batch import RolloutBatch
 from .generation import DecodeLoop, GenerationBackend, GenerationRequest, check_latents
+from .model_card import write_model_card
 from .rollout_config import RolloutConfig
 from .validation import check_construction
 
@@ -173,6 +174,7 @@ class RolloutTrainer(_BaseTrainer):
         )
 
         self.is_peft = is_peft
+        self.model.add_model_tags(self._tag_names)  # the hub's tags, as TRL's trainers add them
         self._micro_step, self._micro_index = -1, 0
         self._heads: dict[str, tuple[nn.Module, float]] = {}
         self.add_callback(_ZeroHeadGrads(self))
@@ -513,6 +515,16 @@ class RolloutTrainer(_BaseTrainer):
 
     def _state_file(self, folder: str) -> str:
         return os.path.join(folder, f"gfn_state_rank{self.args.process_index}.pt")
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """gfn_trl's model card (`gfn_trl.trainers.model_card`) in `output_dir`, in place of TRL's template."""
+        if self.is_world_process_zero():
+            write_model_card(self, self.args.output_dir, model_name=model_name, dataset_name=dataset_name, tags=tags)
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # every saved model carries its card
+            write_model_card(self, output_dir or self.args.output_dir)
 
     def _save_checkpoint(self, model, trial):
         """Write the checkpoint in a staging folder, then its manifest, then rename it to `checkpoint-N`
