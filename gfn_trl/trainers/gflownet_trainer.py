@@ -25,6 +25,7 @@ from accelerate.utils import gather_object
 from ..losses import batch_log_z, get_objective, group_mean, penalize_short_states, trajectory_log_ratio
 from ..replay import ReplayBuffer
 from ..sampling import policy_log_probs, right_pad
+from . import diagnostics
 from .batch import RolloutBatch
 from .gflownet_config import GFlowNetConfig
 from .heads import LogZHead
@@ -35,7 +36,11 @@ class GFlowNetTrainer(RolloutTrainer):
     """Trains a policy q(Z | prompt) so that q(Z) ∝ R(Z), R being a frozen LM's likelihood of the latent.
 
     Takes the arguments of [`RolloutTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
-    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool) with a [`GFlowNetConfig`].
+    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics) with a [`GFlowNetConfig`].
+
+    Besides the loss it logs `entropy`, `completions/clipped_ratio`, `completions/distinct_per_prompt` (on-policy
+    batches), `subtb_residual/len_<bin>`, `loss/<behaviour>` and the replay buffer's `fill`, `insert_rate` and
+    `duplicate_rate` (`gfn_trl.trainers.diagnostics`; the README says what a healthy run looks like in them).
     """
 
     _tag_names = ["trl", "gflownet", "gfn_trl"]
@@ -56,12 +61,13 @@ class GFlowNetTrainer(RolloutTrainer):
 
     def __init__(self, model, args: GFlowNetConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
-                 optimizers=(None, None), tool=None):
+                 optimizers=(None, None), tool=None, compute_metrics=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
-                         vocab_mask, callbacks, optimizers, tool)
+                         vocab_mask, callbacks, optimizers, tool, compute_metrics=compute_metrics)
         args = self.args
         # State carried across steps (saved in checkpoints)
         self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
+        self._replay_stats_seen = dict(self.replay_buffer.stats)  # the counters at the last logged step
         self.objective = get_objective(args.loss_type)  # the loss and what it needs (`gfn_trl.losses.OBJECTIVES`)
         self.needs_log_z = self.objective.needs_log_z(args.loss_min_length())
         self.log_z_head = None
@@ -179,7 +185,7 @@ class GFlowNetTrainer(RolloutTrainer):
 
         self.flag_nonfinite("the loss", loss, detail=f" (reward temperature T_R = {t_r:g}; log R / T_R spans "
                             f"[{float(log_r.min()):.3g}, {float(log_r.max()):.3g}])")
-        self._record_metrics(inputs, log_pf, log_pterm, log_r, log_z, t_r)
+        self._record_metrics(inputs, log_pf, log_pterm, log_r, log_z, t_r, loss)
         return loss
 
     @torch.no_grad()
@@ -199,8 +205,11 @@ class GFlowNetTrainer(RolloutTrainer):
             self.flag_nonfinite("log Z", log_z)
 
     @torch.no_grad()
-    def _record_metrics(self, inputs, log_pf, log_pterm, log_r, log_z, t_r) -> None:
+    def _record_metrics(self, inputs, log_pf, log_pterm, log_r, log_z, t_r, loss=None) -> None:
+        """The step's metrics and diagnostics (`gfn_trl.trainers.diagnostics`; what they mean in a healthy run: the
+        README's "What a healthy run looks like").  `log_pf`, `log_pterm`: the loss's policy; `log_r` tempered."""
         lengths, group = inputs.lengths, inputs.group
+        training = self._mode == "train"
         final = inputs.log_r.gather(1, lengths[:, None]).squeeze(1)  # untempered log R(Z⊤)
         ratio = trajectory_log_ratio(log_pf.detach(), log_pterm.detach(), log_r, lengths)  # log R/T_R - log q
         centred = ratio - group_mean(ratio, group)
@@ -210,14 +219,58 @@ class GFlowNetTrainer(RolloutTrainer):
             "completion_length/mean": lengths.float().mean(),
             "log_ratio/within_prompt_var": centred.pow(2).mean(),  # 0 when q ∝ R exactly
             "reward_temperature": torch.tensor(t_r),
+        }
+        if training:
+            values.update(self._replay_metrics(inputs))
+            if loss is not None:  # the loss by behaviour: logged only when that behaviour occurred in the window
+                values[f"loss/{inputs.behaviour}"] = loss.detach()
+        if log_z is not None:
+            values["log_z/mean"] = log_z.detach().mean()
+        values.update(self._residual_metrics(log_pf, log_pterm, log_r, lengths, log_z))
+        self.record_metrics(values)
+        # entropy, clipped ratio, distinct latents: of the policy that was sampled (with the stop banned below the
+        # minimum length even where the loss keeps it, `min_length_mode="penalize"`)
+        sampled_pf, sampled_pterm = log_pf.detach(), log_pterm.detach()
+        if self.loss_constraints().min_length < self.constraints.min_length:
+            sampled_pf, sampled_pterm = diagnostics.stop_banned_below(sampled_pf, sampled_pterm,
+                                                                      self.constraints.min_length)
+        self.record_generation_metrics(inputs, diagnostics.sequence_log_prob(sampled_pf, sampled_pterm, lengths))
+        if training:
+            self.record_completions(inputs)
+
+    def _replay_metrics(self, inputs: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The behaviour drawn, the replay buffer's size and fill, and the rates of the latents offered to it since
+        the last call (the same on every rank: the buffer is shared)."""
+        buf = self.replay_buffer
+        values = {
             "sampling_temperature": torch.tensor(inputs.temperature),
             "behaviour/replay": torch.tensor(float(inputs.behaviour == "replay")),
             "behaviour/tempered": torch.tensor(float(inputs.behaviour == "tempered")),
-            "replay_buffer/size": torch.tensor(float(len(self.replay_buffer))),
+            "replay_buffer/size": torch.tensor(float(len(buf))),
+            "replay_buffer/fill": torch.tensor(buf.fill()),
         }
-        if log_z is not None:
-            values["log_z/mean"] = log_z.detach().mean()
-        self.record_metrics(values)
+        seen, now = self._replay_stats_seen, dict(buf.stats)
+        offered = now["offered"] - seen["offered"]
+        if offered > 0:  # (none for a replayed batch)
+            values["replay_buffer/insert_rate"] = torch.tensor((now["inserted"] - seen["inserted"]) / offered)
+            values["replay_buffer/duplicate_rate"] = torch.tensor((now["duplicates"] - seen["duplicates"]) / offered)
+        self._replay_stats_seen = now
+        return values
+
+    def _residual_metrics(self, log_pf, log_pterm, log_r, lengths, log_z) -> dict[str, torch.Tensor]:
+        """`subtb_residual/len_<bin>`: the mean squared SubTB residual of the loss's windows by window length
+        (`diagnostics.window_bins`), over every rank's windows; a bin without windows in this batch is left out."""
+        bins = diagnostics.window_bins(self.args.max_completion_length)
+        sums, counts = diagnostics.subtb_residual_sums(
+            log_pf.detach(), log_pterm.detach(), log_r, lengths, bins, self.loss_constraints().min_length,
+            None if log_z is None else log_z.detach(), log_pterm.detach() > float("-inf"),
+        )
+        both = torch.cat([sums, counts]).float().to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            both = self.accelerator.reduce(both, reduction="sum")
+        sums, counts = both[: len(bins)], both[len(bins):]
+        return {f"subtb_residual/len_{name}": sums[k] / counts[k] for k, (_, _, name) in enumerate(bins)
+                if counts[k] > 0}
 
     # ------------------------------------------------------------------ replay seeding
     @torch.no_grad()
@@ -243,6 +296,7 @@ class GFlowNetTrainer(RolloutTrainer):
             log_r = self.score_latents(list(rows), z, lengths)
             added += sum(self.replay_buffer.add(row["gfn_key"], toks, log_r[b, : len(toks) + 1].tolist())
                          for b, (row, toks) in enumerate(zip(rows, ids)))
+        self._replay_stats_seen = dict(self.replay_buffer.stats)  # seeding is not the training's replay traffic
         return added
 
     # ------------------------------------------------------------------ checkpoints
@@ -254,6 +308,7 @@ class GFlowNetTrainer(RolloutTrainer):
         """The saved buffer, under the current config's replay settings (a changed size, prioritisation or
         tolerance applies: the buffer is rebuilt from the saved entries, and the change is logged)."""
         self.replay_buffer.load_state_dict(state["replay_buffer"])
+        self._replay_stats_seen = dict(self.replay_buffer.stats)
         a = self.args
         changes = self.replay_buffer.reconfigure(a.replay_buffer_size, a.replay_prioritized, a.replay_sim_tolerance)
         if changes:

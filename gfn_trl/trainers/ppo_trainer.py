@@ -35,6 +35,7 @@ from ..ppo_losses import (
 )
 from ..sampling import policy_log_probs
 from .batch import PPOBatch
+from .diagnostics import sequence_log_prob
 from .heads import ValueHead
 from .ppo_config import PPOConfig
 from .rollout_trainer import RolloutTrainer, logger
@@ -43,8 +44,10 @@ from .rollout_trainer import RolloutTrainer, logger
 class PPOTrainer(RolloutTrainer):
     """PPO on latents Z ~ q(Z | prompt) with reward log R(Z), the frozen LM's likelihood (a baseline to GFlowNets).
 
-    Takes the same arguments as [`GFlowNetTrainer`] (model, args, train_dataset, processing_class, peft_config,
-    reward_model, vocab_mask, callbacks, optimizers, tool) with a [`PPOConfig`].
+    Takes the same arguments as [`GFlowNetTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
+    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics) with a [`PPOConfig`].
+    Besides its losses it logs `entropy` (rollouts at temperature 1), `completions/clipped_ratio` and
+    `completions/distinct_per_prompt` once per rollout.
     """
 
     _tag_names = ["trl", "ppo", "gfn_trl"]
@@ -65,9 +68,9 @@ class PPOTrainer(RolloutTrainer):
 
     def __init__(self, model, args: PPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
-                 optimizers=(None, None), tool=None):
+                 optimizers=(None, None), tool=None, compute_metrics=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
-                         vocab_mask, callbacks, optimizers, tool)
+                         vocab_mask, callbacks, optimizers, tool, compute_metrics=compute_metrics)
         hidden = self.model.config.get_text_config().hidden_size
         self.value_head = self.register_head("value", ValueHead(hidden), self.args.value_learning_rate)
         self.kl_coef = self.args.kl_coef
@@ -97,23 +100,32 @@ class PPOTrainer(RolloutTrainer):
         return action_log_probs(log_pf.float(), log_pterm.float(), inputs.lengths)
 
     @torch.no_grad()
-    def _rollout(self, rows: list[dict], step: int) -> PPOBatch:
+    def _rollout(self, rows: list[dict], step: int, evaluation: bool = False) -> PPOBatch:
+        """Sample, score and evaluate a rollout.  `evaluation`: on-policy at temperature 1 with the evaluation's
+        seeds (`eval_seeds`), the adaptive KL coefficient left alone, the latents not kept for the training table."""
         a = self.args
+        temperature = 1.0 if evaluation else a.sampling_temperature
         expanded, group = self.expand(rows)
         prompt_ids, prompt_mask = self.prompt_batch(expanded)
-        z, lengths = self.sample(expanded, prompt_ids, prompt_mask, a.sampling_temperature, step=step)
+        z, lengths = self.sample(expanded, prompt_ids, prompt_mask, temperature, step=step,
+                                 seeds=self.eval_seeds(expanded) if evaluation else None)
         final = self.score_latents(expanded, z, lengths, final_only=True).float()  # untempered log R(Z⊤) only
         log_r = torch.zeros(z.shape[0], z.shape[1] + 1, device=final.device).scatter(
             1, lengths[:, None], final[:, None]
         )
         inputs = PPOBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, z=z, lengths=lengths, rows=expanded,
-                          group=group, log_r=log_r, step=step, temperature=a.sampling_temperature)
+                          group=group, log_r=log_r, step=step, temperature=temperature,
+                          behaviour="on_policy" if temperature == 1.0 else "tempered")
         self._check_finite(log_r, inputs)
 
         unwrapped = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():
             log_pf, log_pterm, hidden = self._policy_pass(unwrapped, inputs, True)
         old = action_log_probs(log_pf.float(), log_pterm.float(), lengths)
+        # entropy (at temperature 1), clipped ratio, distinct latents: once per rollout
+        self.record_generation_metrics(inputs, sequence_log_prob(log_pf.float(), log_pterm.float(), lengths))
+        if not evaluation:
+            self.record_completions(inputs)  # (an evaluation's are kept by `prediction_step`)
         ref = self._reference_log_probs(inputs)
         rewards, kl = kl_penalised_rewards(final / a.reward_temperature, old, ref, lengths, self.kl_coef)
         mask = action_mask(lengths, old.shape[1])
@@ -134,12 +146,17 @@ class PPOTrainer(RolloutTrainer):
             "kl": torch.tensor(mean_kl),
             "kl_coef": torch.tensor(self.kl_coef),
         }
-        if a.adaptive_kl:
+        if a.adaptive_kl and not evaluation:
             n = len(expanded) * self.accelerator.num_processes
             self.kl_coef = adaptive_kl_coef(self.kl_coef, mean_kl, a.kl_target, a.kl_horizon, n)
         inputs.old_log_probs, inputs.values, inputs.advantages, inputs.returns = old, values, advantages, returns
         inputs.mask, inputs.metrics = mask, metrics
         return inputs
+
+    def eval_inputs(self, rows: list[dict]) -> PPOBatch:
+        """An evaluation rollout (`_rollout(evaluation=True)`): its loss is the clipped objective at the sampling
+        policy (ratio 1), i.e. minus the mean advantage plus `vf_coef` times the critic's error."""
+        return self._rollout(rows, self.state.global_step, evaluation=True)
 
     def _prepare_inputs(self, rows: list[dict]) -> PPOBatch:
         self._next_micro_batch()

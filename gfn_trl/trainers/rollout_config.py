@@ -99,6 +99,17 @@ class RolloutConfig(_BaseConfig):
         label) is more likely than its `suffix`; in [-1e6, 0].  The paper's subjectivity reward; no effect without
         the column.
 
+    > Parameters that control logging
+
+    log_completions (`bool`, *optional*, defaults to `False`):
+        At every log, print a table of latents sampled since the last one (the last optimizer step's, and every one
+        of an evaluation): prompt, latent (decoded), untempered log R(Z ⊤), behaviour (on_policy, tempered or replay)
+        and sampling temperature; printed on the main process (with `rich` if installed) and sent to the trackers of
+        `report_to` that take tables (tensorboard, wandb, trackio).  TRL's name (`GRPOConfig.log_completions`).
+    num_completions_to_print (`int`, *optional*):
+        Rows of that table to print (a random choice, the same on every rerun); None prints them all.  The trackers
+        get the whole table.  >= 1 when set.
+
     > Other parameters
 
     disable_dropout (`bool`, *optional*, defaults to `True`):
@@ -180,6 +191,19 @@ class RolloutConfig(_BaseConfig):
                   "wrong label) is more likely than its suffix; in [-1e6, 0]. -50 in the paper's subjectivity task."},
     )
 
+    # Logging
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "At every log, print a table of the latents sampled since the last one (prompt, latent, "
+                  "untempered log R, behaviour, sampling temperature) and send it to the report_to trackers that take "
+                  "tables (tensorboard, wandb, trackio)."},
+    )
+    num_completions_to_print: int | None = field(
+        default=None,
+        metadata={"help": "Rows of the log_completions table to print (a fixed random choice); None prints them all. "
+                  "The trackers get the whole table."},
+    )
+
     # Other
     disable_dropout: bool = field(default=True, metadata={"help": "Turn the policy's dropout off."})
     model_init_kwargs: dict[str, Any] | str | None = field(
@@ -243,6 +267,7 @@ class RolloutConfig(_BaseConfig):
             raise ValueError("sampler_compile=True compiles the static-cache decode step: set cache_implementation="
                              "'static' (or leave it unset), not 'dynamic'.")
         _check_number(self, "reward_chunk_size", 1, integer=True, optional=True)
+        _check_number(self, "num_completions_to_print", 1, integer=True, optional=True)
         _check_number(self, "contrast_penalty", -1e6, 0, why=" It is added to the log-reward of a prefix after which "
                       "the wrong alternative is more likely: a penalty, <= 0 (and >= -1e6, beyond which log R / T_R "
                       "overflows float32 in the loss).")

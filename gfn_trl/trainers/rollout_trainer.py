@@ -19,13 +19,15 @@ batch -> the loss), and may add state with `extra_state_dict`.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -42,7 +44,8 @@ from ..sampling import counter_seed, left_pad
 from ..tokenization import output_rows
 from ..tools import Tool
 from . import checkpoints as ckpt
-from . import setup, validation
+from . import completions as completions_table
+from . import diagnostics, setup, validation
 from .batch import RolloutBatch
 from .generation import DecodeLoop, GenerationBackend, GenerationRequest, check_latents
 from .model_card import write_model_card
@@ -93,6 +96,19 @@ class RolloutTrainer(_BaseTrainer):
             function tokenizer -> mask.  Applied identically when sampling and in the loss.
         tool (`gfn_trl.tools.Tool`, *optional*): a tool whose outputs are forced tokens of the latent's state, not
             policy actions (the arithmetic task's calculator); also applied identically in sampling, loss and replay.
+        compute_metrics (callable, *optional*): task metrics of the evaluation samples, called once per
+            `evaluate()` on the main process with keyword arguments in the style of TRL's reward functions:
+            `prompts` (the eval rows' prompts, one per latent), `completions` (the latents decoded), `completion_ids`
+            (their token ids), `log_rewards` (untempered log R(Z ⊤), natural log) and every other column of the eval
+            dataset (e.g. a gold answer), each a list with one entry per latent.  It returns a dict of numbers,
+            logged with the evaluation's prefix (`eval_<name>`).  Not the HF Trainer's `EvalPrediction` callable:
+            the predictions here are sampled latents, not logits.
+
+    Evaluation (`evaluate()`, `eval_strategy="steps"`): `num_generations` latents per eval prompt, sampled on-policy
+    (temperature 1, no replay) with seeds of their own (the same at every evaluation, so that two evaluations differ
+    by the policy only), scored by the same reward and loss, never written to the replay buffer; the metrics are
+    those of training with the `eval_` prefix.  Evaluating does not change training: the same run with and
+    without periodic evaluation ends with the same weights.
     """
 
     _config_class = RolloutConfig
@@ -112,6 +128,7 @@ class RolloutTrainer(_BaseTrainer):
         callbacks=None,
         optimizers=(None, None),
         tool: Tool | None = None,
+        compute_metrics: Callable[..., dict[str, float]] | None = None,
     ):
         # Args
         if args is None:
@@ -185,7 +202,17 @@ class RolloutTrainer(_BaseTrainer):
             self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
             args.reward_chunk_size, self.accelerator.autocast, args.contrast_penalty,
         )
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        # Metrics and latents kept until the next `log`, per mode ("eval" inside `evaluation_loop`)
+        self._mode = "train"
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        per_step = (args.per_device_train_batch_size * args.num_generations * args.gradient_accumulation_steps
+                    * args.world_size)
+        self._completions = {"train": deque(maxlen=per_step), "eval": []}  # the `log_completions` rows
+        self._eval_samples: list[dict] = []  # what `compute_metrics` receives
+        self._eval_log_prefix: str | None = None
+        if compute_metrics is not None and not callable(compute_metrics):
+            raise TypeError(f"compute_metrics must be a callable returning a dict of numbers, got {compute_metrics!r}.")
+        self.compute_metrics = compute_metrics
 
     # ------------------------------------------------------------------ rollout and reward
     # All randomness of a rollout is counter-based: a pure function of (seed, optimizer step, micro-batch index,
@@ -214,17 +241,26 @@ class RolloutTrainer(_BaseTrainer):
             [r["prompt_ids"] for r in expanded], self.processing_class.pad_token_id, self.accelerator.device
         )
 
+    def eval_seeds(self, expanded: list[dict]) -> list[int]:
+        """The evaluation's seeds: sample j of a prompt is seeded by (seed, "eval", prompt key, j mod
+        num_generations), apart from every training seed and the same at every evaluation."""
+        k = self.args.num_generations
+        return [counter_seed(self.args.seed, "eval", r["gfn_key"], j % k) for j, r in enumerate(expanded)]
+
     @torch.no_grad()
-    def sample(self, expanded: list[dict], prompt_ids, prompt_mask, temperature: float = 1.0, step: int | None = None):
+    def sample(self, expanded: list[dict], prompt_ids, prompt_mask, temperature: float = 1.0, step: int | None = None,
+               seeds: list[int] | None = None):
         """Latents from the constrained policy at `temperature` (eval mode, KV cache): (z (B, T), lengths (B,)).
 
-        Sample j of a prompt is seeded by (seed, step, micro-batch, prompt key, j mod num_generations)."""
+        Sample j of a prompt is seeded by (seed, step, micro-batch, prompt key, j mod num_generations), or by
+        `seeds` (B,) when given (`eval_seeds`)."""
         k = self.args.num_generations
         unwrapped = self.accelerator.unwrap_model(self.model)
         # eval mode: no dropout, and a KV cache even with activation checkpointing; under ZeRO-3 the weights are
         # gathered once for the whole decode (the ranks' step counts differ)
         with eval_mode(unwrapped), self.rollout_weights(unwrapped), self.accelerator.autocast():
-            seeds = [self._key(r["gfn_key"], j % k, step=step) for j, r in enumerate(expanded)]
+            if seeds is None:
+                seeds = [self._key(r["gfn_key"], j % k, step=step) for j, r in enumerate(expanded)]
             backend = self.generation_backend
             request = GenerationRequest(expanded, prompt_ids, prompt_mask, temperature, seeds, self.state.global_step)
             z, lengths = backend.generate(unwrapped, self.constraints, request)
@@ -288,21 +324,166 @@ class RolloutTrainer(_BaseTrainer):
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
     def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
-        """Average each value over the ranks and keep it until the next `log`."""
+        """Average each value over the ranks and keep it until the next `log` (of training, or of the evaluation
+        under way).  Every rank must record the same names in the same order."""
+        if not values:
+            return
         names = list(values)
         stacked = torch.stack(
             [torch.as_tensor(v).detach().float().to(self.accelerator.device) for v in values.values()]
         )
         stacked = self.accelerator.reduce(stacked, reduction="mean")
         for name, v in zip(names, stacked.tolist()):
-            self._metrics[name].append(v)
+            self._metrics[self._mode][name].append(v)
+
+    @torch.no_grad()
+    def record_generation_metrics(self, batch: RolloutBatch, log_q: torch.Tensor) -> None:
+        """The diagnostics of freshly sampled on-policy latents (`gfn_trl.trainers.diagnostics`), recorded only for an
+        on-policy batch (every rank draws the same behaviour): `entropy` (-mean log q(Z ⊤), nats: an unbiased
+        estimate of the entropy of q over whole latents), `completions/clipped_ratio` (share of latents stopped by
+        `max_completion_length`) and `completions/distinct_per_prompt` (distinct latents among a prompt's
+        `num_generations`).  `log_q`: (B,) log q(Z ⊤) of the batch's latents under the sampled policy."""
+        if batch.behaviour != "on_policy" or batch.temperature != 1.0:
+            return
+        self.record_metrics({
+            "entropy": -log_q.mean(),
+            "completions/clipped_ratio": diagnostics.clipped_ratio(batch.lengths, self.args.max_completion_length),
+            "completions/distinct_per_prompt": diagnostics.distinct_per_prompt(batch.z, batch.lengths, batch.group),
+        })
+
+    @torch.no_grad()
+    def record_completions(self, batch: RolloutBatch) -> None:
+        """Keep the batch's latents (all ranks', gathered) for the `log_completions` table and, in evaluation, for
+        `compute_metrics`.  Called on every rank together."""
+        in_eval = self._mode == "eval"
+        if not (self.args.log_completions or (in_eval and self.compute_metrics is not None)):
+            return
+        final = batch.log_r.gather(1, batch.lengths[:, None])[:, 0].tolist()  # untempered log R(Z ⊤)
+        tok = self.processing_class
+        rows = []
+        for b, row in enumerate(batch.rows):
+            ids = batch.z[b, : int(batch.lengths[b])].tolist()
+            prompt = row["prompt"] if isinstance(row["prompt"], str) else tok.decode(row["prompt_ids"])
+            rows.append({"prompt": prompt, "latent": tok.decode(ids), "log_reward": final[b],
+                         "behaviour": batch.behaviour, "temperature": batch.temperature})
+            if in_eval:  # what compute_metrics needs besides
+                rows[-1].update(completion_ids=ids, row=row)
+        if self.accelerator.num_processes > 1:
+            # in evaluation, the samples of the duplicated rows that even out the ranks' last batch are dropped
+            rows = self.accelerator.gather_for_metrics(rows, use_gather_object=True) if in_eval \
+                else gather_object(rows)
+        if in_eval:
+            self._eval_samples.extend(rows)
+        if self.args.log_completions:
+            self._completions[self._mode].extend(
+                {c: r[c] for c in completions_table.COLUMNS if c != "step"} for r in rows
+            )
+
+    def _flush_completions(self, mode: str, tag: str) -> None:
+        """Print the kept latents of `mode` and send them to the trackers (main process), then forget them."""
+        step = self.state.global_step  # the step of the log (as the trackers have it)
+        rows = [{"step": step, **r} for r in self._completions[mode]]
+        self._completions[mode].clear()
+        if not rows or not self.args.log_completions or not self.accelerator.is_main_process:
+            return
+        shown = completions_table.choose_rows(rows, self.args.num_completions_to_print,
+                                              counter_seed(self.args.seed, "print", tag, step))
+        title = f"{tag} at step {step} ({len(shown)} of {len(rows)} latents)"
+        completions_table.print_table(shown, title)
+        completions_table.send_to_trackers(rows, tag, step, self.args.report_to or [],
+                                           self.callback_handler.callbacks)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._metrics:
-            prefix = "eval_" if next(iter(logs), "").startswith("eval_") else ""
-            logs = {**logs, **{prefix + k: sum(v) / len(v) for k, v in self._metrics.items()}}
-            self._metrics.clear()
+        """Add the recorded metrics (averaged since the last log) to `logs` and log; then print and send the
+        `log_completions` table.  An evaluation's own log (its metrics already hold the evaluation's averages,
+        added by `evaluation_loop`) leaves the training metrics for the next training log."""
+        prefix = self._eval_log_prefix
+        is_eval = prefix is not None and any(k.startswith(prefix + "_") for k in logs)
+        if not is_eval and self._metrics["train"]:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics["train"].items()}}
+            self._metrics["train"].clear()
         super().log(logs, start_time)
+        if is_eval:
+            self._eval_log_prefix = None
+            self._flush_completions("eval", f"{prefix}_completions")
+        else:
+            self._flush_completions("train", "completions")
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_inputs(self, rows: list[dict]) -> RolloutBatch:
+        """The evaluation batch of a list of eval rows: `num_generations` latents per prompt, on-policy at temperature
+        1 with `eval_seeds`, scored by the reward; nothing is written to the replay buffer.  Subclasses extend it
+        (PPO adds its rollout's values and advantages)."""
+        expanded, group = self.expand(rows)
+        prompt_ids, prompt_mask = self.prompt_batch(expanded)
+        z, lengths = self.sample(expanded, prompt_ids, prompt_mask, 1.0, seeds=self.eval_seeds(expanded))
+        log_r = self.score_latents(expanded, z, lengths)
+        return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, z=z, lengths=lengths, log_r=log_r.float(),
+                            group=group, rows=expanded, behaviour="on_policy", temperature=1.0)
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """One evaluation batch: sample (`eval_inputs`), the objective's loss on it (no gradients; its metrics
+        recorded for the evaluation) and its latents kept for `compute_metrics` and the completions table.
+        Returns (loss, None, None): there are no logits to compare."""
+        with torch.no_grad():
+            batch = self.eval_inputs(inputs)
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, batch)
+            self.record_completions(batch)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The HF Trainer's loop over the eval batches (`prediction_step`), with the recorded metrics averaged into its
+        output as `<metric_key_prefix>_<name>`, and `compute_metrics` called on all the samples.
+
+        Training state that a loss computation may touch is saved and restored around it (the heads: a learned log Z
+        or a value head initialises itself from its first batch), so that evaluating never changes training."""
+        heads = {name: copy.deepcopy(m.state_dict()) for name, (m, _) in self._heads.items()}
+        self._mode = "eval"
+        self._metrics["eval"].clear()
+        self._completions["eval"].clear()
+        self._eval_samples = []
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            found = {k: sum(v) / len(v) for k, v in self._metrics["eval"].items()}
+            found.update(self._task_metrics())
+        finally:
+            self._mode = "train"
+            self._metrics["eval"].clear()
+            for name, (module, _) in self._heads.items():
+                module.load_state_dict(heads[name])
+            self._nonfinite = None
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in found.items()})
+        self._eval_log_prefix = metric_key_prefix  # `log` recognises the evaluation's own log by it
+        return output
+
+    def _task_metrics(self) -> dict[str, float]:
+        """`compute_metrics` on the evaluation's samples (main process; the result is broadcast to every rank)."""
+        if self.compute_metrics is None:
+            return {}
+        result = [None]
+        if self.accelerator.is_main_process:
+            samples = self._eval_samples
+            skip = {"prompt", "prompt_ids", "reward_prompt_ids", "suffix_ids", "contrast_suffix_ids", "gfn_key",
+                    "gfn_has_suffix"}
+            columns = [c for c in (samples[0]["row"] if samples else {}) if c not in skip]
+            out = self.compute_metrics(
+                prompts=[s["row"]["prompt"] for s in samples], completions=[s["latent"] for s in samples],
+                completion_ids=[s["completion_ids"] for s in samples], log_rewards=[s["log_reward"] for s in samples],
+                **{c: [s["row"][c] for s in samples] for c in columns},
+            )
+            if not isinstance(out, dict) or not all(isinstance(k, str) for k in out):
+                raise TypeError(f"compute_metrics must return a dict of metric names to numbers, got {out!r}.")
+            try:
+                result = [{k: float(v) for k, v in out.items()}]
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"compute_metrics must return numbers, got {out!r} ({e}).") from None
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(result, from_process=0)
+        self._eval_samples = []
+        return result[0]
 
     # ------------------------------------------------------------------ extra heads, optimizer
     def register_head(self, name: str, module: nn.Module, learning_rate: float) -> nn.Module:
