@@ -368,10 +368,15 @@ class RolloutTrainer(_BaseTrainer):
                          "behaviour": batch.behaviour, "temperature": batch.temperature})
             if in_eval:  # what compute_metrics needs besides
                 rows[-1].update(completion_ids=ids, row=row)
-        if self.accelerator.num_processes > 1:
-            # in evaluation, the samples of the duplicated rows that even out the ranks' last batch are dropped
-            rows = self.accelerator.gather_for_metrics(rows, use_gather_object=True) if in_eval \
-                else gather_object(rows)
+        if self.accelerator.num_processes > 1 and in_eval:
+            # gathered per prompt (what Accelerate counts), so that the latents of the rows duplicated to even out
+            # the ranks' last batch are dropped
+            k = self.args.num_generations
+            groups = self.accelerator.gather_for_metrics([rows[i : i + k] for i in range(0, len(rows), k)],
+                                                         use_gather_object=True)
+            rows = [r for group in groups for r in group]
+        elif self.accelerator.num_processes > 1:
+            rows = gather_object(rows)
         if in_eval:
             self._eval_samples.extend(rows)
         if self.args.log_completions:
