@@ -498,8 +498,9 @@ SPLITS = {"test3": "test_3", "test4": "test_4", "ood5": "test_5"}  # metric pref
 
 class ArithmeticTask(Task):
     """Integer arithmetic: the calculator tool (`--calculator`), digit/operator latents, the first `N_GOLD` gold
-    rationales in the replay buffer (those problems drawn `--gold_weight` times as often), the untuned LM zero-shot (`prompting`) and with the demonstrations (`3-shot`) as
-    baselines, each test split with a latent budget that holds its longest gold rationale."""
+    rationales in the replay buffer (those problems drawn `--gold_weight` times as often), the untuned LM zero-shot
+    (`prompting`) and with the demonstrations (`3-shot`) as baselines, each test split with a latent budget that holds
+    its longest gold rationale."""
 
     # JSON / JSON Lines problems or the paper's data directory, gold rationales (--trainer sft), no encoder
     spec = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
