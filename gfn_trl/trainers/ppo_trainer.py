@@ -46,8 +46,8 @@ class PPOTrainer(RolloutTrainer):
 
     Takes the same arguments as [`GFlowNetTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
     peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics) with a [`PPOConfig`].
-    Besides its losses it logs `entropy` (rollouts at temperature 1), `completions/clipped_ratio` and
-    `completions/distinct_per_prompt` once per rollout.
+    Besides its losses it logs `entropy`, `completions/clipped_ratio` and `completions/distinct_per_prompt` once per
+    rollout sampled at temperature 1 (the default `sampling_temperature`).
     """
 
     _tag_names = ["trl", "ppo", "gfn_trl"]
