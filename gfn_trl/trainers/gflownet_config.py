@@ -60,6 +60,10 @@ class GFlowNetConfig(RolloutConfig):
 
     > Parameters that control the reward
 
+    The log-reward itself is set by [`RolloutConfig`]'s `lm_reward_weight` (α) and `reward_weights` (w_i, for the
+    trainer's `reward_funcs`): log R(Z) = [α · log p_LM(Z [Y] | reward_prompt) + Σ_i w_i · r_i(Z)] / T_R, the paper's
+    reward with α = 1 and no functions.
+
     reward_temperature_start (`float`, *optional*, defaults to `1.1`):
         Reward temperature T_R at step 0 (log R is divided by T_R); finite, >= 1e-6.
     reward_temperature_end (`float`, *optional*, defaults to `0.85`):

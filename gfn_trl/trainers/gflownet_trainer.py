@@ -24,6 +24,7 @@ from accelerate.utils import gather_object
 
 from ..losses import batch_log_z, get_objective, group_mean, penalize_short_states, trajectory_log_ratio
 from ..replay import ReplayBuffer
+from ..rewards.functions import check_objective, reads_prefix_rewards
 from ..sampling import policy_log_probs, right_pad
 from . import diagnostics
 from .batch import RolloutBatch
@@ -36,7 +37,11 @@ class GFlowNetTrainer(RolloutTrainer):
     """Trains a policy q(Z | prompt) so that q(Z) ∝ R(Z), R being a frozen LM's likelihood of the latent.
 
     Takes the arguments of [`RolloutTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
-    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics) with a [`GFlowNetConfig`].
+    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics, reward_funcs,
+    reward_processing_classes) with a [`GFlowNetConfig`].  With `reward_funcs` the target is the tilted posterior
+    q(Z) ∝ p_LM(Z [Y] | X)^α · exp(Σ_i w_i r_i(Z)) (all over T_R); a function that declares `scores_prefixes` is
+    scored on every prefix, the others only on finished latents, which needs `loss_type="tb"` (README, "Reward
+    functions").
 
     Besides the loss it logs `entropy`, `completions/clipped_ratio`, `completions/distinct_per_prompt` (on-policy
     batches), `subtb_residual/len_<bin>`, `loss/<behaviour>` and the replay buffer's `fill`, `insert_rate` and
@@ -61,15 +66,21 @@ class GFlowNetTrainer(RolloutTrainer):
 
     def __init__(self, model, args: GFlowNetConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
-                 optimizers=(None, None), tool=None, compute_metrics=None):
+                 optimizers=(None, None), tool=None, compute_metrics=None, reward_funcs=None,
+                 reward_processing_classes=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
-                         vocab_mask, callbacks, optimizers, tool, compute_metrics=compute_metrics)
+                         vocab_mask, callbacks, optimizers, tool, compute_metrics=compute_metrics,
+                         reward_funcs=reward_funcs, reward_processing_classes=reward_processing_classes)
         args = self.args
         # State carried across steps (saved in checkpoints)
         self.replay_buffer = ReplayBuffer(args.replay_buffer_size, args.replay_prioritized, args.replay_sim_tolerance)
         self._replay_stats_seen = dict(self.replay_buffer.stats)  # the counters at the last logged step
         self.objective = get_objective(args.loss_type)  # the loss and what it needs (`gfn_trl.losses.OBJECTIVES`)
         self.needs_log_z = self.objective.needs_log_z(args.loss_min_length())
+        # reward functions: a terminal-only one needs an objective that reads the finished latent's reward only
+        check_objective(self.reward_functions, self.objective)
+        if reads_prefix_rewards(self.objective):
+            self._score_prefixes_from = args.loss_min_length()  # the first state the loss reads log R at
         self.log_z_head = None
         if self.needs_log_z and args.log_z == "learned":
             hidden = self.model.config.get_text_config().hidden_size
@@ -293,7 +304,7 @@ class GFlowNetTrainer(RolloutTrainer):
         for start in range(0, len(keep), chunk):
             rows, ids = zip(*keep[start : start + chunk])
             z, lengths = right_pad(list(ids), self.constraints.stop_token_id, device=self.accelerator.device)
-            log_r = self.score_latents(list(rows), z, lengths)
+            log_r = self.score_latents(list(rows), z, lengths, log_metrics=False)
             added += sum(self.replay_buffer.add(row["gfn_key"], toks, log_r[b, : len(toks) + 1].tolist())
                          for b, (row, toks) in enumerate(zip(rows, ids)))
         self._replay_stats_seen = dict(self.replay_buffer.stats)  # seeding is not the training's replay traffic

@@ -45,7 +45,9 @@ class PPOTrainer(RolloutTrainer):
     """PPO on latents Z ~ q(Z | prompt) with reward log R(Z), the frozen LM's likelihood (a baseline to GFlowNets).
 
     Takes the same arguments as [`GFlowNetTrainer`] (model, args, train_dataset, eval_dataset, processing_class,
-    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics) with a [`PPOConfig`].
+    peft_config, reward_model, vocab_mask, callbacks, optimizers, tool, compute_metrics, reward_funcs,
+    reward_processing_classes) with a [`PPOConfig`]; with `reward_funcs` the reward is the GFlowNet's tilted
+    log R(Z) = α · log p_LM + Σ_i w_i r_i(Z), over `reward_temperature`.
     Besides its losses it logs `entropy`, `completions/clipped_ratio` and `completions/distinct_per_prompt` once per
     rollout sampled at temperature 1 (the default `sampling_temperature`).
     """
@@ -68,9 +70,11 @@ class PPOTrainer(RolloutTrainer):
 
     def __init__(self, model, args: PPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None, reward_model=None, vocab_mask=None, callbacks=None,
-                 optimizers=(None, None), tool=None, compute_metrics=None):
+                 optimizers=(None, None), tool=None, compute_metrics=None, reward_funcs=None,
+                 reward_processing_classes=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, peft_config, reward_model,
-                         vocab_mask, callbacks, optimizers, tool, compute_metrics=compute_metrics)
+                         vocab_mask, callbacks, optimizers, tool, compute_metrics=compute_metrics,
+                         reward_funcs=reward_funcs, reward_processing_classes=reward_processing_classes)
         hidden = self.model.config.get_text_config().hidden_size
         self.value_head = self.register_head("value", ValueHead(hidden), self.args.value_learning_rate)
         self.kl_coef = self.args.kl_coef

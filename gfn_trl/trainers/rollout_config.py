@@ -98,6 +98,14 @@ class RolloutConfig(_BaseConfig):
         Added to the untempered log R of every prefix after which a row's `contrast_suffix` column (e.g. the wrong
         label) is more likely than its `suffix`; in [-1e6, 0].  The paper's subjectivity reward; no effect without
         the column.
+    lm_reward_weight (`float`, *optional*, defaults to `1.0`):
+        α, the weight of the frozen LM's log-likelihood in the log-reward: log R(Z) = α · log p_LM(Z [Y] |
+        reward_prompt) + Σ_i w_i · r_i(Z), the whole divided by the reward temperature (a posterior tilted by the
+        reward functions, `reward_funcs` on the trainer).  1 with no functions is the paper's reward; 0 drops the LM
+        prior (no reward LM is then used, nor loaded); finite, >= 0.
+    reward_weights (`list[float]`, *optional*):
+        w_i, the weights of the trainer's `reward_funcs`, one each (TRL's `GRPOConfig.reward_weights`); finite.  By
+        default 1 each.
 
     > Parameters that control logging
 
@@ -191,6 +199,18 @@ class RolloutConfig(_BaseConfig):
                   "wrong label) is more likely than its suffix; in [-1e6, 0]. -50 in the paper's subjectivity task."},
     )
 
+    lm_reward_weight: float = field(
+        default=1.0,
+        metadata={"help": "alpha, the weight of the frozen LM's log-likelihood in log R = alpha * log p_LM(Z [Y] | "
+                  "reward_prompt) + sum_i w_i * r_i(Z) (over the reward temperature); r_i are the trainer's "
+                  "reward_funcs. 1 with no functions: the paper's reward; 0 drops the LM prior (no reward LM is used); "
+                  "finite, >= 0."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights w_i of the trainer's reward_funcs, one each (TRL's name); finite. Default: 1 each."},
+    )
+
     # Logging
     log_completions: bool = field(
         default=False,
@@ -271,6 +291,19 @@ class RolloutConfig(_BaseConfig):
         _check_number(self, "contrast_penalty", -1e6, 0, why=" It is added to the log-reward of a prefix after which "
                       "the wrong alternative is more likely: a penalty, <= 0 (and >= -1e6, beyond which log R / T_R "
                       "overflows float32 in the loss).")
+        _check_number(self, "lm_reward_weight", 0, why=" It is the weight of the LM prior in the log-reward (0 drops "
+                      "it).")
+        if self.reward_weights is not None:
+            if isinstance(self.reward_weights, (int, float)):
+                self.reward_weights = [self.reward_weights]
+            bad = [w for w in self.reward_weights
+                   if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)]
+            if bad:
+                raise ValueError(f"reward_weights must be finite numbers, one per reward function, got "
+                                 f"{self.reward_weights!r}.")
+        if self.lm_reward_weight == 0 and self.reward_model_name_or_path:
+            raise ValueError("reward_model_name_or_path is the LM of the prior term, but lm_reward_weight=0 drops that "
+                             "term: unset one of them.")
         if self.reward_model_quantization not in (None, "8bit", "4bit"):
             raise ValueError(
                 f"reward_model_quantization must be '8bit', '4bit' or unset, got {self.reward_model_quantization!r}."

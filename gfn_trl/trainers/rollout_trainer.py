@@ -40,6 +40,7 @@ from .._trl import _BaseTrainer
 from ..data import tokenize_dataset
 from ..models import eval_mode, quantized_load_kwargs
 from ..rewards import LikelihoodReward
+from ..rewards.functions import RewardFunctions, RewardSpec, tilted_log_rewards
 from ..sampling import counter_seed, left_pad
 from ..tokenization import output_rows
 from ..tools import Tool
@@ -103,6 +104,12 @@ class RolloutTrainer(_BaseTrainer):
             dataset (e.g. a gold answer), each a list with one entry per latent.  It returns a dict of numbers,
             logged with the evaluation's prefix (`eval_<name>`).  Not the HF Trainer's `EvalPrediction` callable:
             the predictions here are sampled latents, not logits.
+        reward_funcs (*optional*): reward functions in TRL's signature (`GRPOTrainer(reward_funcs=...)`): a callable
+            `f(prompts, completions, completion_ids, **kwargs) -> list[float | None]` (sync or async), a
+            sequence-classification model or its name, or a list of them (`gfn_trl.rewards.functions`).  The
+            log-reward is then α · log p_LM(Z [Y] | reward_prompt) + Σ_i w_i r_i(Z) (`lm_reward_weight`,
+            `reward_weights`), divided by the reward temperature.
+        reward_processing_classes (*optional*): the tokenizers of reward models in `reward_funcs` (as in TRL).
 
     Evaluation (`evaluate()`, `eval_strategy="steps"`): `num_generations` latents per eval prompt, sampled on-policy
     (temperature 1, no replay) with seeds of their own (the same at every evaluation, so that two evaluations differ
@@ -129,6 +136,8 @@ class RolloutTrainer(_BaseTrainer):
         optimizers=(None, None),
         tool: Tool | None = None,
         compute_metrics: Callable[..., dict[str, float]] | None = None,
+        reward_funcs=None,
+        reward_processing_classes=None,
     ):
         # Args
         if args is None:
@@ -137,6 +146,20 @@ class RolloutTrainer(_BaseTrainer):
         if train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a train_dataset with a 'prompt' column.")
         check_construction(args, train_dataset, eval_dataset)
+        # The reward functions of a tilted reward (`gfn_trl.rewards.functions`), checked before any model is loaded
+        self.reward_functions = None
+        if reward_funcs is not None and (not isinstance(reward_funcs, (list, tuple)) or len(reward_funcs)):
+            self.reward_functions = RewardFunctions(reward_funcs, args.reward_weights, reward_processing_classes,
+                                                    args.model_init_kwargs, args.reward_chunk_size)
+        elif args.reward_weights is not None:
+            raise ValueError("reward_weights are the weights of reward_funcs, but no reward_funcs were given.")
+        if args.lm_reward_weight == 0 and self.reward_functions is None:
+            raise ValueError("lm_reward_weight=0 drops the LM prior and no reward_funcs were given: there is no "
+                             "reward. Pass reward_funcs, or set lm_reward_weight > 0.")
+        if args.lm_reward_weight == 0 and reward_model is not None:
+            raise ValueError("reward_model is the LM of the prior term, but lm_reward_weight=0 drops that term: pass "
+                             "one or the other.")
+        self._score_prefixes_from = None  # the first prefix a prefix-scoring function scores (None: finished latents)
         setup.seed_run(args)  # before LoRA's initialisation, which the HF Trainer's own seeding comes too late for
 
         # Model
@@ -165,11 +188,13 @@ class RolloutTrainer(_BaseTrainer):
         if args.disable_dropout:
             setup.disable_dropout(model)
 
-        # Reward model: the adapter-disabled base by default (no second copy of the weights)
-        self.reward_model, self._frozen_initial = setup.reward_model(
-            model, is_peft, reward_model, args.reward_model_name_or_path, args.reward_model_quantization, args.device,
-            init_kwargs.get("dtype"), tokenizer, policy_rows,
-        )
+        # Reward model: the adapter-disabled base by default (no second copy of the weights); none without the prior
+        self.reward_model, self._frozen_initial = None, None
+        if args.lm_reward_weight != 0:
+            self.reward_model, self._frozen_initial = setup.reward_model(
+                model, is_peft, reward_model, args.reward_model_name_or_path, args.reward_model_quantization,
+                args.device, init_kwargs.get("dtype"), tokenizer, policy_rows,
+            )
 
         # Data: tokenise once, here, not on the hot path
         train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train",
@@ -198,10 +223,15 @@ class RolloutTrainer(_BaseTrainer):
         self._base_fingerprint, self._nonfinite = base_fingerprint, None
         if self.reward_model is not None and not getattr(self.reward_model, "is_quantized", False):
             self.reward_model.to(self.accelerator.device)  # (a quantized model was placed when loaded)
-        self.reward = LikelihoodReward(
-            self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
-            args.reward_chunk_size, self.accelerator.autocast, args.contrast_penalty,
-        )
+        # The LM prior's scorer (without the prior, kept only where it costs nothing: the adapter-disabled base)
+        self.reward = None
+        if args.lm_reward_weight != 0 or is_peft:
+            self.reward = LikelihoodReward(
+                self.accelerator.unwrap_model(self.model), self.reward_model, stop_id, tokenizer.pad_token_id,
+                args.reward_chunk_size, self.accelerator.autocast, args.contrast_penalty,
+            )
+        if self.reward_functions is not None:
+            self.reward_functions.to(self.accelerator.device)
         # Metrics and latents kept until the next `log`, per mode ("eval" inside `evaluation_loop`)
         self._mode = "train"
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -284,15 +314,67 @@ class RolloutTrainer(_BaseTrainer):
         self._generation_backend = backend
 
     def score_latents(
-        self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor, final_only: bool = False
+        self, rows: list[dict], z: torch.Tensor, lengths: torch.Tensor, final_only: bool = False,
+        log_metrics: bool = True,
     ) -> torch.Tensor:
         """(B, S) untempered log R(s_k ⊤) for the latents `z` of tokenized `rows` (one row per latent); with
-        `final_only`, (B,) log R(Z ⊤) of the whole latents only (what PPO needs)."""
-        # the reward LM: the policy (adapter disabled) unless a separate one was given; under ZeRO-3 its weights are
-        # gathered once for all of the reward's passes, whose number follows this rank's data
-        reward_lm = self.reward.reward_model if self.reward.reward_model is not None else self.reward.policy
-        with self.rollout_weights(reward_lm):
-            return self.reward.final(rows, z, lengths) if final_only else self.reward(rows, z, lengths)
+        `final_only`, (B,) log R(Z ⊤) of the whole latents only (what PPO needs).
+
+        log R = α · log p_LM + Σ_i w_i r_i (`gfn_trl.rewards.functions.tilted_log_rewards`); with no reward functions
+        and α = 1 it is the LM's log-likelihood, untouched.  A function is scored on every prefix from
+        `_score_prefixes_from` on if it declares `scores_prefixes` (and that attribute is set: the GFlowNet's
+        objective reads prefix rewards), else on the finished latent only (its term is 0 at the other prefixes).
+        `log_metrics`: record each function's mean reward as `rewards/<name>/mean` (TRL's metric)."""
+        a = self.args
+        lm = None
+        if a.lm_reward_weight != 0:
+            # the reward LM: the policy (adapter disabled) unless a separate one was given; under ZeRO-3 its weights
+            # are gathered once for all of the reward's passes, whose number follows this rank's data
+            reward_lm = self.reward.reward_model if self.reward.reward_model is not None else self.reward.policy
+            with self.rollout_weights(reward_lm):
+                lm = self.reward.final(rows, z, lengths) if final_only else self.reward(rows, z, lengths)
+        if self.reward_functions is None and a.lm_reward_weight == 1:
+            return lm  # the paper's reward, as it always was
+        scores = None
+        if self.reward_functions is not None:
+            start = None if final_only else self._score_prefixes_from
+            extra = {"trainer_state": self.state, "log_metric": self._log_reward_metric,
+                     "log_extra": lambda column, values: None}
+            scores = self.reward_functions.score(rows, z, lengths, self.processing_class, prefixes=start is not None,
+                                                 min_length=start or 0, require_value=a.lm_reward_weight == 0,
+                                                 extra=extra)
+            if log_metrics:
+                self._record_reward_means(scores, lengths)
+        weights = self.reward_functions.weights if self.reward_functions is not None else []
+        return tilted_log_rewards(lm, scores, lengths, a.lm_reward_weight, weights, final_only)
+
+    def reward_spec(self) -> RewardSpec:
+        """The reward this run trains on (its functions, where they are scored, their weights and α)."""
+        f = self.reward_functions
+        if f is None:
+            return RewardSpec(lm_reward_weight=self.args.lm_reward_weight)
+        prefixes = tuple(p and self._score_prefixes_from is not None for p in f.scores_prefixes)
+        return RewardSpec(tuple(f.names), prefixes, tuple(f.weights), self.args.lm_reward_weight)
+
+    def _log_reward_metric(self, name: str, value: float) -> None:
+        """TRL's `log_metric` for reward functions: a scalar averaged into the next log (this process's values)."""
+        self._metrics[self._mode][name].append(float(value))
+
+    @torch.no_grad()
+    def _record_reward_means(self, scores, lengths: torch.Tensor) -> None:
+        """`rewards/<name>/mean`: each function's mean over the finished latents it gave a number for, all ranks."""
+        at_n = lengths[:, None, None].expand(-1, scores.values.shape[1], 1)
+        values = scores.values.gather(2, at_n).squeeze(2)  # (B, m)
+        given = scores.given.gather(2, at_n).squeeze(2)
+        sums = torch.cat([torch.where(given, values, 0).sum(0), given.sum(0).double()]).float()
+        sums = sums.to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        m = values.shape[1]
+        means = {f"rewards/{name}/mean": sums[i] / sums[m + i]
+                 for i, name in enumerate(self.reward_functions.names) if sums[m + i] > 0}
+        if means:  # (the same names on every rank: the counts are reduced)
+            self.record_metrics(means)
 
     def rollout_weights(self, *models):
         """Context in which forwards of `models` need no communication between ranks: under DeepSpeed ZeRO-3 their
@@ -646,7 +728,7 @@ class RolloutTrainer(_BaseTrainer):
             adapter = "none (full fine-tuning)"
         heads = {name: [list(p.shape) for p in m.parameters()] for name, (m, _) in self._heads.items()}
         return {**self._base_fingerprint, "trainer": type(self).__name__, "adapter": adapter, "heads": repr(heads),
-                "processes": self.args.world_size, **self.fingerprint_extra()}
+                "processes": self.args.world_size, **self.reward_spec().fingerprint(), **self.fingerprint_extra()}
 
     def fixed_settings(self) -> dict:
         """The settings a checkpoint's optimizer and scheduler state carry (a resume restores them, so a changed

@@ -5,7 +5,10 @@ Every baseline is compared with the GFlowNet under the same terms:
 
 * **the same reward**: `LatentLogReward` gives a completion the GFlowNet's final-state log R(Z) =
   log p_LM(Z Y | reward_prompt) (fixed suffix) or log p_LM(Z ⊤ | reward_prompt) (stop token), untempered, from the
-  same `LikelihoodReward` on the same token-level concatenation;
+  same `LikelihoodReward` on the same token-level concatenation; with `reward_funcs`, each function becomes a
+  `LatentRewardFunction` called on exactly the GFlowNet's inputs (the latent cut at the stop, decoded alike), and
+  TRL's weighted sum with `reward_weights = [lm_reward_weight] + reward_weights` is the GFlowNet's tilted
+  log R(Z) = α · log p_LM + Σ_i w_i r_i(Z);
 * **the same latent space**: `LatentConstraints` (vocabulary mask, no stop before `min_length`, stop forced at
   `max_length`) reaches TRL's `generate` through `GRPOConfig.generation_kwargs` / `RLOOConfig.generation_kwargs`
   (`constrained_generation_kwargs`);
@@ -23,6 +26,7 @@ Dimension legend: B rows, T latent width, V vocabulary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +35,7 @@ from datasets import Dataset
 from ..data import tokenize_dataset
 from ..models import resolve_peft_config
 from ..rewards import LikelihoodReward
+from ..rewards.functions import RewardFunctions
 from ..sampling import LatentConstraints, clean_generation_config, latent_batch
 from ..tokenization import encode_continuation, encode_prompt, output_rows
 from . import setup
@@ -159,6 +164,38 @@ class LatentLogReward:
         return self.final_log_rewards(rows, latents).tolist()
 
 
+# Keyword arguments TRL passes to every reward function besides the dataset's columns (trl/trainer/grpo_trainer.py
+# `_calculate_rewards`)
+_TRL_EXTRAS = ("trainer_state", "log_extra", "log_metric", "environments")
+
+
+class LatentRewardFunction:
+    """Function `index` of a `RewardFunctions` as a TRL reward function, given the inputs the GFlowNet trainer gives
+    it: the latent each completion encodes (`completion_to_latent`: cut at the first stop, or at `max_length`), its
+    ids without the stop, its text decoded as the GFlowNet decodes it, the rows' `prompt` and their other original
+    columns (not those `tokenize_dataset` adds), and TRL's `trainer_state`, `log_metric`, `log_extra`.  A function
+    scored by `RewardFunctions.score`, so NaN and ±inf are refused as in the GFlowNet; None stays None (TRL then leaves
+    the term out of the sum, as the GFlowNet does).
+
+    Returns (call): a list with one float or None per completion.
+    """
+
+    def __init__(self, functions: RewardFunctions, index: int, constraints: LatentConstraints, tokenizer):
+        self.functions, self.index, self.constraints, self.tokenizer = functions, index, constraints, tokenizer
+        self.__name__ = functions.names[index]  # TRL logs `rewards/<__name__>/mean`
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float | None]:
+        extra = {k: kwargs.pop(k) for k in _TRL_EXTRAS if k in kwargs}
+        latents = [completion_to_latent(ids, self.constraints) for ids in completion_ids]
+        rows = [{"prompt": p, **{c: v[j] for c, v in kwargs.items()}} for j, p in enumerate(prompts)]
+        z, lengths = latent_batch(latents, self.constraints.stop_token_id)
+        scores = self.functions.score(rows, z, lengths, self.tokenizer, extra=extra, only=self.index)
+        at = torch.arange(len(latents))
+        values = scores.values[at, self.index, lengths].tolist()
+        given = scores.given[at, self.index, lengths].tolist()
+        return [v if g else None for v, g in zip(values, given)]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. GRPO and RLOO: TRL's own trainers, sampling from the constrained latent space
 
@@ -200,7 +237,34 @@ def _build_online_rl_trainer(
     reward_model,
     callbacks,
     chunk_size,
+    reward_funcs=None,
+    reward_weights=None,
+    lm_reward_weight: float = 1.0,
+    reward_processing_classes=None,
 ):
+    # the reward functions and their weights, checked as the GFlowNet trainer checks them, before any model is loaded
+    functions = None
+    if reward_funcs is not None and (not isinstance(reward_funcs, (list, tuple)) or len(reward_funcs)):
+        functions = RewardFunctions(reward_funcs, reward_weights, reward_processing_classes, chunk_size=chunk_size)
+    elif reward_weights is not None:
+        raise ValueError("reward_weights are the weights of reward_funcs, but no reward_funcs were given.")
+    if isinstance(lm_reward_weight, bool) or not isinstance(lm_reward_weight, (int, float)) \
+            or not math.isfinite(lm_reward_weight) or lm_reward_weight < 0:
+        raise ValueError(f"lm_reward_weight must be a finite number >= 0, got {lm_reward_weight!r}.")
+    if lm_reward_weight == 0 and functions is None:
+        raise ValueError("lm_reward_weight=0 drops the LM prior and no reward_funcs were given: there is no reward.")
+    if lm_reward_weight == 0 and reward_model is not None:
+        raise ValueError("reward_model is the LM of the prior term, but lm_reward_weight=0 drops that term.")
+    tilted = functions is not None or lm_reward_weight != 1
+    if tilted and getattr(args, "reward_weights", None) is not None:
+        raise ValueError(
+            "args.reward_weights is set here from the builder's lm_reward_weight and reward_weights ([lm_reward_weight]"
+            " + reward_weights, the LM reward first): pass the weights to the builder and leave args.reward_weights "
+            "unset."
+        )
+    if tilted and getattr(args, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
+        raise ValueError("The GFlowNet's reward is the weighted sum of the terms: keep TRL's multi_objective_"
+                         "aggregation='sum_then_normalize' so that GRPO/RLOO are given the same reward.")
     model, tokenizer, _ = setup.load_policy(model, processing_class)
     stop = constraints.stop_token_id
     # TRL's `generate` fills every generation field its own config leaves unset from `model.generation_config`, so a
@@ -215,9 +279,17 @@ def _build_online_rl_trainer(
 
     # the reward LM: a separate one, else (full fine-tuning) a frozen copy of the initial model, else (PEFT) None:
     # the adapter-disabled base of the policy, bound below once TRL has wrapped the model
-    reward_model, _ = setup.reward_model(model, peft_config is not None, reward_model, tokenizer=tokenizer,
-                                         policy_rows=output_rows(model))
-    reward_fn = LatentLogReward(reward_model, constraints, tokenizer.pad_token_id, chunk_size)
+    reward_fn = None
+    if lm_reward_weight != 0:
+        reward_model, _ = setup.reward_model(model, peft_config is not None, reward_model, tokenizer=tokenizer,
+                                             policy_rows=output_rows(model))
+        reward_fn = LatentLogReward(reward_model, constraints, tokenizer.pad_token_id, chunk_size)
+    trl_funcs = [reward_fn] if reward_fn is not None else []
+    if functions is not None:
+        trl_funcs += [LatentRewardFunction(functions, i, constraints, tokenizer) for i in range(len(functions))]
+    if tilted:  # TRL's weighted sum (nansum: None left out) is then α · log p_LM + Σ_i w_i r_i
+        args.reward_weights = ([float(lm_reward_weight)] if reward_fn is not None else []) + \
+            (functions.weights if functions is not None else [])
 
     args.max_completion_length = constraints.max_length + 1
     vocab_size = output_rows(model)
@@ -226,7 +298,7 @@ def _build_online_rl_trainer(
     dataset = tokenize_dataset(train_dataset, tokenizer, model.config, constraints.max_length, "train")
     trainer = trainer_cls(
         model=model,
-        reward_funcs=[reward_fn],
+        reward_funcs=trl_funcs,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -234,11 +306,15 @@ def _build_online_rl_trainer(
         callbacks=callbacks,
     )
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    if reward_model is None:  # PEFT: the adapter-disabled base of the policy is the reward
+    if reward_fn is None:
+        pass  # no LM prior
+    elif reward_model is None:  # PEFT: the adapter-disabled base of the policy is the reward
         reward_fn.use(policy, disable_adapter=True, autocast=trainer.accelerator.autocast)
     else:
         reward_fn.use(reward_model.to(trainer.accelerator.device), autocast=trainer.accelerator.autocast)
-    trainer.latent_reward, trainer.constraints = reward_fn, constraints
+    if functions is not None:
+        functions.to(trainer.accelerator.device)
+    trainer.latent_reward, trainer.constraints, trainer.reward_functions = reward_fn, constraints, functions
     return trainer
 
 
@@ -252,6 +328,10 @@ def build_grpo_trainer(
     reward_model=None,
     callbacks=None,
     reward_chunk_size: int | None = None,
+    reward_funcs=None,
+    reward_weights=None,
+    lm_reward_weight: float = 1.0,
+    reward_processing_classes=None,
 ):
     """TRL's `GRPOTrainer`, unmodified, rewarded with the GFlowNet's log R(Z) and sampling the constrained latent space.
 
@@ -269,7 +349,17 @@ def build_grpo_trainer(
         peft_config: LoRA; targets resolved as in the GFlowNet trainer (`resolve_peft_config`).
         reward_model: a separate frozen reward LM.  Default: with PEFT the policy's adapter-disabled base, without
             it a frozen copy of the initial model (as the GFlowNet trainer does).
-    Returns: the trainer, with `.latent_reward` (the `LatentLogReward`) and `.constraints` attached.
+        reward_funcs, reward_weights, lm_reward_weight, reward_processing_classes: the GFlowNet trainer's tilted
+            reward α · log p_LM + Σ_i w_i r_i (`gfn_trl.rewards.functions`): each function is given to TRL as a
+            `LatentRewardFunction` (the GFlowNet's inputs) and `args.reward_weights` is set to
+            `[lm_reward_weight] + reward_weights` (without the LM term when α = 0); leave `args.reward_weights`
+            unset and TRL's `multi_objective_aggregation` at its default, `"sum_then_normalize"`.
+    Returns: the trainer, with `.latent_reward` (the `LatentLogReward`, None when α = 0), `.reward_functions` and
+    `.constraints` attached.
+
+    Raises:
+        ValueError: `args.reward_weights` set together with reward functions or α != 1; another aggregation; a bad
+            `lm_reward_weight`, no reward at all (α = 0 without functions), or weights without functions.
     """
     from trl import GRPOTrainer
 
@@ -284,6 +374,10 @@ def build_grpo_trainer(
         reward_model,
         callbacks,
         reward_chunk_size,
+        reward_funcs,
+        reward_weights,
+        lm_reward_weight,
+        reward_processing_classes,
     )
 
 
@@ -297,9 +391,14 @@ def build_rloo_trainer(
     reward_model=None,
     callbacks=None,
     reward_chunk_size: int | None = None,
+    reward_funcs=None,
+    reward_weights=None,
+    lm_reward_weight: float = 1.0,
+    reward_processing_classes=None,
 ):
-    """TRL's `RLOOTrainer`, unmodified, set up exactly as `build_grpo_trainer` (see there); `args` is an `RLOOConfig`.
-    RLOO's default `beta=0.05` KL to the reference (with PEFT: the adapter-disabled base) is kept."""
+    """TRL's `RLOOTrainer`, unmodified, set up exactly as `build_grpo_trainer` (see there, also for the reward
+    functions); `args` is an `RLOOConfig`.  RLOO's default `beta=0.05` KL to the reference (with PEFT: the
+    adapter-disabled base) is kept."""
     from trl import RLOOTrainer
 
     return _build_online_rl_trainer(
@@ -313,6 +412,10 @@ def build_rloo_trainer(
         reward_model,
         callbacks,
         reward_chunk_size,
+        reward_funcs,
+        reward_weights,
+        lm_reward_weight,
+        reward_processing_classes,
     )
 
 
@@ -387,6 +490,7 @@ def build_sft_trainer(
 
 __all__ = [
     "LatentLogReward",
+    "LatentRewardFunction",
     "build_grpo_trainer",
     "build_rloo_trainer",
     "build_sft_trainer",
