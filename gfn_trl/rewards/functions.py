@@ -41,8 +41,7 @@ for the LM reward; the cost is n + 1 scorings per latent (identical prefixes of 
 without it scores finished latents only; it then needs an objective that reads log R at the terminal state only
 (trajectory balance, `loss_type="tb"`; `check_objective`).  README, "Reward functions", gives the proofs.
 
-Dimension legend: B latents, T latent width, S = T + 1 states, m reward functions, C = 1 + m reward parts (the LM
-term first).
+Dimension legend: B latents, T latent width, S = T + 1 states, m reward functions.
 """
 
 from __future__ import annotations
