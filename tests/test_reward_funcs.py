@@ -418,3 +418,17 @@ def test_the_trained_policy_reaches_the_exact_tilted_posterior(loss, prefixes, l
     tilted, _ = tilted_target(trainer, toy, token_reward(toy["tokenizer"]), lm_weight, 1.0)
     untilted, _ = tilted_target(trainer, toy)  # the LM-only posterior of the paper
     assert tv_and_kl(tilted, untilted)[0] > 0.3  # the reward function moves the target far
+
+
+@pytest.mark.parametrize("prefixes", [False, True])
+def test_the_subtb_residual_is_logged_only_when_every_prefix_reward_is_complete(tmp_path, prefixes):
+    """A terminal-only function's term is missing from the prefixes' log R, so the per-window SubTB residual would
+    measure nothing there: it is logged with prefix-scoring functions, not with terminal-only ones (TB)."""
+    func = count_word("the")
+    if prefixes:
+        func.scores_prefixes = True
+    trainer = _trainer(tmp_path, func, loss_type="subtb" if prefixes else "tb")
+    trainer.train()
+    logged = {k for h in trainer.state.log_history for k in h}
+    assert "loss" in logged
+    assert any(k.startswith("subtb_residual/") for k in logged) == prefixes

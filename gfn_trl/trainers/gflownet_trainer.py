@@ -237,7 +237,9 @@ class GFlowNetTrainer(RolloutTrainer):
                 values[f"loss/{inputs.behaviour}"] = loss.detach()
         if log_z is not None:
             values["log_z/mean"] = log_z.detach().mean()
-        values.update(self._residual_metrics(log_pf, log_pterm, log_r, lengths, log_z))
+        funcs = self.reward_functions
+        if funcs is None or all(funcs.scores_prefixes):  # (a terminal-only function leaves the prefixes' log R
+            values.update(self._residual_metrics(log_pf, log_pterm, log_r, lengths, log_z))  # without its term)
         self.record_metrics(values)
         # entropy, clipped ratio, distinct latents: of the policy that was sampled (with the stop banned below the
         # minimum length even where the loss keeps it, `min_length_mode="penalize"`)
