@@ -26,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from gfn_trl.runner import TRAINERS
@@ -70,6 +71,20 @@ def check_runs(task: str, trainers: list[str], out: Path, launcher: list[str], e
             module.check(*parsed)
         except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
             raise SystemExit(f"The {trainer} run would fail: {e}") from e
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def run_header(i: int, trainers: list[str], elapsed: float) -> str:
+    """The progress line printed before run i: which run of how many, the time so far and, from the second run on,
+    an estimate of the time left (the mean time of the runs so far, per run left)."""
+    line = f"== compare: run {i + 1}/{len(trainers)} ({trainers[i]}); {_duration(elapsed)} so far"
+    if i:
+        line += f", about {_duration(elapsed / i * (len(trainers) - i))} left"
+    return line + " =="
 
 
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
@@ -160,8 +175,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     out = Path(a.output_dir or f"runs/compare/{a.task}")
     if not a.collect:
         check_runs(a.task, a.trainers, out, shlex.split(a.launcher), extra, a.decoding)
+        start = time.monotonic()
         for i, trainer in enumerate(a.trainers):
+            print(run_header(i, a.trainers, time.monotonic() - start), flush=True)
             run_one(a.task, trainer, out, shlex.split(a.launcher), extra, first=i == 0, decoding=a.decoding)
+        print(f"== compare: {len(a.trainers)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)
     methods = collect(out, a.trainers)
     table = markdown_table(a.task, methods)
     out.mkdir(parents=True, exist_ok=True)

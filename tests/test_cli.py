@@ -110,6 +110,28 @@ SMALL = ["--max_steps", "1", "--num_eval", "1", "--eval_samples", "2", "--num_tr
          "--max_completion_length", "6", "--logging_steps", "1", "--warmup_steps", "0"]
 
 
+def test_compare_of_two_trainers_runs_through_the_cli(tmp_path):
+    """`gfn-trl compare` end to end on a tiny local checkpoint: both runs, the table, the JSON, the plot."""
+    from test_recipe_outputs import tiny_checkpoint
+
+    tiny = tiny_checkpoint(tmp_path / "tiny")
+    out_dir = tmp_path / "cmp"
+    out = _cli("compare", "--task", "continuation", "--trainers", "gfn", "ppo", "--output_dir", str(out_dir), "--",
+               "--model_name_or_path", str(tiny), *SMALL, "--use_cpu", "true", timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "== compare: run 1/2 (gfn); 0s so far ==" in out.stdout and "== compare: run 2/2 (ppo);" in out.stdout
+    assert "left ==" in out.stdout and "== compare: 2 runs done in" in out.stdout
+    methods = json.loads((out_dir / "comparison.json").read_text())
+    assert list(methods) == ["lm", "gfn", "ppo"]  # the untuned baseline from the first run, then each trainer
+    for method in methods.values():
+        assert method["log_likelihood/max"] < 0 and 0 <= method["diversity"] <= 2
+    table = (out_dir / "comparison.md").read_text()
+    assert table.startswith("### continuation") and "| gfn |" in table and "| ppo |" in table
+    assert (out_dir / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    for trainer in ("gfn", "ppo"):  # each run is a full recipe output directory
+        assert (out_dir / trainer / "README.md").exists() and (out_dir / trainer / "trainer_state.json").exists()
+
+
 @pytest.mark.slow
 def test_compare_runs_through_the_cli(tmp_path):
     out_dir = tmp_path / "cmp"

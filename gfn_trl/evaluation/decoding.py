@@ -11,13 +11,14 @@ Dimension legend: B rows, R live beams, V vocabulary.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..sampling import LatentConstraints, clean_generate, left_pad, sample_latents
+from ..models import CACHE_KWARGS, cache_kwarg, eval_mode
+from ..progress import progress
+from ..sampling import LatentConstraints, clean_generate, counter_seed, left_pad, sample_latents
 from ..trainers.trl_baselines import completion_to_latent
 
 
@@ -93,53 +94,57 @@ def beam_search(
     k = num_beams // num_groups
     stop = constraints.stop_token_id
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    ids = torch.tensor([prompt_ids], device=device)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (R, V), one row per live beam
-    live = [_Beam(g, [], 0.0, 0) for g in range(num_groups)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(num_groups)]
-    for step in range(constraints.max_length + 1):
-        prefix = {b.row: b.tokens for b in live}  # the latent that each row of `logits` continues
-        forced = constraints.forced_next([prefix[r] for r in range(logits.shape[0])], device)
-        logp = torch.log_softmax(constraints.apply(logits, step, forced), dim=-1)  # (R, V)
-        chosen = torch.zeros(logp.shape[-1], device=device)  # tokens taken at this step by earlier groups
-        next_live: list[_Beam] = []
-        for g in range(num_groups):
-            beams = [b for b in live if b.group == g]
-            if not beams:
-                continue
-            rows = torch.tensor([b.row for b in beams], device=device)
-            scores = torch.tensor([b.score for b in beams], device=device)
-            cand = scores[:, None] + logp[rows] - diversity_penalty * chosen[None, :]  # (nb, V)
-            top = cand.flatten().topk(min(2 * k, cand.numel()))
-            kept: list[_Beam] = []
-            for rank, (value, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-                if value == float("-inf") or len(kept) == k:
-                    break
-                parent, token = divmod(index, logp.shape[-1])
-                if token == stop:
-                    if rank < k:
-                        finished[g].append((value, beams[parent].tokens))
-                else:
-                    kept.append(_Beam(g, beams[parent].tokens + [token], value, beams[parent].row))
-            finished[g] = sorted(finished[g], key=lambda h: -h[0])[:k]
-            # scores only decrease, so a group holding k hypotheses better than its best live beam is done
-            if len(finished[g]) == k and (not kept or max(b.score for b in kept) <= finished[g][-1][0]):
-                kept = []
-            for b in kept:
-                chosen[b.tokens[-1]] += 1
-            next_live += kept
-        if not next_live:
-            break
-        cache.reorder_cache(torch.tensor([b.row for b in next_live], device=device))
-        tokens = torch.tensor([[b.tokens[-1]] for b in next_live], device=device)
-        mask = torch.ones(len(next_live), len(prompt_ids) + step + 1, dtype=torch.long, device=device)
-        out = model(input_ids=tokens, attention_mask=mask, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
-        live = [_Beam(b.group, b.tokens, b.score, r) for r, b in enumerate(next_live)]
-    model.train(was_training)
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # the transformers model under PEFT
+    cache_arg = cache_kwarg(hf.forward)  # `cache` in recent transformers (`past_key_values` is deprecated there)
+
+    def _cache(out):
+        return next(getattr(out, n) for n in CACHE_KWARGS if getattr(out, n, None) is not None)
+
+    with eval_mode(model):  # no dropout; the training mode comes back afterwards
+        ids = torch.tensor([prompt_ids], device=device)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache, logits = _cache(out), out.logits[:, -1].float()  # (R, V), one row per live beam
+        live = [_Beam(g, [], 0.0, 0) for g in range(num_groups)]
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(num_groups)]
+        for step in range(constraints.max_length + 1):
+            prefix = {b.row: b.tokens for b in live}  # the latent that each row of `logits` continues
+            forced = constraints.forced_next([prefix[r] for r in range(logits.shape[0])], device)
+            logp = torch.log_softmax(constraints.apply(logits, step, forced), dim=-1)  # (R, V)
+            chosen = torch.zeros(logp.shape[-1], device=device)  # tokens taken at this step by earlier groups
+            next_live: list[_Beam] = []
+            for g in range(num_groups):
+                beams = [b for b in live if b.group == g]
+                if not beams:
+                    continue
+                rows = torch.tensor([b.row for b in beams], device=device)
+                scores = torch.tensor([b.score for b in beams], device=device)
+                cand = scores[:, None] + logp[rows] - diversity_penalty * chosen[None, :]  # (nb, V)
+                top = cand.flatten().topk(min(2 * k, cand.numel()))
+                kept: list[_Beam] = []
+                for rank, (value, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                    if value == float("-inf") or len(kept) == k:
+                        break
+                    parent, token = divmod(index, logp.shape[-1])
+                    if token == stop:
+                        if rank < k:
+                            finished[g].append((value, beams[parent].tokens))
+                    else:
+                        kept.append(_Beam(g, beams[parent].tokens + [token], value, beams[parent].row))
+                finished[g] = sorted(finished[g], key=lambda h: -h[0])[:k]
+                # scores only decrease, so a group holding k hypotheses better than its best live beam is done
+                if len(finished[g]) == k and (not kept or max(b.score for b in kept) <= finished[g][-1][0]):
+                    kept = []
+                for b in kept:
+                    chosen[b.tokens[-1]] += 1
+                next_live += kept
+            if not next_live:
+                break
+            cache.reorder_cache(torch.tensor([b.row for b in next_live], device=device))
+            tokens = torch.tensor([[b.tokens[-1]] for b in next_live], device=device)
+            mask = torch.ones(len(next_live), len(prompt_ids) + step + 1, dtype=torch.long, device=device)
+            out = model(input_ids=tokens, attention_mask=mask, use_cache=True, **{cache_arg: cache})
+            cache, logits = _cache(out), out.logits[:, -1].float()
+            live = [_Beam(b.group, b.tokens, b.score, r) for r, b in enumerate(next_live)]
     pool = sorted((h for group in finished for h in group), key=lambda h: -h[0])
     return [tokens for _, tokens in pool[:num_return]]
 
@@ -173,7 +178,7 @@ def decode(
 ) -> list[list[list[int]]]:
     """n latents per prompt from a decoding method, every one inside the constrained latent space.
 
-    Methods (the sentence-continuation baselines of Hu et al., ICLR 2024):
+    Methods (the sentence-continuation baselines of Hu et al. 2024, §4.1):
 
     * `greedy`: the constrained argmax path, repeated n times (one latent; diversity 0).
     * `sample`: ancestral sampling of the constrained policy (`sample_latents`, counter-based seeds).
@@ -190,7 +195,8 @@ def decode(
         model: the LM (e.g. the base LM, or a PEFT policy with its adapter disabled by the caller).
         prompt_ids_list: tokenized prompts (e.g. rows' `prompt_ids` from `tokenize_dataset`).
         temperature: the `tempered` method's sampling temperature (the others sample at 1).
-        seed: seeds `sample`, `tempered` (per row, counter-based) and `nucleus` (torch's RNG, forked).
+        seed: seeds `sample`, `tempered` (sample j of prompt i: `counter_seed("decode", seed, i, j)`) and
+            `nucleus` (torch's RNG, forked).
         batch_size: prompts per `generate` / sampler call (beam methods take one prompt at a time).
     Returns: per prompt, a list of n latents (token id lists without the stop), fewer only if a beam method finds
         fewer than n latents in the whole space.
@@ -201,40 +207,44 @@ def decode(
     if method not in DECODING_METHODS:
         raise ValueError(f"Unknown decoding method {method!r}; choose from {DECODING_METHODS}.")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else constraints.stop_token_id
-    was_training = model.training
-    model.eval()
     out: list[list[list[int]]] = []
-    if method.startswith(("beam", "diverse_beam")):
-        beams = n * (compute_factor if method.endswith("_5x") else 1)
-        groups = n if method.startswith("diverse") else 1
-        penalty = diversity_penalty if method.startswith("diverse") else 0.0
-        out = [beam_search(model, p, constraints, beams, n, groups, penalty) for p in prompt_ids_list]
-    elif method == "greedy":
-        for lo in range(0, len(prompt_ids_list), batch_size):
-            latents = _generate(model, prompt_ids_list[lo : lo + batch_size], constraints, pad, do_sample=False)
-            out += [[z] * n for z in latents]
-    elif method == "nucleus":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    bar = progress(total=len(prompt_ids_list), desc=f"decoding ({method})", unit="prompt")
+    with eval_mode(model), bar:
+        if method.startswith(("beam", "diverse_beam")):
+            beams = n * (compute_factor if method.endswith("_5x") else 1)
+            groups = n if method.startswith("diverse") else 1
+            penalty = diversity_penalty if method.startswith("diverse") else 0.0
+            for p in prompt_ids_list:
+                out.append(beam_search(model, p, constraints, beams, n, groups, penalty))
+                bar.update(1)
+        elif method == "greedy":
             for lo in range(0, len(prompt_ids_list), batch_size):
-                chunk = [p for p in prompt_ids_list[lo : lo + batch_size] for _ in range(n)]
-                latents = _generate(
-                    model, chunk, constraints, pad, do_sample=True, temperature=1.0, top_k=0, top_p=top_p
-                )
+                latents = _generate(model, prompt_ids_list[lo : lo + batch_size], constraints, pad, do_sample=False)
+                out += [[z] * n for z in latents]
+                bar.update(len(latents))
+        elif method == "nucleus":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for lo in range(0, len(prompt_ids_list), batch_size):
+                    chunk = [p for p in prompt_ids_list[lo : lo + batch_size] for _ in range(n)]
+                    latents = _generate(
+                        model, chunk, constraints, pad, do_sample=True, temperature=1.0, top_k=0, top_p=top_p
+                    )
+                    out += [latents[i : i + n] for i in range(0, len(latents), n)]
+                    bar.update(len(chunk) // n)
+        else:  # sample / tempered: the library's sampler, row seeds a function of (seed, prompt, sample)
+            t = temperature if method == "tempered" else 1.0
+            device = next(model.parameters()).device
+            for lo in range(0, len(prompt_ids_list), batch_size):
+                chunk = prompt_ids_list[lo : lo + batch_size]
+                ids, mask = left_pad([p for p in chunk for _ in range(n)], pad, device)
+                # = zlib.crc32(f"decode:{seed}:{prompt}:{sample}"), the seeds this baseline always drew
+                seeds = [counter_seed("decode", seed, lo + i // n, i % n) for i in range(len(chunk) * n)]
+                z, lengths = sample_latents(model, ids, mask, constraints, t, pad, seeds)
+                latents = [z[b, : int(lengths[b])].tolist() for b in range(z.shape[0])]
                 out += [latents[i : i + n] for i in range(0, len(latents), n)]
-    else:  # sample / tempered: the library's sampler, row seeds a function of (seed, prompt, sample)
-        t = temperature if method == "tempered" else 1.0
-        device = next(model.parameters()).device
-        for lo in range(0, len(prompt_ids_list), batch_size):
-            chunk = prompt_ids_list[lo : lo + batch_size]
-            ids, mask = left_pad([p for p in chunk for _ in range(n)], pad, device)
-            seeds = [zlib.crc32(f"decode:{seed}:{lo + i // n}:{i % n}".encode()) for i in range(len(chunk) * n)]
-            z, lengths = sample_latents(model, ids, mask, constraints, t, pad, seeds)
-            latents = [z[b, : int(lengths[b])].tolist() for b in range(z.shape[0])]
-            out += [latents[i : i + n] for i in range(0, len(latents), n)]
-    model.train(was_training)
+                bar.update(len(chunk))
     return out
-
 
 
 __all__ = ["DECODING_METHODS", "beam_search", "decode"]

@@ -7,14 +7,15 @@ the frozen reward LM, on token ids (`gfn_trl.rewards.LikelihoodReward.final`).
 
 from __future__ import annotations
 
-import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from ..models import eval_mode
+from ..progress import progress
 from ..rewards import LikelihoodReward
-from ..sampling import LatentConstraints, latent_batch, left_pad, sample_latents
+from ..sampling import LatentConstraints, counter_seed, latent_batch, left_pad, sample_latents
 from ..tokenization import encode_continuation
 
 
@@ -29,7 +30,7 @@ class Scored:
 
 
 def _seed(seed: int, i: int, j: int) -> int:
-    return zlib.crc32(f"eval:{seed}:{i}:{j}".encode())
+    return counter_seed("eval", seed, i, j)  # = zlib.crc32(f"eval:{seed}:{i}:{j}"), the seeds evaluations always had
 
 
 @torch.no_grad()
@@ -46,7 +47,9 @@ def sample_and_score(
     disable_adapter: bool = False,
 ) -> list[Scored]:
     """For each tokenized row, `n_samples` latents from `policy` (its adapter off with `disable_adapter`: the
-    untuned prompt baseline), decoded and scored under the base LM.  Deterministic given `seed`.
+    untuned prompt baseline), decoded and scored under the base LM.  Deterministic given `seed` (sample j of row i
+    is seeded by `counter_seed("eval", seed, i, j)`).  The policy runs in eval mode and gets its training mode back
+    (`gfn_trl.models.eval_mode`); a progress bar counts the prompts (`gfn_trl.progress`).
 
     Args:
         rows: rows of `gfn_trl.data.tokenize_dataset` (`prompt_ids`, and what the reward reads).
@@ -57,23 +60,23 @@ def sample_and_score(
         one `Scored` per row, its `n_samples` latents in sampling order with their untempered log R(Z⊤).
     """
     device = next(policy.parameters()).device
-    was_training = policy.training
-    policy.eval()
     out = []
-    for lo in range(0, len(rows), prompts_per_batch):
-        chunk = rows[lo : lo + prompts_per_batch]
-        expanded = [r for r in chunk for _ in range(n_samples)]
-        seeds = [_seed(seed, lo + i // n_samples, i % n_samples) for i in range(len(expanded))]
-        ids, mask = left_pad([r["prompt_ids"] for r in expanded], tokenizer.pad_token_id, device)
-        ctx = policy.disable_adapter() if disable_adapter else nullcontext()
-        with ctx:
-            z, lengths = sample_latents(policy, ids, mask, constraints, temperature, tokenizer.pad_token_id, seeds)
-        final = reward.final(expanded, z, lengths).tolist()  # log R(Z⊤), one suffix copy per row
-        for i, r in enumerate(chunk):
-            sl = slice(i * n_samples, (i + 1) * n_samples)
-            toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
-            out.append(Scored(r, toks, [tokenizer.decode(t, skip_special_tokens=True) for t in toks], final[sl]))
-    policy.train(was_training)
+    with eval_mode(policy), progress(total=len(rows), desc="sampling and scoring", unit="prompt") as bar:
+        for lo in range(0, len(rows), prompts_per_batch):
+            chunk = rows[lo : lo + prompts_per_batch]
+            expanded = [r for r in chunk for _ in range(n_samples)]
+            seeds = [_seed(seed, lo + i // n_samples, i % n_samples) for i in range(len(expanded))]
+            ids, mask = left_pad([r["prompt_ids"] for r in expanded], tokenizer.pad_token_id, device)
+            ctx = policy.disable_adapter() if disable_adapter else nullcontext()
+            with ctx:
+                z, lengths = sample_latents(policy, ids, mask, constraints, temperature, tokenizer.pad_token_id,
+                                            seeds)
+            final = reward.final(expanded, z, lengths).tolist()  # log R(Z⊤), one suffix copy per row
+            for i, r in enumerate(chunk):
+                sl = slice(i * n_samples, (i + 1) * n_samples)
+                toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
+                out.append(Scored(r, toks, [tokenizer.decode(t, skip_special_tokens=True) for t in toks], final[sl]))
+            bar.update(len(chunk))
     return out
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..progress import progress
+
 __all__ = [
     "PAPER_BERTSCORE_MODEL",
     "PAPER_DIVERSITY_ENCODER",
@@ -163,12 +165,14 @@ class TextEncoder:
     def _batches(self, texts: Sequence[str], layer: int | None, batch_size: int | None):
         """Yield (indices, hidden (b, L, D) float32 on CPU, attention mask (b, L), special-token mask (b, L)).
 
-        Texts are processed in length-sorted batches (less padding); indices map rows back to ``texts``.
+        Texts are processed in length-sorted batches (less padding); indices map rows back to ``texts``.  More than
+        one batch gets a progress bar (`gfn_trl.progress`: main process, off under ``disable_tqdm``).
         """
         texts = [str(t) for t in texts]
         bs = batch_size or self.batch_size
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), bs):
+        starts = range(0, len(order), bs)
+        for start in progress(starts, desc="encoder batches", unit="batch") if len(starts) > 1 else starts:
             idx = order[start : start + bs]
             enc = self.tokenizer(
                 [texts[i] for i in idx],

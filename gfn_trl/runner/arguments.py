@@ -125,6 +125,13 @@ class _LatentFields:
     reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
 
 
+def _resolve_checkpointing(config) -> None:
+    """TRL's configs default `gradient_checkpointing` to True, which transformers now calls a deprecated alias of
+    `activation_checkpointing` (a FutureWarning at every construction): give the new name the same value, unless set."""
+    if config.activation_checkpointing is None and config.gradient_checkpointing is not None:
+        config.activation_checkpointing = config.gradient_checkpointing
+
+
 @dataclass
 class LatentGRPOConfig(GRPOConfig, _LatentFields):
     """TRL's GRPOConfig plus the latent's constraints.  `max_completion_length` counts latent tokens (the stop is
@@ -134,6 +141,7 @@ class LatentGRPOConfig(GRPOConfig, _LatentFields):
 
     def __post_init__(self):
         resolve_bf16(self)
+        _resolve_checkpointing(self)
         super().__post_init__()
 
 
@@ -145,6 +153,7 @@ class LatentRLOOConfig(RLOOConfig, _LatentFields):
 
     def __post_init__(self):
         resolve_bf16(self)
+        _resolve_checkpointing(self)
         super().__post_init__()
 
 
@@ -156,6 +165,7 @@ class LatentSFTConfig(SFTConfig, _LatentFields):
 
     def __post_init__(self):
         resolve_bf16(self)
+        _resolve_checkpointing(self)
         super().__post_init__()
 
 

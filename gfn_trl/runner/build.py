@@ -52,6 +52,8 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     from ..trainers.trl_baselines import build_grpo_trainer, build_rloo_trainer, build_sft_trainer
 
     name = recipe.trainer
+    if args.dataloader_pin_memory and not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # nothing to pin to: torch would warn at every epoch, and rows are lists
     spec = TaskSpec("this", (), gold=gold_column is not None, decoding=allow_decoding)
     check_trainer_choice(recipe, spec, tool is not None)
     lora = peft_config(recipe)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..progress import progress_label, set_progress
 from ..tasks.base import Evaluated, RunContext, Task, seed_replay_buffer
 from .arguments import RecipeArguments
 from .build import build_trainer, load_model_and_tokenizer
@@ -69,6 +70,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
 
     task = get_task(task)
     check(task, recipe, args, task_args)
+    set_progress(not args.disable_tqdm)  # the bars of the phases outside the Trainer's loop follow its switch
     seed_run(args)  # every model built below (task stage, LoRA, TRL baselines) starts from the run's seed
     ctx = RunContext(recipe, args, task_args)
     data = task.load(ctx)
@@ -94,9 +96,11 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     results: dict[str, Evaluated] = {}
     before = [] if recipe.skip_baseline else list(task.baselines)
     for name in [*before, *(recipe.decoding or [])]:  # the untuned LM, same prompts, same sampler and scoring
-        results[name] = task.evaluate(ctx, name)
+        with progress_label(name):
+            results[name] = task.evaluate(ctx, name)
     trainer.train()
-    results[method] = task.evaluate(ctx, method)
+    with progress_label(method):
+        results[method] = task.evaluate(ctx, method)
 
     metrics = {name: r.metrics for name, r in results.items()}
     save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())

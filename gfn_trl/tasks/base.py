@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..evaluation import Scored, sample_and_score
+from ..progress import progress
 
 
 @dataclass(frozen=True)
@@ -118,16 +119,29 @@ class ReplaySeeds:
     what: str | None = None
 
 
-def seed_replay_buffer(trainer, latents: list[list[list[int]]]) -> int:
+def seed_replay_buffer(trainer, latents: list[list[list[int]]], block: int = 64) -> int:
     """Put several latents per training row into `trainer`'s replay buffer through its public
     `seed_replay_buffer(latents)`, which takes one latent (or None) per row: round j passes each row's j-th latent.
 
     Each latent is scored with its untempered per-prefix rewards by the trainer; latents the constrained policy
     cannot write are skipped.  The buffer keeps entries per prompt, so the rounds add them in each row's order.
-    Returns how many entries were added."""
+    A progress bar counts the latents (`gfn_trl.progress`): each round is passed in blocks of `block` admitted
+    latents (a multiple of the trainer's scoring chunk of 16, so the scoring batches, and the rewards, are those of
+    one call per round).  Returns how many entries were added."""
     rounds = max((len(per_row) for per_row in latents), default=0)
-    return sum(trainer.seed_replay_buffer([per_row[j] if j < len(per_row) else None for per_row in latents])
-               for j in range(rounds))
+    added = 0
+    total = sum(z is not None for per_row in latents for z in per_row)
+    with progress(total=total, desc="seeding the replay buffer", unit="latent") as bar:
+        for j in range(rounds):
+            round_j = [per_row[j] if j < len(per_row) else None for per_row in latents]
+            given = [i for i, z in enumerate(round_j) if z is not None]
+            admitted = [i for i in given if trainer.constraints.admits(list(round_j[i]))]
+            bar.update(len(given) - len(admitted))  # skipped (the trainer would skip them too)
+            for lo in range(0, len(admitted), block):
+                part = set(admitted[lo : lo + block])
+                added += trainer.seed_replay_buffer([z if i in part else None for i, z in enumerate(round_j)])
+                bar.update(len(part))
+    return added
 
 
 @dataclass

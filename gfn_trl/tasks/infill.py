@@ -102,14 +102,16 @@ def finetune_story_lm(model, tokenizer, stories: Dataset, max_steps: int, learni
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from ..progress import progress_enabled
+
     if max_steps <= 0:
         return model
     args = SFTConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="story_lm_"), max_steps=max_steps,
         per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
         warmup_steps=0, logging_steps=max(1, max_steps // 4), save_strategy="no", report_to="none", seed=seed,
-        dataset_text_field="text", max_length=128, gradient_checkpointing=False, bf16=False,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        dataset_text_field="text", max_length=128, activation_checkpointing=False, bf16=False,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": story_texts(stories)}),
                          processing_class=tokenizer)
