@@ -22,10 +22,11 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
+from gfn_trl import GFlowNetTrainer  # noqa: E402
 from gfn_trl.exact import tv_and_kl  # noqa: E402
 from gfn_trl.testing import exact_posterior_toy, exact_target_and_policy  # noqa: E402
 
@@ -85,11 +86,14 @@ class _Track(TrainerCallback):
 
 def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, verbose=True, lora=True, log_z="batch",
         scheduler="linear", log_z_lr=1e-2, min_length=1, output_dir=None, tool=False, reward_func=None, lm_weight=1.0,
-        func_weight=1.0, prefixes=False):
+        func_weight=1.0, prefixes=False, trainer_cls=GFlowNetTrainer, rows=1, callbacks=(), **config):
     """Train on the toy; returns [(step, TV, KL, Σq)] and the trainer.  `tool`: the toy's tool appends a forced
     token after every "c" (gfn_trl.testing.toy_tool); the posterior is then over the latents it admits.
     `reward_func="tokens"`: add `token_reward` with weight `func_weight` to `lm_weight` times the LM reward (the
-    tilted posterior), scored on every prefix with `prefixes`, else on finished latents only."""
+    tilted posterior), scored on every prefix with `prefixes`, else on finished latents only.
+    `trainer_cls` (a GFlowNetTrainer subclass) is built with its own config class, `config` adding fields to it; the
+    dataset holds the toy's prompt `rows` times (one epoch of `rows` steps: an asynchronous trainer plans ahead
+    within an epoch); `callbacks` are added before training."""
     toy = exact_posterior_toy(reward, seed=seed, min_length=min_length, tool=tool)
     func = None
     if reward_func == "tokens":
@@ -97,7 +101,7 @@ def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, ver
         func.scores_prefixes = prefixes
     elif reward_func is not None:
         raise ValueError(f"reward_func is None or 'tokens', got {reward_func!r}")
-    args = GFlowNetConfig(
+    args = trainer_cls._config_class(
         output_dir=output_dir or tempfile.mkdtemp(prefix="gfn_exact_"),
         max_steps=steps,
         learning_rate=lr,
@@ -120,11 +124,12 @@ def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, ver
         disable_tqdm=True,
         lm_reward_weight=lm_weight,
         reward_weights=None if func is None else [func_weight],
+        **config,
     )
-    trainer = GFlowNetTrainer(
+    trainer = trainer_cls(
         toy["model"],
         args,
-        train_dataset=toy["dataset"],
+        train_dataset=Dataset.from_dict({k: v * rows for k, v in toy["dataset"].to_dict().items()}),
         processing_class=toy["tokenizer"],
         peft_config=LoraConfig(r=16, lora_alpha=32) if lora else None,
         vocab_mask=toy["vocab_mask"],
@@ -134,6 +139,8 @@ def run(reward="suffix", steps=400, loss="subtb", seed=0, lr=2e-3, every=50, ver
     track = _Track(toy, every, verbose, lambda t, toy: tilted_target(t, toy, func, lm_weight, func_weight))
     track.trainer = trainer
     trainer.add_callback(track)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     trainer.train()
     if track.history[-1][0] != trainer.state.global_step:
         track._measure(trainer.state.global_step)

@@ -26,6 +26,8 @@ _EXPORTS = {
     "RolloutTrainer": "trainers.rollout_trainer",
     "LatentConstraints": "sampling",
     "GFlowNetTrainer": "trainers.gflownet_trainer",
+    "AsyncGFlowNetConfig": "trainers.async_sampling",
+    "AsyncGFlowNetTrainer": "trainers.async_sampling",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs (the names are in __all__, built
     from .replay import ReplayBuffer  # noqa: F401
     from .rewards.likelihood import prefix_log_rewards  # noqa: F401
     from .sampling import LatentConstraints  # noqa: F401
+    from .trainers.async_sampling import AsyncGFlowNetConfig, AsyncGFlowNetTrainer  # noqa: F401
     from .trainers.gflownet_config import GFlowNetConfig  # noqa: F401
     from .trainers.gflownet_trainer import GFlowNetTrainer  # noqa: F401
     from .trainers.ppo_config import PPOConfig  # noqa: F401

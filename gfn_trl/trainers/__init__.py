@@ -4,6 +4,9 @@
   constrained policy and scores them with the frozen reward LM (no objective);
 * `gflownet_config` / `gflownet_trainer`: `GFlowNetConfig`, `GFlowNetTrainer` (the objectives: `gfn_trl.losses`);
 * `ppo_config` / `ppo_trainer`: `PPOConfig`, `PPOTrainer` (the paper's reward-maximising baseline);
+* `async_sampling`: `AsyncGFlowNetConfig`, `AsyncGFlowNetTrainer` (sampler processes ahead of the learner, bounded
+  staleness);
+* `generation`: the seam between a trainer and what generates its latents (`GenerationBackend`, `DecodeLoop`);
 * `trl_baselines`: TRL's GRPO, RLOO and SFT trainers on the GFlowNet's reward and latent space;
 * `setup`: the one set-up of latent space, policy and reward that all of them (and the recipes) share;
 * `batch`: the typed rollout batch passed from `_prepare_inputs` to `compute_loss`;
@@ -25,6 +28,9 @@ _EXPORTS = {
     "GFlowNetTrainer": "gflownet_trainer",
     "PPOConfig": "ppo_config",
     "PPOTrainer": "ppo_trainer",
+    "AsyncGFlowNetConfig": "async_sampling",
+    "AsyncGFlowNetTrainer": "async_sampling",
+    "GenerationBackend": "generation",
     "RolloutBatch": "batch",
     "PPOBatch": "batch",
 }
