@@ -123,6 +123,9 @@ class _LatentFields:
         default=None, metadata={"help": "Token that ends the latent (default: the tokenizer's EOS). One token."}
     )
     reward_chunk_size: int | None = field(default=None, metadata={"help": "Rows scored at once by the reward LM."})
+    lm_reward_weight: float = field(default=1.0, metadata={
+        "help": "alpha, the weight of the LM prior log p_LM in the reward when the task adds reward functions "
+                "(TRL's reward_weights are then [alpha] + the functions' weights); 0 drops the prior."})
 
 
 def _resolve_checkpointing(config) -> None:

@@ -34,14 +34,15 @@ class Built:
 
 def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset, vocab_mask=None,
                   gold_column: str | None = "gold", allow_decoding: bool = False, tool=None,
-                  base_modified: bool = False) -> Built:
+                  base_modified: bool = False, reward_funcs=None) -> Built:
     """The trainer `recipe.trainer` on the task's data contract (`train_dataset`), LoRA from the recipe's settings.
 
     `gold_column` names the gold latents that `--trainer sft` trains on (None: the task has none);
     `allow_decoding`: the task evaluates `--decoding` baselines; `tool`: a `gfn_trl.tools` tool whose outputs are
     forced tokens of every method's latents; `base_modified`: `model` is no longer the checkpoint it was loaded from
     (e.g. the infilling recipe's story LM), so it is saved under `output_dir/base_model/` for the adapter to
-    reference (`save_base_model`).
+    reference (`save_base_model`); `reward_funcs`: TRL-signature reward functions added to the LM prior (weighted
+    by `args.lm_reward_weight`) for every trainer but sft (`gfn_trl.rewards.functions`).
 
     Raises:
         ValueError: as `check_trainer_choice`; `--trainer sft` on data without `gold_column`; the latent space's
@@ -61,7 +62,7 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     if name in ("gfn", "ppo"):
         cls = GFlowNetTrainer if name == "gfn" else PPOTrainer
         trainer = cls(model, args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora,
-                      vocab_mask=vocab_mask, tool=tool)
+                      vocab_mask=vocab_mask, tool=tool, reward_funcs=reward_funcs)
         built = Built(trainer, trainer.accelerator.unwrap_model(trainer.model), trainer.reward, trainer.constraints)
         return _point_adapter_at(built, base)
     # TRL's trainers: the latent space and pad token of the shared set-up, as our trainers build them
@@ -71,7 +72,8 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     if name in ("grpo", "rloo"):
         build = build_grpo_trainer if name == "grpo" else build_rloo_trainer
         trainer = build(model, args, train_dataset, constraints, tokenizer, lora,
-                        reward_chunk_size=args.reward_chunk_size)
+                        reward_chunk_size=args.reward_chunk_size, reward_funcs=reward_funcs,
+                        lm_reward_weight=args.lm_reward_weight)
         policy = trainer.accelerator.unwrap_model(trainer.model)
         return _point_adapter_at(Built(trainer, policy, trainer.latent_reward.reward, constraints), base)
     if gold_column not in train_dataset.column_names:

@@ -82,7 +82,8 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     ctx.built = build_trainer(recipe, args, ctx.model, ctx.tokenizer, contract,
                               vocab_mask=task.vocab_mask(ctx), gold_column="gold" if task.spec.gold else None,
                               allow_decoding=task.spec.decoding, tool=ctx.tool,
-                              base_modified=modified)  # a changed model is saved as the adapter's base
+                              base_modified=modified,  # a changed model is saved as the adapter's base
+                              reward_funcs=task.reward_funcs(ctx))
     trainer, method = ctx.built.trainer, recipe.trainer
 
     seeded = 0

@@ -10,6 +10,7 @@ A task is data, templates, a reward's data contract and metrics.  The runner cal
     make_tool(ctx)             a `gfn_trl.tools` tool whose outputs are forced tokens (arithmetic's calculator), or None
     to_contract(ctx, data)     the training rows in the trainer's data contract (prompt, reward_prompt, suffix, ...)
     vocab_mask(ctx)            the latent vocabulary: a (V,) bool mask, a callable of the tokenizer, or None
+    reward_funcs(ctx)          TRL-signature reward functions on top of the LM prior (every trainer), or None
     replay_seeds(ctx, data)    latents put in a GFlowNet's replay buffer before training, several per row if need be
     prepare_evaluation(ctx, data)   held-out rows, tokenized (kept in `ctx.eval`)
     evaluate(ctx, method)      sample (or decode, or score) and measure one method: a baseline of `baselines`, a
@@ -191,6 +192,11 @@ class Task:
     def vocab_mask(self, ctx: RunContext):
         """The latent vocabulary: by default `single_line_mask` under --ban_newlines, else every token."""
         return single_line_mask(ctx.tokenizer) if ctx.recipe.ban_newlines else None
+
+    def reward_funcs(self, ctx: RunContext) -> list | None:
+        """Reward functions in TRL's signature (`gfn_trl.rewards.functions`) added to the LM prior's log-reward for
+        every trainer (the prior's weight is the trainer config's `lm_reward_weight`); None: the LM reward alone."""
+        return None
 
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds | None:
         """Latents to put in a GFlowNet's replay buffer before training (called for GFlowNet trainers only)."""
