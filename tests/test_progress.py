@@ -97,3 +97,25 @@ def test_a_recipe_run_shows_its_phases_unless_disable_tqdm(disable, tmp_path, mo
         assert not any(p in text for p in phases) and "it/s]" not in text
     else:
         assert all(p in text for p in phases), text[-2000:]
+
+
+@pytest.mark.parametrize(("trainer", "extra"), [("gfn", ["--decoding", "beam", "greedy"]),
+                                                ("grpo", ["--per_device_train_batch_size", "4"])])
+def test_a_recipe_run_prints_no_warning_a_user_cannot_act_on(trainer, extra, tmp_path, monkeypatch):
+    """No deprecated argument of our own (the KV cache under its current name, activation_checkpointing in TRL's
+    configs), no pin_memory on CPU, and the libraries' own deprecation notices (PEFT, TRL) kept out of the output."""
+    import warnings
+
+    from gfn_trl.testing import load_recipe
+
+    tiny_checkpoint(tmp_path / "tiny")
+    module = load_recipe("continuation")
+    monkeypatch.setattr(sys, "argv", [
+        "continuation.py", "--model_name_or_path", str(tmp_path / "tiny"), "--output_dir", str(tmp_path / "out"),
+        *RUN, "--num_train", "2", "--num_generations", "2", "--trainer", trainer, *extra])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.main(*module.make_parser().parse_args_and_config())
+    shown = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
+             if issubclass(w.category, (FutureWarning, DeprecationWarning)) or "pin_memory" in str(w.message)]
+    assert shown == []

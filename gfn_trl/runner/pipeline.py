@@ -10,6 +10,7 @@ examples); everything else is here, once.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from ..progress import progress_label, set_progress
 from ..tasks.base import Evaluated, RunContext, Task, seed_replay_buffer
@@ -17,6 +18,18 @@ from .arguments import RecipeArguments
 from .build import build_trainer, load_model_and_tokenizer
 from .checks import check_train_rows, validate
 from .outputs import log_final_metrics, print_summary, save_run, write_run_card
+
+# Deprecation warnings that a recipe run gets from inside its libraries, not from anything it passes them, and that a
+# user cannot act on: PEFT (0.21) reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model,
+# and TRL's GRPO/RLOO call the deprecated `gradient_checkpointing_enable` / `_disable`.
+_LIBRARY_DEPRECATIONS = (
+    r"`is_gradient_checkpointing` is deprecated", r"`gradient_checkpointing_(enable|disable)` is deprecated",
+)
+
+
+def _quiet_library_deprecations() -> None:
+    for message in _LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def get_task(task: Task | str) -> Task:
@@ -71,6 +84,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     task = get_task(task)
     check(task, recipe, args, task_args)
     set_progress(not args.disable_tqdm)  # the bars of the phases outside the Trainer's loop follow its switch
+    _quiet_library_deprecations()
     seed_run(args)  # every model built below (task stage, LoRA, TRL baselines) starts from the run's seed
     ctx = RunContext(recipe, args, task_args)
     data = task.load(ctx)
