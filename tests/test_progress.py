@@ -3,6 +3,8 @@ evaluation / decoding seeds after their move to `sampling.counter_seed`: bit-ide
 baselines always drew from."""
 
 import io
+import os
+import subprocess
 import sys
 import zlib
 from contextlib import redirect_stderr
@@ -29,20 +31,22 @@ def _bar_text(**kwargs) -> str:
     return err.getvalue()
 
 
-def test_bars_follow_the_switch_and_the_rank(monkeypatch):
+def test_bars_follow_the_switch_and_the_rank():
     P.set_progress(True)
     assert "phase" in _bar_text()
     with P.progress_label("gfn"):
         assert "gfn: phase" in _bar_text()
     P.set_progress(False)  # what --disable_tqdm true does
     assert _bar_text() == ""
-    P.set_progress(True)
-    monkeypatch.setenv("RANK", "1")  # another rank of a launch (no Accelerate state in this process yet)
-    from accelerate import PartialState
-
-    if PartialState._shared_state:
-        pytest.skip("an Accelerate state is set up in this process: the rank comes from it")
-    assert _bar_text() == ""
+    # another rank of a launch, in a fresh process (here Accelerate's state may already say "main process")
+    probe = ("import io, contextlib; from gfn_trl import progress as P; P.set_progress(True); err = io.StringIO()\n"
+             "with contextlib.redirect_stderr(err):\n    list(P.progress(range(3), desc='phase'))\n"
+             "print(repr(err.getvalue()), P.is_main_process())")
+    for rank, want in (("1", "'' False"), ("0", "True")):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "RANK": rank})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().endswith(want) and (rank == "1") != ("phase" in out.stdout)
 
 
 @pytest.mark.parametrize("kind", ["eval", "decode"])

@@ -186,8 +186,8 @@ def model_card_text(trainer, output_dir: str, model_name: str | None = None, dat
     if stop is None and getattr(trainer, "constraints", None) is not None:
         stop = trainer.constraints.stop_token_id
     base_in_subfolder = os.path.isfile(os.path.join(output_dir, BASE_DIR, "config.json"))
-    path = info.get("repo_or_path") or (args.hub_model_id if args.push_to_hub and args.hub_model_id
-                                        else os.path.abspath(output_dir))
+    hub_id = (getattr(trainer, "hub_model_id", None) or args.hub_model_id) if args.push_to_hub else None
+    path = info.get("repo_or_path") or hub_id or os.path.abspath(output_dir)  # what the usage snippet loads
     prompt = info.get("example_prompt") or _example_prompt(trainer)
     max_new = getattr(args, "max_completion_length", None) or 32
 
