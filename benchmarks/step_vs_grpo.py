@@ -1,13 +1,15 @@
 """One GFlowNet training step against one TRL GRPO step: same model, LoRA, batch and lengths.
 
     python benchmarks/step_vs_grpo.py [--preset small|gpt2|tiny] [--samples 16] [--length 20] [--steps 6] [--rounds 5]
+                                      [--gfn-cache static] [--gfn-compile]
 
 Both trainers sample `--samples` completions of exactly `--length` tokens for one prompt per step and take one
 optimizer step:
 
-* GFlowNet: min = max completion length, so `generate` runs length + 1 decoding steps (the last one is the forced
-  stop action, which the GFlowNet needs); log R for every prefix, in one packed pass with a fixed 12-token suffix;
-  one teacher-forced pass of the policy with gradients; SubTB loss.
+* GFlowNet: min = max completion length, so our decode loop (`gfn_trl.sampling.sample_latents`; its static-cache
+  and compiled variants with `--gfn-cache static` / `--gfn-compile`) runs length + 1 decoding steps (the last one is
+  the forced stop action, which the GFlowNet needs); log R for every prefix, in one packed pass with a fixed
+  12-token suffix; one teacher-forced pass of the policy with gradients; SubTB loss.
 * GRPO: `min_new_tokens = max_completion_length`, so `generate` runs length decoding steps; its reward function is
   the same task's reward of the finished latent, log p(Z Y | X), in one base-LM pass over prompt + completion +
   suffix with logits only where they are read (`--grpo-reward latent` drops Y: log p(Z | X)); a separate frozen
@@ -119,7 +121,8 @@ def make_trainers(a, tok):
 
     gfn_args = GFlowNetConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=1, num_generations=a.samples,
                               min_completion_length=a.length, on_policy_prob=1.0, tempered_prob=0.0,
-                              replay_prob=0.0, **common)  # every step samples and scores (no replay shortcut)
+                              replay_prob=0.0, cache_implementation=a.gfn_cache, sampler_compile=a.gfn_compile,
+                              **common)  # every step samples and scores (no replay shortcut)
     gfn = GFlowNetTrainer(build(a.preset, len(tok)), gfn_args, processing_class=tok, peft_config=lora,
                           train_dataset=Dataset.from_dict({"prompt": [prompt] * 64, "suffix": [suffix] * 64}))
 
@@ -146,7 +149,7 @@ def make_trainers(a, tok):
     probes = {"gfn": StepProbe(), "grpo": StepProbe()}
     # the same phases, measured at the same kind of call site in both trainers
     g, r = probes["gfn"], probes["grpo"]
-    gfn.model.generate = g.timed("generate", gfn.model.generate)
+    gfn.sample = g.timed("generate", gfn.sample)  # our decode loop (the GFlowNet does not call `generate`)
     gfn.score_latents = g.timed("reward", gfn.score_latents)
     loss_globals = type(gfn).compute_loss.__globals__  # the module whose policy_log_probs compute_loss calls
     loss_globals["policy_log_probs"] = g.timed("policy_fwd", loss_globals["policy_log_probs"])
@@ -172,6 +175,9 @@ def main(argv=None):
                    help="GRPO's reward: log p(Z Y | X), the GFlowNet's reward of the finished latent (default), or "
                    "log p(Z | X) without the suffix (cheaper; the figure before this option existed)")
     p.add_argument("--json", default=None, help="write the per-step records here")
+    p.add_argument("--gfn-cache", choices=["dynamic", "static"], default=None,
+                   help="the GFlowNet sampler's cache_implementation (default: dynamic)")
+    p.add_argument("--gfn-compile", action="store_true", help="compile the GFlowNet sampler's decode step")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
