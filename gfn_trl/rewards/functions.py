@@ -23,6 +23,10 @@ synchronous or `async`, called with keyword arguments, one list entry per comple
   logs; this process's calls only) and `log_extra(column, values)` (accepted and ignored: there is no completions
   table), as TRL passes them.
 
+It returns one reward per completion: a list, or a one-dimensional array (numpy, torch), as TRL accepts.  Its
+signature is checked against a dataset's columns before training (`RewardFunctions.check_signatures`), and an
+exception raised inside it carries a note naming the function and its first input.
+
 It may also be a sequence-classification model (`AutoModelForSequenceClassification`, one label) or its hub id or
 path: the reward is its logit on `prompt text + completion` (a conversation: the chat template of the prompt and the
 completion message), as in TRL.
@@ -66,6 +70,38 @@ RewardFunc = str | nn.Module | Callable
 # own columns "completion" and "completion_ids" are not passed either).
 ADDED_COLUMNS = ("prompt_ids", "reward_prompt_ids", "suffix_ids", "contrast_suffix_ids", "gfn_key", "gfn_has_suffix")
 _NOT_PASSED = ("prompt", "completion", "completion_ids", *ADDED_COLUMNS)
+# What every call passes besides `prompts`, `completions`, `completion_ids` and the dataset's columns (TRL's extras)
+CALL_EXTRAS = ("trainer_state", "log_metric", "log_extra")
+
+
+def passed_columns(column_names: Sequence[str]) -> list[str]:
+    """The dataset columns a reward function receives as keyword arguments (one list entry per completion): every
+    column but `prompt` (given as `prompts`), TRL's `completion` / `completion_ids`, and those `tokenize_dataset`
+    adds."""
+    return [c for c in column_names if c not in _NOT_PASSED]
+
+
+def signature_problem(func, names: Sequence[str], more_to_come: bool = False) -> str | None:
+    """Why `func` cannot be called with the keyword arguments `names` (each passed, none more), or None when it can
+    (or when its signature cannot be read, e.g. a builtin).  Says which parameters no argument fills and which
+    arguments it does not take.  `more_to_come`: further arguments (columns not known yet) may fill its other
+    parameters, so only the arguments it does not take count."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    params = sig.parameters.values()
+    missing = [p.name for p in params if p.default is p.empty and p.name not in names
+               and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    extra = [] if takes_any else [n for n in names if n not in named]
+    parts = []
+    if missing and not more_to_come:
+        parts.append(f"no argument fills its parameter(s) {missing}")
+    if extra:
+        parts.append(f"it does not take {extra} (it has no **kwargs)")
+    return "; ".join(parts) or None
 
 
 def callable_name(func) -> str:
@@ -248,6 +284,34 @@ class RewardFunctions:
     def __len__(self) -> int:
         return len(self.funcs)
 
+    def check_signatures(self, column_names: Sequence[str], split: str = "train") -> None:
+        """Refuse, before training, a function that cannot take the arguments it will be called with on the rows of a
+        dataset with these columns (a required column the dataset lacks, or no `**kwargs` for the other columns and
+        TRL's extras); reward models are not checked.
+
+        Raises:
+            ValueError: naming the function, its unfilled parameters or the arguments it does not take, and the fix.
+        """
+        columns = passed_columns(column_names)
+        own = ("prompts", "completions", "completion_ids", *CALL_EXTRAS)
+        clash = sorted(set(columns) & set(own))
+        if clash:
+            raise ValueError(f"The {split} dataset has the column(s) {clash}, which reward functions receive as their "
+                             "own arguments (TRL's signature): rename them.")
+        names = [*own[:3], *columns, *CALL_EXTRAS]
+        for f, name in zip(self.funcs, self.names):
+            if isinstance(f, nn.Module):
+                continue
+            problem = signature_problem(f, names)
+            if problem is not None:
+                raise ValueError(
+                    f"The reward function {name!r} cannot be called on the {split} dataset: {problem}. A reward "
+                    "function is called, as in TRL, with the keyword arguments prompts, completions, completion_ids, "
+                    f"the dataset's other columns (here {columns}) and {', '.join(CALL_EXTRAS)}: give it the "
+                    "signature f(prompts, completions, completion_ids, **kwargs), add a missing column to the "
+                    "dataset, or give that parameter a default."
+                )
+
     @staticmethod
     def _model_tokenizer(model: nn.Module, tokenizer):
         if tokenizer is None:
@@ -302,9 +366,10 @@ class RewardFunctions:
             `FunctionScores` with (B, m, S) tensors on `z`'s device.
 
         Raises:
-            ValueError: a function returned a list of the wrong length, NaN or ±inf; or (`require_value`) no number
-                at all for a state.
-            TypeError: a function returned something that is not a number or None.
+            ValueError: a function returned a list of the wrong length, an array that is not one-dimensional, NaN
+                or ±inf; or (`require_value`) no number at all for a state.
+            TypeError: a function returned something that is not a number or None (text included).
+            Whatever a function raises, with a note naming it and its first input.
         """
         B, S = z.shape[0], z.shape[1] + 1
         m = len(self.funcs)
@@ -327,19 +392,24 @@ class RewardFunctions:
         for i in chosen:
             args = inputs[prefixes and self.scores_prefixes[i]]
             f = self.funcs[i]
-            if isinstance(f, nn.Module):
-                results[i] = self._model_rewards(i, args["prompts"], args["completions"])
-            elif is_async_callable(f):
-                pending.append(i)
-            else:
-                results[i] = f(prompts=args["prompts"], completions=args["completions"],
-                               completion_ids=args["completion_ids"], **args["columns"], **(extra or {}))
+            try:
+                if isinstance(f, nn.Module):
+                    results[i] = self._model_rewards(i, args["prompts"], args["completions"])
+                elif is_async_callable(f):
+                    pending.append(i)
+                else:
+                    results[i] = f(prompts=args["prompts"], completions=args["completions"],
+                                   completion_ids=args["completion_ids"], **args["columns"], **(extra or {}))
+            except Exception as e:
+                e.add_note(self._failure_note(i, args))
+                raise
         if pending:
             coros = []
             for i in pending:
                 args = inputs[prefixes and self.scores_prefixes[i]]
-                coros.append(self.funcs[i](prompts=args["prompts"], completions=args["completions"],
-                                           completion_ids=args["completion_ids"], **args["columns"], **(extra or {})))
+                coros.append(self._noted(i, args, self.funcs[i](
+                    prompts=args["prompts"], completions=args["completions"], completion_ids=args["completion_ids"],
+                    **args["columns"], **(extra or {}))))
             results.update(zip(pending, _run_coroutines(coros)))
 
         for i in chosen:
@@ -400,10 +470,31 @@ class RewardFunctions:
             out += model(**enc).logits[:, 0].float().tolist()
         return out
 
+    def _failure_note(self, i: int, args) -> str:
+        """What an exception raised inside function `i` is annotated with: the function and the call's inputs."""
+        count = len(args["completions"])
+        first = f"; the first: {args['completions'][0]!r} for the prompt {args['prompts'][0]!r}" if count else ""
+        return f"(raised by the reward function {self.names[i]!r}, called on {count} completion(s){first})"
+
+    async def _noted(self, i: int, args, coro):
+        try:
+            return await coro
+        except Exception as e:
+            e.add_note(self._failure_note(i, args))
+            raise
+
     def _checked(self, i: int, out, args) -> list[float | None]:
         name = self.names[i]
         count = len(args["completions"])
-        if isinstance(out, Tensor):
+        if not isinstance(out, (list, tuple)) and hasattr(out, "tolist") and hasattr(out, "shape"):
+            # an array (numpy, torch, jax, ...), as TRL accepts: one dimension, one reward per completion
+            shape = tuple(out.shape)
+            if len(shape) != 1:
+                raise ValueError(
+                    f"The reward function {name!r} returned a {type(out).__name__} of shape {shape}, but a reward "
+                    f"function returns one reward per completion: a list, or a one-dimensional array of {count} "
+                    "(e.g. `.reshape(-1)` an array of shape (n, 1))."
+                )
             out = out.tolist()
         if not isinstance(out, Sequence) or isinstance(out, (str, bytes)):
             raise TypeError(f"The reward function {name!r} returned a {type(out).__name__}: it must return a list "
@@ -417,6 +508,8 @@ class RewardFunctions:
                 checked.append(None)
                 continue
             try:
+                if isinstance(v, (str, bytes)):  # float("1.0") would parse: a text reward is a bug, not a number
+                    raise TypeError
                 x = float(v)
             except (TypeError, ValueError):
                 raise TypeError(f"The reward function {name!r} returned {v!r} for the completion "

@@ -40,9 +40,9 @@ from .._trl import _BaseTrainer
 from ..data import tokenize_dataset
 from ..models import eval_mode, quantized_load_kwargs
 from ..rewards import LikelihoodReward
-from ..rewards.functions import RewardFunctions, RewardSpec, tilted_log_rewards
+from ..rewards.functions import RewardFunctions, RewardSpec, passed_columns, signature_problem, tilted_log_rewards
 from ..sampling import counter_seed, left_pad
-from ..tokenization import output_rows
+from ..tokenization import is_conversation, output_rows
 from ..tools import Tool
 from . import checkpoints as ckpt
 from . import completions as completions_table
@@ -64,6 +64,31 @@ logger = logging.get_logger(__name__)
 
 def _identity(rows):
     return rows
+
+
+# The columns that choose a row's reward (`gfn_trl.data`): a train and an eval dataset must agree on them
+REWARD_COLUMNS = ("reward_prompt", "suffix", "contrast_suffix")
+# The keyword arguments `compute_metrics` is called with, besides the eval dataset's other columns
+METRICS_ARGUMENTS = ("prompts", "completions", "completion_ids", "log_rewards")
+
+
+def eval_splits(eval_dataset) -> list[tuple[str, object]]:
+    """(split name, dataset) of an eval dataset: one dataset ("eval"), a dict of them ("eval (name)"), or none."""
+    if eval_dataset is None:
+        return []
+    if isinstance(eval_dataset, dict):
+        return [(f"eval ({name})", data) for name, data in eval_dataset.items()]
+    return [("eval", eval_dataset)]
+
+
+def _metrics_signature_error(problem: str, columns: list[str]) -> TypeError:
+    return TypeError(
+        f"compute_metrics cannot be called on the evaluation's samples: {problem}. It is called with the keyword "
+        f"arguments {', '.join(METRICS_ARGUMENTS)} and the eval dataset's other columns (here {columns}), one entry "
+        "per sampled latent, and returns a dict of numbers: give it the signature f(prompts, completions, "
+        "completion_ids, log_rewards, **columns). (It is not the HF Trainer's compute_metrics(EvalPrediction): the "
+        "predictions are sampled latents, not logits.)"
+    )
 
 
 class _ZeroHeadGrads(TrainerCallback):
@@ -99,17 +124,27 @@ class RolloutTrainer(_BaseTrainer):
             policy actions (the arithmetic task's calculator); also applied identically in sampling, loss and replay.
         compute_metrics (callable, *optional*): task metrics of the evaluation samples, called once per
             `evaluate()` on the main process with keyword arguments in the style of TRL's reward functions:
-            `prompts` (the eval rows' prompts, one per latent), `completions` (the latents decoded), `completion_ids`
+            `prompts` (the eval rows' prompts, one per latent), `completions` (the latents decoded as reward functions
+            get them: `skip_special_tokens=True`, an assistant message for a conversational prompt), `completion_ids`
             (their token ids), `log_rewards` (untempered log R(Z ⊤), natural log) and every other column of the eval
             dataset (e.g. a gold answer), each a list with one entry per latent.  It returns a dict of numbers,
-            logged with the evaluation's prefix (`eval_<name>`).  Not the HF Trainer's `EvalPrediction` callable:
-            the predictions here are sampled latents, not logits.
+            logged with the evaluation's prefix (`eval_<name>`, unless the name has it) and never replacing one of the
+            trainer's metrics.  Not the HF Trainer's `EvalPrediction` callable: the predictions here are sampled
+            latents, not logits (its signature is checked at construction).
         reward_funcs (*optional*): reward functions in TRL's signature (`GRPOTrainer(reward_funcs=...)`): a callable
             `f(prompts, completions, completion_ids, **kwargs) -> list[float | None]` (sync or async), a
             sequence-classification model or its name, or a list of them (`gfn_trl.rewards.functions`).  The
             log-reward is then α · log p_LM(Z [Y] | reward_prompt) + Σ_i w_i r_i(Z) (`lm_reward_weight`,
             `reward_weights`), divided by the reward temperature.
         reward_processing_classes (*optional*): the tokenizers of reward models in `reward_funcs` (as in TRL).
+
+    `eval_dataset` may be one dataset or a dict of them (each evaluated under its own prefix), and `evaluate()` /
+    `predict()` take one at call time; each must choose its reward by the train dataset's columns (`reward_prompt`,
+    `suffix`, `contrast_suffix`).
+
+    Raises (at construction): ValueError / TypeError for a reward function or `compute_metrics` whose signature does
+    not fit the datasets' columns, an eval dataset scored by another reward than the train dataset, and the checks of
+    `gfn_trl.trainers.validation`.
 
     Evaluation (`evaluate()`, `eval_strategy="steps"`): `num_generations` latents per eval prompt, sampled on-policy
     (temperature 1, no replay) with seeds of their own (the same at every evaluation, so that two evaluations differ
@@ -151,6 +186,7 @@ class RolloutTrainer(_BaseTrainer):
         if reward_funcs is not None and (not isinstance(reward_funcs, (list, tuple)) or len(reward_funcs)):
             self.reward_functions = RewardFunctions(reward_funcs, args.reward_weights, reward_processing_classes,
                                                     args.model_init_kwargs, args.reward_chunk_size)
+            self.reward_functions.check_signatures(train_dataset.column_names, "train")
         elif args.reward_weights is not None:
             raise ValueError("reward_weights are the weights of reward_funcs, but no reward_funcs were given.")
         if args.lm_reward_weight == 0 and self.reward_functions is None:
@@ -160,6 +196,16 @@ class RolloutTrainer(_BaseTrainer):
             raise ValueError("reward_model is the LM of the prior term, but lm_reward_weight=0 drops that term: pass "
                              "one or the other.")
         self._score_prefixes_from = None  # the first prefix a prefix-scoring function scores (None: finished latents)
+        if compute_metrics is not None and not callable(compute_metrics):
+            raise TypeError(f"compute_metrics must be a callable returning a dict of numbers, got {compute_metrics!r}.")
+        self.compute_metrics = compute_metrics  # read by _check_eval_dataset
+        self._train_columns = list(train_dataset.column_names)
+        for split, data in eval_splits(eval_dataset):  # before any model is loaded
+            self._check_eval_dataset(data, split)
+        if compute_metrics is not None and eval_dataset is None:  # (its columns are checked with the eval dataset)
+            problem = signature_problem(compute_metrics, METRICS_ARGUMENTS, more_to_come=True)
+            if problem is not None:
+                raise _metrics_signature_error(problem, [])
         setup.seed_run(args)  # before LoRA's initialisation, which the HF Trainer's own seeding comes too late for
 
         # Model
@@ -199,7 +245,11 @@ class RolloutTrainer(_BaseTrainer):
         # Data: tokenise once, here, not on the hot path
         train_dataset = tokenize_dataset(train_dataset, tokenizer, model.config, args.max_completion_length, "train",
                                          args.chat_template_kwargs)
-        if eval_dataset is not None:
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {name: tokenize_dataset(data, tokenizer, model.config, args.max_completion_length,
+                                                   f"eval ({name})", args.chat_template_kwargs)
+                            for name, data in eval_dataset.items()}
+        elif eval_dataset is not None:
             eval_dataset = tokenize_dataset(eval_dataset, tokenizer, model.config, args.max_completion_length, "eval",
                                             args.chat_template_kwargs)
 
@@ -240,9 +290,7 @@ class RolloutTrainer(_BaseTrainer):
         self._completions = {"train": deque(maxlen=per_step), "eval": []}  # the `log_completions` rows
         self._eval_samples: list[dict] = []  # what `compute_metrics` receives
         self._eval_log_prefix: str | None = None
-        if compute_metrics is not None and not callable(compute_metrics):
-            raise TypeError(f"compute_metrics must be a callable returning a dict of numbers, got {compute_metrics!r}.")
-        self.compute_metrics = compute_metrics
+        self.compute_metrics = compute_metrics  # (the HF Trainer's __init__ set it to None)
 
     # ------------------------------------------------------------------ rollout and reward
     # All randomness of a rollout is counter-based: a pure function of (seed, optimizer step, micro-batch index,
@@ -448,8 +496,10 @@ class RolloutTrainer(_BaseTrainer):
             prompt = row["prompt"] if isinstance(row["prompt"], str) else tok.decode(row["prompt_ids"])
             rows.append({"prompt": prompt, "latent": tok.decode(ids), "log_reward": final[b],
                          "behaviour": batch.behaviour, "temperature": batch.temperature})
-            if in_eval:  # what compute_metrics needs besides
-                rows[-1].update(completion_ids=ids, row=row)
+            if in_eval:  # what compute_metrics needs besides: the completion as reward functions get it
+                text = tok.decode(ids, skip_special_tokens=True)
+                completion = [{"role": "assistant", "content": text}] if is_conversation(row["prompt"]) else text
+                rows[-1].update(completion=completion, completion_ids=ids, row=row)
         if self.accelerator.num_processes > 1 and in_eval:
             # gathered per prompt (what Accelerate counts), so that the latents of the rows duplicated to even out
             # the ranks' last batch are dropped
@@ -497,6 +547,70 @@ class RolloutTrainer(_BaseTrainer):
             self._flush_completions("train", "completions")
 
     # ------------------------------------------------------------------ evaluation
+    def _check_eval_dataset(self, data, split: str = "eval") -> None:
+        """An eval dataset must be map-style, choose its rows' reward by the same columns as the train dataset (else
+        its samples are scored by another reward, and eval_loss measures another target), and fit the signatures of
+        the reward functions and of `compute_metrics`.
+
+        Raises:
+            TypeError / ValueError: naming the dataset, the column or the function, and the fix.
+        """
+        validation.check_dataset_type(data, split)
+        columns = list(data.column_names)
+        differ = [c for c in REWARD_COLUMNS if (c in columns) != (c in self._train_columns)]
+        if differ:
+            where = "; ".join(f"the {'train' if c in self._train_columns else split} dataset has a {c!r} column and "
+                              f"the {split if c in self._train_columns else 'train'} dataset has none" for c in differ)
+            raise ValueError(
+                f"The {split} dataset would be scored by another reward than the train dataset: {where}. These "
+                "columns choose a row's reward (reward_prompt: the reward LM's prompt, else the prompt; suffix: log "
+                "p(Z Y | reward_prompt), else log p(Z stop | reward_prompt); contrast_suffix: the contrast penalty), "
+                "so the evaluation's log-rewards and eval_loss would measure another target. Give both datasets the "
+                "same reward columns."
+            )
+        if self.reward_functions is not None:
+            self.reward_functions.check_signatures(columns, split)
+        if self.compute_metrics is not None:
+            passed = passed_columns(columns)
+            clash = sorted(set(passed) & set(METRICS_ARGUMENTS))
+            if clash:
+                raise ValueError(f"The {split} dataset has the column(s) {clash}, which compute_metrics receives as "
+                                 "its own arguments: rename them.")
+            problem = signature_problem(self.compute_metrics, [*METRICS_ARGUMENTS, *passed])
+            if problem is not None:
+                raise _metrics_signature_error(problem, passed)
+
+    def _tokenized_eval(self, data, split: str = "eval"):
+        """A dataset given to `evaluate` / `predict` after construction, checked (`_check_eval_dataset`) and tokenized
+        as the constructor tokenizes the eval dataset (unless it already is)."""
+        columns = getattr(data, "column_names", None) or []
+        if "prompt_ids" in columns and "gfn_key" in columns:  # tokenized already (e.g. trainer.eval_dataset)
+            return data
+        self._check_eval_dataset(data, split)
+        config = self.accelerator.unwrap_model(self.model).config
+        return tokenize_dataset(data, self.processing_class, config, self.args.max_completion_length, split,
+                                self.args.chat_template_kwargs)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """The HF Trainer's eval dataloader; a dataset passed to `evaluate(eval_dataset=...)` (one, or each of a
+        dict) is checked and tokenized first, as the constructor's is.
+
+        Raises:
+            ValueError: no eval dataset, here or at construction.
+        """
+        if eval_dataset is None and self.eval_dataset is None:
+            raise ValueError(f"{type(self).__name__}.evaluate() needs an eval dataset: pass eval_dataset=... to the "
+                             "trainer or to evaluate() (rows with a 'prompt' column, and the train dataset's reward "
+                             "columns).")
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._tokenized_eval(eval_dataset)
+        return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        """`predict(test_dataset)`: the evaluation (`evaluate`) on `test_dataset`, checked and tokenized first;
+        its metrics carry the `test_` prefix and there are no predictions (latents are sampled, not logits)."""
+        return super().get_test_dataloader(self._tokenized_eval(test_dataset, "test"))
+
     def eval_inputs(self, rows: list[dict]) -> RolloutBatch:
         """The evaluation batch of a list of eval rows: `num_generations` latents per prompt, on-policy at temperature
         1 with `eval_seeds`, scored by the reward; nothing is written to the replay buffer.  Subclasses extend it
@@ -534,15 +648,23 @@ class RolloutTrainer(_BaseTrainer):
         try:
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
-            found = {k: sum(v) / len(v) for k, v in self._metrics["eval"].items()}
-            found.update(self._task_metrics())
+            found = {f"{metric_key_prefix}_{k}": sum(v) / len(v) for k, v in self._metrics["eval"].items()}
+            found.update(output.metrics)
+            task = self._task_metrics()
         finally:
             self._mode = "train"
             self._metrics["eval"].clear()
             for name, (module, _) in self._heads.items():
                 module.load_state_dict(heads[name])
             self._nonfinite = None
-        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in found.items()})
+        # compute_metrics' names get the prefix unless they have it (the HF Trainer's rule), and may not replace
+        # a metric of the trainer's own
+        task = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in task.items()}
+        clash = sorted(set(task) & set(found))
+        if clash:
+            raise ValueError(f"compute_metrics returned {clash}, which the trainer logs itself (its loss and rollout "
+                             "metrics): rename them.")
+        output.metrics.update({**found, **task})
         self._eval_log_prefix = metric_key_prefix  # `log` recognises the evaluation's own log by it
         return output
 
@@ -550,27 +672,38 @@ class RolloutTrainer(_BaseTrainer):
         """`compute_metrics` on the evaluation's samples (main process; the result is broadcast to every rank)."""
         if self.compute_metrics is None:
             return {}
-        result = [None]
+        result, error = [None], None
         if self.accelerator.is_main_process:
-            samples = self._eval_samples
-            skip = {"prompt", "prompt_ids", "reward_prompt_ids", "suffix_ids", "contrast_suffix_ids", "gfn_key",
-                    "gfn_has_suffix"}
-            columns = [c for c in (samples[0]["row"] if samples else {}) if c not in skip]
-            out = self.compute_metrics(
-                prompts=[s["row"]["prompt"] for s in samples], completions=[s["latent"] for s in samples],
-                completion_ids=[s["completion_ids"] for s in samples], log_rewards=[s["log_reward"] for s in samples],
-                **{c: [s["row"][c] for s in samples] for c in columns},
-            )
-            if not isinstance(out, dict) or not all(isinstance(k, str) for k in out):
-                raise TypeError(f"compute_metrics must return a dict of metric names to numbers, got {out!r}.")
             try:
-                result = [{k: float(v) for k, v in out.items()}]
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"compute_metrics must return numbers, got {out!r} ({e}).") from None
+                result = [self._call_compute_metrics(self._eval_samples)]
+            except Exception as e:  # raised on every rank below, so that none waits for the broadcast
+                error, result = e, [f"{type(e).__name__}: {e}"]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(result, from_process=0)
         self._eval_samples = []
+        if error is not None:
+            raise error
+        if isinstance(result[0], str):
+            raise RuntimeError(f"compute_metrics failed on the main process: {result[0]}")
         return result[0]
+
+    def _call_compute_metrics(self, samples: list[dict]) -> dict[str, float]:
+        columns = passed_columns(list(samples[0]["row"]) if samples else [])
+        try:
+            out = self.compute_metrics(
+                prompts=[s["row"]["prompt"] for s in samples], completions=[s["completion"] for s in samples],
+                completion_ids=[s["completion_ids"] for s in samples], log_rewards=[s["log_reward"] for s in samples],
+                **{c: [s["row"][c] for s in samples] for c in columns},
+            )
+        except Exception as e:
+            e.add_note(f"(raised by compute_metrics, called on the {len(samples)} latents of the evaluation)")
+            raise
+        if not isinstance(out, dict) or not all(isinstance(k, str) for k in out):
+            raise TypeError(f"compute_metrics must return a dict of metric names to numbers, got {out!r}.")
+        try:
+            return {k: float(v) for k, v in out.items()}
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"compute_metrics must return numbers, got {out!r} ({e}).") from None
 
     # ------------------------------------------------------------------ extra heads, optimizer
     def register_head(self, name: str, module: nn.Module, learning_rate: float) -> nn.Module:

@@ -246,6 +246,7 @@ def _build_online_rl_trainer(
     functions = None
     if reward_funcs is not None and (not isinstance(reward_funcs, (list, tuple)) or len(reward_funcs)):
         functions = RewardFunctions(reward_funcs, reward_weights, reward_processing_classes, chunk_size=chunk_size)
+        functions.check_signatures(train_dataset.column_names, "train")
     elif reward_weights is not None:
         raise ValueError("reward_weights are the weights of reward_funcs, but no reward_funcs were given.")
     if isinstance(lm_reward_weight, bool) or not isinstance(lm_reward_weight, (int, float)) \

@@ -1,0 +1,226 @@
+"""Faults found by trying this session's new features as a user would (reward functions, evaluation, compute_metrics,
+the recipes' parser, model cards, min_length_mode, checkpoints); each test failed before its fix.  Real tiny models
+and real tokenizers throughout."""
+
+import asyncio
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from gfn_trl import GFlowNetConfig, GFlowNetTrainer  # noqa: E402
+from gfn_trl.rewards.functions import RewardFunctions  # noqa: E402
+from gfn_trl.sampling import latent_batch  # noqa: E402
+from gfn_trl.testing import tiny_model, tiny_tokenizer  # noqa: E402
+
+ROWS = {"prompt": ["the cat", "a dog"], "suffix": ["slept .", "ran ."], "answer": ["cat", "dog"]}
+EVAL_ROWS = {"prompt": ["a big cat", "the red dog", "a cat"], "suffix": ["ate .", "sat .", "ran ."],
+             "answer": ["x", "y", "z"]}
+
+
+def _config(tmp_path, cls=GFlowNetConfig, **kw):
+    base = dict(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=2,
+                num_generations=2, max_completion_length=3, learning_rate=1e-2, warmup_steps=0, logging_steps=1,
+                save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=3)
+    base.update(kw)
+    return cls(**base)
+
+
+def _trainer(tmp_path, funcs=None, rows=ROWS, eval_rows=None, cls=GFlowNetTrainer, config=GFlowNetConfig,
+             compute_metrics=None, tok=None, **kw):
+    tok = tok or tiny_tokenizer()
+    eval_dataset = eval_rows
+    if isinstance(eval_rows, dict) and "prompt" in eval_rows:
+        eval_dataset = Dataset.from_dict(eval_rows)
+    return cls(tiny_model("gpt2", len(tok), seed=0), _config(tmp_path, config, **kw),
+               train_dataset=Dataset.from_dict(rows), eval_dataset=eval_dataset, processing_class=tok,
+               peft_config=LoraConfig(r=4), reward_funcs=funcs, compute_metrics=compute_metrics)
+
+
+def _score(func, texts=("on the mat", "ran")):
+    tok = tiny_tokenizer()
+    z, lengths = latent_batch([tok(t, add_special_tokens=False)["input_ids"] for t in texts], 0)
+    rows = [{"prompt": "the cat"}, {"prompt": "a dog"}]
+    return RewardFunctions(func).score(rows, z, lengths, tok), lengths
+
+
+# --------------------------------------------------------------------------------------- reward functions' outputs
+
+
+def test_reward_functions_may_return_numpy_arrays_and_tensors_as_trl_accepts():
+    for make in (np.array, torch.tensor, lambda v: np.array(v, dtype=np.float32)):
+        def f(prompts, completions, completion_ids, make=make, **kwargs):
+            return make([float(len(c)) for c in completion_ids])
+
+        scores, lengths = _score(f)
+        assert scores.values[[0, 1], 0, lengths].tolist() == [3.0, 1.0]
+
+
+@pytest.mark.parametrize("out, match", [
+    (torch.ones(2, 1), r"Tensor of shape \(2, 1\).*one-dimensional"),
+    (np.float64(1.0), r"float64 of shape \(\).*one-dimensional"),
+])
+def test_an_array_of_the_wrong_shape_is_refused_naming_the_shape(out, match):
+    with pytest.raises(ValueError, match=match):
+        _score(lambda prompts, completions, **kw: out)
+
+
+def test_text_rewards_are_refused_rather_than_parsed():
+    with pytest.raises(TypeError, match=r"returned '1\.0' for the completion 'on the mat'"):
+        _score(lambda prompts, completions, **kw: ["1.0", "2.0"])
+
+
+def test_an_exception_inside_a_reward_function_names_the_function_and_its_inputs():
+    def broken(prompts, completions, completion_ids, **kwargs):
+        raise RuntimeError("boom")
+
+    async def broken_async(prompts, completions, completion_ids, **kwargs):
+        await asyncio.sleep(0)
+        raise KeyError("missing")
+
+    for f, exc, name in ((broken, RuntimeError, "broken"), (broken_async, KeyError, "broken_async")):
+        with pytest.raises(exc) as info:
+            _score(f)
+        (note,) = info.value.__notes__
+        assert f"reward function {name!r}" in note and "'on the mat' for the prompt 'the cat'" in note
+
+
+# --------------------------------------------------------------------------------------- reward functions' signatures
+
+
+def _needs_answer(prompts, completions, completion_ids, answer, **kwargs):
+    return [float(a in c) for a, c in zip(answer, completions)]
+
+
+def _no_kwargs(prompts, completions, completion_ids):
+    return [0.0] * len(completions)
+
+
+def test_a_reward_function_that_cannot_take_the_datasets_columns_is_refused_at_construction(tmp_path):
+    no_answer = {"prompt": ROWS["prompt"], "suffix": ROWS["suffix"]}
+    with pytest.raises(ValueError, match=r"'_needs_answer' cannot be called on the train dataset: no argument fills "
+                                         r"its parameter\(s\) \['answer'\].*here \['suffix'\]"):
+        _trainer(tmp_path, _needs_answer, rows=no_answer, loss_type="tb")
+    with pytest.raises(ValueError, match=r"'_no_kwargs' cannot be called on the train dataset: it does not take \["
+                                         r"'suffix', 'answer', 'trainer_state', 'log_metric', 'log_extra'\].*kwargs"):
+        _trainer(tmp_path, _no_kwargs, loss_type="tb")
+    # an eval dataset without the column the function reads
+    with pytest.raises(ValueError, match=r"cannot be called on the eval dataset.*\['answer'\]"):
+        _trainer(tmp_path, _needs_answer, eval_rows={"prompt": ["a cat"], "suffix": ["ran ."]}, loss_type="tb")
+    # a column that would collide with the call's own arguments
+    with pytest.raises(ValueError, match=r"column\(s\) \['completions'\], which reward functions receive"):
+        _trainer(tmp_path, _needs_answer, rows={**ROWS, "completions": ["x", "y"]}, loss_type="tb")
+    # and TRL's GRPO, built by gfn_trl: the same check before any model is loaded
+    from trl import GRPOConfig
+
+    from gfn_trl.trainers.trl_baselines import build_grpo_trainer, latent_constraints
+
+    tok = tiny_tokenizer()
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=4, num_generations=4,
+                      report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"'_needs_answer' cannot be called on the train dataset"):
+        build_grpo_trainer("no/such-model", args, Dataset.from_dict(no_answer), latent_constraints(tok, 4),
+                           processing_class=tok, reward_funcs=[_needs_answer])
+    _trainer(tmp_path, _needs_answer, loss_type="tb").train()  # the right columns: trains
+
+
+# --------------------------------------------------------------------------------------- evaluation datasets
+
+
+def _stable(metrics):
+    return {k: v for k, v in metrics.items() if "runtime" not in k and "per_second" not in k
+            and "preparation_time" not in k}
+
+
+def test_evaluate_and_predict_take_a_dataset_at_call_time_as_the_hf_trainer_does(tmp_path):
+    built = _trainer(tmp_path / "a", eval_rows=EVAL_ROWS).evaluate()
+    late = _trainer(tmp_path / "b")
+    # a raw dataset given to evaluate() / predict() is tokenized as the constructor's eval dataset is
+    assert _stable(late.evaluate(eval_dataset=Dataset.from_dict(EVAL_ROWS))) == _stable(built)
+    test = late.predict(Dataset.from_dict(EVAL_ROWS))
+    assert test.predictions is None and test.metrics["test_loss"] == built["eval_loss"]
+    # a dict of eval datasets, at construction or at call time: one evaluation each, with its own prefix
+    named = _trainer(tmp_path / "c", eval_rows={"big": Dataset.from_dict(EVAL_ROWS),
+                                                "one": Dataset.from_dict({k: v[:1] for k, v in EVAL_ROWS.items()})})
+    out = named.evaluate()
+    assert out["eval_big_loss"] == built["eval_loss"] and "eval_one_loss" in out
+    assert named.evaluate(eval_dataset="big")["eval_loss"] == built["eval_loss"]
+    with pytest.raises(ValueError, match=r"evaluate\(\) needs an eval dataset: pass eval_dataset="):
+        late.evaluate()
+
+
+def test_an_eval_dataset_scored_by_another_reward_is_refused(tmp_path):
+    no_suffix = {"prompt": ["a cat", "a dog"]}
+    with pytest.raises(ValueError, match=r"the train dataset has a 'suffix' column and the eval dataset has none"):
+        _trainer(tmp_path, eval_rows=no_suffix)
+    trainer = _trainer(tmp_path)
+    with pytest.raises(ValueError, match=r"scored by another reward"):
+        trainer.evaluate(eval_dataset=Dataset.from_dict(no_suffix))
+    with pytest.raises(ValueError, match=r"the eval \(other\) dataset has a 'reward_prompt' column and the train"):
+        _trainer(tmp_path, eval_rows={"other": Dataset.from_dict({**EVAL_ROWS, "reward_prompt": EVAL_ROWS["prompt"]})})
+
+
+# --------------------------------------------------------------------------------------- compute_metrics
+
+
+def test_compute_metrics_with_the_hf_trainers_signature_is_refused_at_construction(tmp_path):
+    def hf_style(eval_pred):
+        return {"accuracy": 1.0}
+
+    for eval_rows in (EVAL_ROWS, None):  # with the eval dataset, or one to come
+        with pytest.raises(TypeError, match=r"compute_metrics cannot be called.*not the HF Trainer's"):
+            _trainer(tmp_path, eval_rows=eval_rows, compute_metrics=hf_style)
+
+    def needs_gold(prompts, completions, completion_ids, log_rewards, gold, **columns):
+        return {"n": len(gold)}
+
+    with pytest.raises(TypeError, match=r"no argument fills its parameter\(s\) \['gold'\]"):
+        _trainer(tmp_path, eval_rows=EVAL_ROWS, compute_metrics=needs_gold)
+    trainer = _trainer(tmp_path, compute_metrics=needs_gold)  # no eval dataset yet: 'gold' may come with it
+    with pytest.raises(TypeError, match=r"\['gold'\]"):
+        trainer.evaluate(eval_dataset=Dataset.from_dict(EVAL_ROWS))
+    assert trainer.evaluate(eval_dataset=Dataset.from_dict({**EVAL_ROWS, "gold": [1, 2, 3]}))["eval_n"] == 6
+
+
+def test_compute_metrics_names_follow_the_hf_prefix_rule_and_cannot_replace_the_trainers(tmp_path):
+    trainer = _trainer(tmp_path, eval_rows=EVAL_ROWS, compute_metrics=lambda **kw: {"eval_acc": 0.5, "f1": 0.25})
+    out = trainer.evaluate()
+    assert out["eval_acc"] == 0.5 and out["eval_f1"] == 0.25 and "eval_eval_acc" not in out
+    for name in ("loss", "eval_entropy"):
+        trainer.compute_metrics = lambda name=name, **kw: {name: 3.0}
+        with pytest.raises(ValueError, match=r"compute_metrics returned \['eval_(loss|entropy)'\], which the trainer "
+                                             r"logs itself"):
+            trainer.evaluate()
+
+
+def test_an_exception_in_compute_metrics_names_it(tmp_path):
+    trainer = _trainer(tmp_path, eval_rows=EVAL_ROWS, compute_metrics=lambda **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError) as info:
+        trainer.evaluate()
+    assert "raised by compute_metrics, called on the 6 latents" in info.value.__notes__[0]
+
+
+def test_compute_metrics_gets_completions_as_reward_functions_do(tmp_path):
+    """Conversational prompts: the completions are assistant messages (TRL's reward-function format), decoded
+    without special tokens, so that a reward function can serve as a metric."""
+    from gfn_trl.testing import tokenizer_kind
+
+    tok = tokenizer_kind("bos_chat")
+    seen = {}
+
+    def record(prompts, completions, completion_ids, log_rewards, **columns):
+        seen.update(prompts=prompts, completions=completions, ids=completion_ids)
+        return {}
+
+    conv = {"prompt": [[{"role": "user", "content": "the cat"}], [{"role": "user", "content": "a dog"}]]}
+    trainer = _trainer(tmp_path, rows=conv, eval_rows=conv, compute_metrics=record, tok=tok)
+    trainer.evaluate()
+    assert seen["prompts"][0] == conv["prompt"][0]
+    for message, ids in zip(seen["completions"], seen["ids"]):
+        assert message == [{"role": "assistant", "content": tok.decode(ids, skip_special_tokens=True)}]
