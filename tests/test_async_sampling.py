@@ -129,6 +129,7 @@ def test_an_error_in_the_sampler_process_is_raised_in_the_learner_with_its_trace
     assert trainer._pool is None and not torch.distributed.is_initialized()  # cleaned up
 
 
+@pytest.mark.slow  # three runs, each starting a sampler process: about 40 s on the 2-core CI machine
 def test_resuming_continues_exactly_with_staleness(tmp_path):
     """k = 2, interrupted at step 3 and resumed from its checkpoint: the micro-batches the interrupted run had already
     requested (steps 3 and 4, with the weights of steps 1 and 2) are requested again with those weights (saved in the

@@ -45,6 +45,7 @@ LM (they do not pickle to another process), and a script that starts training mu
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import os
 import pickle
@@ -71,6 +72,9 @@ from .rollout_trainer import logger
 # tags 64 m + j for its j-th tensor (j = 0: the header); the result of request r uses _RESULT_TAG + 8 r + j.
 _WEIGHTS, _REQUEST, _STOP = 1, 2, 3
 _RESULT_TAG = 1 << 30
+# How long a process waits for the other side (a sampler between two requests: the learner may evaluate or save for
+# long; a process that dies closes its connection, which the other side sees at once, whatever this says)
+_TIMEOUT = datetime.timedelta(hours=12)
 _ERROR_BYTES = 4096
 
 
@@ -165,10 +169,12 @@ def _sampler_main(rank: int, world: int, init_method: str, spec_bytes: bytes) ->
     """A sampler process: receive weights and requests from the learner (rank 0), answer each request in order."""
     import cloudpickle
 
-    spec = cloudpickle.loads(spec_bytes)
-    torch.set_num_threads(spec["threads"])
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    # join the group first: a failure below then closes this process's connection, which the learner sees at once
+    # (had it come before, the learner would wait for this process to join)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world, timeout=_TIMEOUT)
     try:
+        spec = cloudpickle.loads(spec_bytes)
+        torch.set_num_threads(spec["threads"])
         device = torch.device(spec["device"])
         policy = spec["policy"].to(device).eval()
         reward = spec["reward"]
@@ -283,7 +289,8 @@ class SamplerPool:
                                       daemon=True, name=f"gfn-sampler-{r}") for r in range(1, num_processes + 1)]
         for proc in self.processes:
             proc.start()
-        dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=num_processes + 1)
+        dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=num_processes + 1,
+                                timeout=_TIMEOUT)
         self.closed, self.failed = False, False
 
     # -- sending
