@@ -147,3 +147,32 @@ def test_sampler_options_resolution_and_errors():
         z, _ = sample_latents(mamba, ids, mask, c, 1.0, STOP, seeds, cache_implementation="dynamic")  # ... unless
         assert z.shape[0] == 6
     sample_latents(mamba, ids, mask, c, 1.0, STOP, seeds)  # the context is gone
+
+
+def test_the_sampling_benchmark_runs_and_its_methods_agree():
+    """benchmarks/sampling.py on a tiny model: generate, the dynamic and the static loop (it asserts they draw the
+    same latents before timing them)."""
+    from benchmarks.sampling import main
+
+    times = main(["--batch", "3", "--new", "4", "--hidden", "64", "--layers", "1", "--vocab", "64", "--repeats", "1",
+                  "--methods", "generate,dynamic,static"])
+    assert set(times) == {"HF generate", "decode loop, dynamic cache", "static cache, eager"}
+
+
+def test_the_hbm_bound_of_gptj_shapes():
+    """The bandwidth bound printed next to GPU timings: GPT-J-6B in bf16 reads 12.1 GB of weights per decode step,
+    plus the KV cache of 64 rows of 40 + 13 positions on average (28 layers, keys and values of width 4096)."""
+    import argparse
+
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    from benchmarks.sampling import hbm_bound_ms
+
+    config = GPTJConfig(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, n_positions=2048, vocab_size=50400)
+    with torch.device("meta"):
+        model = GPTJForCausalLM(config).to(torch.bfloat16)
+    a = argparse.Namespace(batch=64, prompt=40, new=26, dtype="bfloat16", hbm_tb_s=4.8)
+    ms, weights_gb, kv_gb = hbm_bound_ms(model, a)
+    assert abs(weights_gb - 12.10) < 0.01
+    assert abs(kv_gb - 64 * 53 * 28 * 2 * 4096 * 2 / 1e9) < 1e-9
+    assert abs(ms - (weights_gb + kv_gb) / 4.8) < 1e-9 and 2.8 < ms < 2.9
