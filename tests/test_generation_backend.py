@@ -7,8 +7,8 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from gfn_trl import GFlowNetConfig, GFlowNetTrainer
-from gfn_trl.trainers.generation import DecodeLoop, GenerateBackend, GenerationRequest
 from gfn_trl.testing import tiny_model, tiny_tokenizer
+from gfn_trl.trainers.generation import DecodeLoop, GenerateBackend, GenerationRequest
 
 ROWS = {"prompt": ["the cat", "a dog", "the big dog", "a red cat"], "suffix": ["slept .", "ran .", "ate .", "sat ."]}
 
