@@ -224,3 +224,72 @@ def test_compute_metrics_gets_completions_as_reward_functions_do(tmp_path):
     assert seen["prompts"][0] == conv["prompt"][0]
     for message, ids in zip(seen["completions"], seen["ids"]):
         assert message == [{"role": "assistant", "content": tok.decode(ids, skip_special_tokens=True)}]
+
+
+# --------------------------------------------------------------------------------------- the recipes' command line
+
+
+def _parse(task, argv, yaml_text=None, tmp_path=None):
+    from gfn_trl.testing import load_recipe
+
+    if yaml_text is not None:
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml_text)
+        argv = [str(path) if a == "YAML" else a.replace("=YAML", f"={path}") for a in argv]
+    return load_recipe(task).make_parser(argv).parse_args_and_config(args=argv)
+
+
+def test_a_config_file_is_read_in_both_spellings_and_must_be_a_mapping(tmp_path):
+    for argv in (["--config", "YAML"], ["--config=YAML"]):
+        recipe, args = _parse("continuation", argv, "trainer: ppo\nmax_steps: 3\n", tmp_path)
+        assert type(args).__name__ == "PPOConfig" and args.max_steps == 3
+    with pytest.raises(ValueError, match=r"holds a list, not a mapping: write one `flag: value` per line"):
+        _parse("continuation", ["--config", "YAML"], "- max_steps: 3\n", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"--config .*nope.yaml: no such file"):
+        _parse("continuation", ["--config", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize("task, yaml_text, argv, match", [
+    # a setting of another trainer, in the file or as a flag (also when --trainer overrides the file's trainer)
+    ("continuation", "kl_coef: 0.1\n", [], r"kl_coef \(in the --config file\) is a setting of --trainer ppo "
+                                           r"\(PPOConfig\), not of this run's GFlowNetConfig"),
+    ("continuation", None, ["--kl_coef", "0.1"], r"--kl_coef is a setting of --trainer ppo"),
+    ("continuation", "trainer: ppo\nkl_coef: 0.1\n", ["--trainer", "gfn"], r"kl_coef .* --trainer ppo"),
+    ("infill", "trainer: grpo\nreplay_prob: 0.3\n", [], r"replay_prob .* --trainer gfn \(GFlowNetConfig\), not of "
+                                                        r"this run's LatentGRPOConfig"),
+    # a flag of another task, in the file
+    ("continuation", "ban_newlines: false\n", [], r"ban_newlines \(in the --config file\) is a flag of the infill "
+                                                  r"and subjectivity recipes only"),
+    # a misspelling: the closest flags
+    ("continuation", "learning_rte: 0.1\n", [], r"learning_rte \(in the --config file\) is not a flag of this "
+                                                r"recipe\. Did you mean learning_rate"),
+    ("continuation", None, ["--num_generatoins", "4"], r"--num_generatoins is not a flag.*num_generations"),
+    # null where a value is needed
+    ("continuation", "max_steps: null\n", [], r"max_steps \(in the --config file\) is null, but it needs a value"),
+])
+def test_a_key_this_run_does_not_take_is_refused_naming_where_it_belongs(tmp_path, task, yaml_text, argv, match):
+    argv = (["--config", "YAML"] if yaml_text is not None else []) + argv
+    with pytest.raises(ValueError, match=match):
+        _parse(task, argv, yaml_text, tmp_path)
+
+
+def test_config_values_take_the_flags_types(tmp_path):
+    recipe, args = _parse("continuation", ["--config", "YAML"],
+                          "decoding: greedy\nlearning_rate: 3e-4\nmin_length_log_reward: null\n", tmp_path)
+    assert recipe.decoding == ["greedy"]  # one method: a list of one, not the characters of a string
+    assert args.learning_rate == 3e-4 and args.min_length_log_reward is None  # (None is this field's value)
+
+
+def test_lora_settings_with_lora_off_are_refused_at_the_same_level(tmp_path):
+    with pytest.raises(ValueError, match=r"--use_peft false turns LoRA off.*--lora_r is given on the command line"):
+        _parse("continuation", ["--use_peft", "false", "--lora_r", "8"])
+    with pytest.raises(ValueError, match=r"--use_peft false \(in the --config file\) turns LoRA off.*--lora_alpha, "
+                                         r"--lora_dropout are given in the --config file"):
+        _parse("continuation", ["--config", "YAML"], "use_peft: false\nlora_alpha: 8\nlora_dropout: 0.1\n", tmp_path)
+    with pytest.raises(ValueError, match=r"--use_peft false \(in the --config file\).*--lora_r is given on the "
+                                         r"command line"):
+        _parse("continuation", ["--config", "YAML", "--lora_r", "8"], "use_peft: false\n", tmp_path)
+    # the flag overrides the file's adapter: full fine-tuning of a LoRA config is allowed
+    recipe, _ = _parse("continuation", ["--config", "YAML", "--use_peft", "false"], "lora_r: 64\n", tmp_path)
+    assert not recipe.use_peft
+    assert not _parse("continuation", ["--lora_r", "0"])[0].use_peft  # the old spelling of full fine-tuning

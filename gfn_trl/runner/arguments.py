@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 import textwrap
+import typing
 from dataclasses import dataclass, field, fields
 from typing import get_type_hints
 
@@ -187,20 +189,54 @@ def config_class(trainer: str) -> type:
     return _CONFIGS[trainer]
 
 
+def read_config_file(path: str) -> dict:
+    """The mapping of a `--config` YAML file (an empty file is an empty mapping).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid YAML, or holds something other than a mapping of flag names to values.
+    """
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {path}: no such file. Pass the path of a YAML file of flag: value lines, "
+                                "e.g. recipes/configs/continuation_gpt2-xl.yaml.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config {path} is not valid YAML: {e}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise ValueError(f"--config {path} holds a {type(config).__name__}, not a mapping: write one `flag: value` "
+                         "per line (e.g. `learning_rate: 1.0e-4`), as in recipes/configs/.")
+    return config
+
+
 def trainer_from_argv(argv: list[str]) -> str:
-    """The `--trainer` of a command line (or of its `--config` YAML), before the full parse picks the settings class."""
+    """The `--trainer` of a command line (or of its `--config` YAML), before the full parse picks the settings class.
+
+    Raises:
+        FileNotFoundError / ValueError: the `--config` file is missing or not a YAML mapping (`read_config_file`).
+    """
     for i, a in enumerate(argv):
         if a == "--trainer" and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith("--trainer="):
             return a.split("=", 1)[1]
     path = config_in_argv(argv)
-    if path and os.path.exists(path):
-        import yaml
-
-        with open(path) as f:
-            return (yaml.safe_load(f) or {}).get("trainer", "gfn")
+    if path:
+        return str(read_config_file(path).get("trainer", "gfn"))
     return "gfn"
+
+
+def split_config_flag(argv: list[str]) -> list[str]:
+    """`argv` with `--config=FILE` written as `--config FILE` (TRL's parser reads only the second form)."""
+    out = []
+    for a in argv:
+        out += ["--config", a.split("=", 1)[1]] if a.startswith("--config=") else [a]
+    return out
 
 
 def config_in_argv(argv: list[str]) -> str | None:
@@ -253,6 +289,8 @@ class RecipeParser(TrlParser):
         self._task = task
         self._hidden = dict(hidden or {})
         self._seen: set[str] = set()
+        self._field_types: dict[str, object] = {}
+        self._config_values: dict = {}  # the --config file being parsed
         self._groups: dict[str, argparse._ArgumentGroup] = {}
         self._config_cls = dataclass_types[1] if len(dataclass_types) > 1 else None
         kwargs.setdefault("formatter_class", _HelpFormatter)
@@ -289,6 +327,7 @@ class RecipeParser(TrlParser):
                 continue
             self._seen.add(f.name)
             f.type = hints[f.name]
+            self._field_types[f.name] = f.type
             first = len(self._actions)
             self._parse_dataclass_field(self._group(self._group_of(dtype, f.name)), f)
             for action in self._actions[first:]:
@@ -298,6 +337,90 @@ class RecipeParser(TrlParser):
                     action.metavar, action.boolean = "{true,false}", True
                 if f.name in _UNLISTED:
                     action.help = argparse.SUPPRESS
+
+    def unknown_flag_message(self, name: str, in_config: bool = False) -> str:
+        """Why the flag `name` (on the command line, or a key of the `--config` file) is not this run's, and the fix:
+        a flag of another recipe, a setting of another `--trainer`'s config, or a misspelling (the closest flags)."""
+        where = f"{name} (in the --config file)" if in_config else f"--{name}"
+        if name in self._hidden:
+            owners = self._hidden[name]
+            return (f"{where} is a flag of the {owners} recipe{'s' if ' and ' in owners else ''} only; the "
+                    f"{self._task or 'this'} recipe does not take it. Drop it.")
+        config = self._config_cls.__name__ if self._config_cls is not None else "the trainer's config"
+        others = [t for t, cls in _CONFIGS.items() if cls is not self._config_cls
+                  and name in {f.name for f in fields(cls) if f.init}]
+        if others:
+            trainers = " or ".join(f"--trainer {t} ({_CONFIGS[t].__name__})" for t in others)
+            return f"{where} is a setting of {trainers}, not of this run's {config}. Drop it, or choose that trainer."
+        close = difflib.get_close_matches(name, sorted(self._seen | set(self._hidden)), n=3, cutoff=0.75)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See --help for this recipe's flags."
+        return f"{where} is not a flag of this recipe.{hint}"
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        """The `--config` file's values as the flags' defaults (TRL's rule), checked first: every key must be a flag of
+        this recipe and trainer, null only where the flag takes None; a single value for a list flag becomes a
+        one-element list (`decoding: greedy`).
+
+        Raises:
+            ValueError: an unknown key (naming the recipe or trainer that takes it, or the closest flags), or a null
+                value for a flag that needs one.
+        """
+        self._config_values = dict(kwargs)
+        for name in kwargs:
+            if name not in self._seen or name in self._hidden:
+                raise ValueError(self.unknown_flag_message(name, in_config=True))
+        actions = {a.dest: a for a in self._actions}
+        for name, value in list(kwargs.items()):
+            kind = self._field_types.get(name)
+            if value is None and kind is not None and type(None) not in typing.get_args(kind) \
+                    and kind is not type(None):
+                raise ValueError(f"{name} (in the --config file) is null, but it needs a value (it is not optional). "
+                                 "Remove the line to keep the default, or give a value.")
+            if actions[name].nargs in ("+", "*") and value is not None and not isinstance(value, (list, tuple)):
+                kwargs[name] = [value]
+        return super().set_defaults_with_config(**kwargs)
+
+    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
+                              separate_remaining_strings=False):
+        """TRL's parse (the `--config` file's values, then the flags), with `--config=FILE` read too, the file
+        checked (`read_config_file`, `set_defaults_with_config`), and LoRA flags refused where LoRA is off.
+
+        Raises:
+            ValueError: as `set_defaults_with_config` and `parse_args_into_dataclasses`; `--use_peft false` (or
+                `--lora_r 0`) together with LoRA settings given at the same level (both flags, or both in the file).
+        """
+        args = split_config_flag(list(sys.argv[1:] if args is None else args))
+        self._config_values = {}
+        path = config_in_argv(args)
+        if path is not None:
+            read_config_file(path)  # a clear error for a missing file or one that is not a mapping
+        out = super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
+                                            separate_remaining_strings)
+        recipe = next((o for o in out if isinstance(o, RecipeArguments)), None)
+        if recipe is not None:
+            self._check_lora_flags(recipe, args)
+        return out
+
+    def _check_lora_flags(self, recipe: RecipeArguments, argv: list[str]) -> None:
+        """LoRA settings given where LoRA is off (full fine-tuning) would be ignored: refused when they are given at the
+        level that turned LoRA off or above it (the command line is above the file: `--use_peft false` over a file
+        with `lora_r: 64` is the file's model fully fine-tuned, and allowed)."""
+        if recipe.use_peft:
+            return
+        flags = {a.split("=", 1)[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+        file = self._config_values
+        on_command_line = "use_peft" in flags or ("lora_r" in flags and recipe.lora_r == 0)
+        switch = ("--use_peft false" if "use_peft" in (flags if on_command_line else file) else "--lora_r 0") + (
+            "" if on_command_line else " (in the --config file)")
+        levels = [("on the command line", flags)] + ([] if on_command_line else [("in the --config file", file)])
+        for level, given in levels:
+            lora = [f for f in _LORA_FIELDS if f in given and not (f == "lora_r" and recipe.lora_r == 0)]
+            if lora:
+                raise ValueError(
+                    f"{switch} turns LoRA off (full fine-tuning), but {', '.join('--' + f for f in lora)} "
+                    f"{'is' if len(lora) == 1 else 'are'} given {level} too, and would be ignored. Drop the LoRA "
+                    "settings for full fine-tuning, or keep LoRA on (--use_peft true)."
+                )
 
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **_ignored):
         """Parse `args` (default: sys.argv[1:]) into the dataclasses; a field several of them share gets the one
@@ -321,15 +444,17 @@ class RecipeParser(TrlParser):
             return (*outputs, remaining)
         if remaining:
             for flag in remaining:
-                name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
-                if flag.startswith("--") and name in self._hidden:
-                    raise ValueError(f"--{name} is a flag of the {self._hidden[name]} recipe only; the "
-                                     f"{self._task or 'this'} recipe does not take it. Drop it.")
+                if flag.startswith("--"):
+                    name = flag[2:].split("=", 1)[0].replace("-", "_")
+                    raise ValueError(self.unknown_flag_message(name))
             raise ValueError(f"Unknown arguments: {' '.join(remaining)}. See --help for this recipe's flags.")
         return tuple(outputs)
 
 
 _MODEL_FIELDS = {f.name for f in fields(ModelConfig)} | {"trust_remote_code"}
+# ModelConfig's settings of the LoRA adapter, which full fine-tuning ignores
+_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+                "lora_modules_to_save", "use_rslora", "use_dora")
 _TRAINING_ARGUMENTS_FIELDS = {f.name for f in fields(TrainingArguments)}
 _UNLISTED = {"lora_task_type"}  # accepted (TRL's scripts take it) but must stay CAUSAL_LM here: see checks.validate
 
@@ -349,7 +474,7 @@ def make_recipe_parser(defaults: dict, *extra_dataclasses, argv: list[str] | Non
     Raises:
         ValueError: an unknown `--trainer` (`config_class`).
     """
-    argv = sys.argv[1:] if argv is None else argv
+    argv = split_config_flag(sys.argv[1:] if argv is None else argv)
     trainer = trainer_from_argv(argv)
     cls = config_class(trainer)
     classes = (RecipeArguments, cls, *extra_dataclasses)
