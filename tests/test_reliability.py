@@ -27,25 +27,33 @@ SCRIPT = textwrap.dedent(
 
     out, mode = sys.argv[1], sys.argv[2]
 
-    class KilledWhileSaving(GFlowNetTrainer):
-        def _save_optimizer_and_scheduler(self, output_dir):
-            if mode == "kill" and self.state.global_step == 4:
-                os.kill(os.getpid(), signal.SIGKILL)  # the adapter is written, the rest is not
-            super()._save_optimizer_and_scheduler(output_dir)
+    save = torch.save
 
+    def killing_save(obj, f, *args, **kwargs):  # the trainer's own state (replay buffer, log Z head) half-written
+        if mode == "kill" and trainer.state.global_step == 4 and str(f).endswith("gfn_state_rank0.pt"):
+            with open(f, "wb") as partial:
+                partial.write(b"half a file")
+            os.kill(os.getpid(), signal.SIGKILL)  # the adapter, optimizer and scheduler are written, the rest is not
+        return save(obj, f, *args, **kwargs)
+
+    torch.save = killing_save
     tok = tiny_tokenizer()
     args = GFlowNetConfig(output_dir=out, max_steps=6, per_device_train_batch_size=2, num_generations=3,
                           max_completion_length=4, learning_rate=1e-2, warmup_steps=0, logging_steps=1,
-                          save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, seed=1)
+                          save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, seed=1,
+                          log_z="learned", on_policy_prob=0.25, tempered_prob=0.25, replay_prob=0.5)
     data = Dataset.from_dict({"prompt": ["the cat", "a dog", "the big dog"], "suffix": ["sat .", "ran .", "ate ."]})
-    trainer = KilledWhileSaving(tiny_model("gpt2", len(tok)), args, train_dataset=data, processing_class=tok,
-                                peft_config=LoraConfig(r=4))
+    trainer = GFlowNetTrainer(tiny_model("gpt2", len(tok)), args, train_dataset=data, processing_class=tok,
+                              peft_config=LoraConfig(r=4))
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     weights = {k: v.tolist() for k, v in trainer.model.state_dict().items() if "lora" in k}
+    log_z = {k: v.tolist() for k, v in trainer.log_z_head.state_dict().items()}
+    buffer = trainer.replay_buffer.state_dict()
     import json
     with open(os.path.join(out, f"result_{mode}.json"), "w") as f:
-        json.dump({"losses": losses, "weights": weights}, f)
+        json.dump({"losses": losses, "weights": weights, "log_z": log_z, "replay_stats": buffer["stats"],
+                   "replay": repr(buffer["data"])}, f)
     """  # noqa: E501 (a line of the embedded script)
 )
 
@@ -74,6 +82,11 @@ def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(tmp
     reference = json.loads((clean / "result_none.json").read_text())
     assert resumed["losses"][2:] == reference["losses"][2:]  # steps 3..6 replayed identically
     assert resumed["weights"] == reference["weights"]
+    # the trainer's own state, restored from checkpoint-2 and carried on: the learned log Z head, the replay buffer
+    # and its counters (offered, inserted, duplicates)
+    assert resumed["log_z"] == reference["log_z"]
+    assert resumed["replay"] == reference["replay"] and resumed["replay_stats"] == reference["replay_stats"]
+    assert resumed["replay_stats"]["offered"] > 0
 
 
 def test_resuming_from_an_incomplete_checkpoint_names_the_fix(tmp_path):

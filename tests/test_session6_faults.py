@@ -353,3 +353,23 @@ def test_a_gguf_checkpoints_card_loads_the_gguf_file(tmp_path):
     card = _saved_card(path, tmp_path)
     assert f"gguf_file={os.path.basename(path)!r}" in card and f"`{path}`" in card
     assert _snippet_output(card, tmp_path).strip()
+
+
+# --------------------------------------------------------------------------------------- min_length_mode
+
+
+def test_min_length_settings_that_change_nothing_are_warned_about(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        GFlowNetConfig(str(tmp_path), min_length_mode="penalize", min_completion_length=0, use_cpu=True)
+    assert "min_length_mode='penalize' changes nothing with min_completion_length=0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        GFlowNetConfig(str(tmp_path), min_length_log_reward=-10.0, use_cpu=True)  # under the default "ban_stop"
+    assert "min_length_log_reward=-10.0 is unused" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the paper configs' settings: nothing to say
+        GFlowNetConfig(str(tmp_path), min_length_mode="penalize", min_completion_length=5, use_cpu=True)
+        GFlowNetConfig(str(tmp_path), use_cpu=True)
+    assert "min_length" not in caplog.text

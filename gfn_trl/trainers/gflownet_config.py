@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from transformers.utils import logging
+
 from ..losses import MIN_LENGTH_MODES, OBJECTIVES, SHORT_STATE_LOG_REWARD, get_objective
 from .rollout_config import MIN_TEMPERATURE, RolloutConfig, _check_number
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -37,11 +41,13 @@ class GFlowNetConfig(RolloutConfig):
         one (no stop there), s_0's flow is log Z (`log_z`) and windows at the other short states are skipped;
         `"penalize"`, the authors' code: those states get the log-reward `min_length_log_reward` (divided by T_R
         like every log-reward), the loss keeps the policy's unconstrained stop probability there and uses every
-        window, with no log Z.
+        window, with no log Z.  With `min_completion_length=0` there is no such state and the two modes are one (a
+        warning says so).
     min_length_log_reward (`float` or `None`, *optional*, defaults to `-99.0`):
         Under `min_length_mode="penalize"`: the untempered log-reward of a state shorter than
         `min_completion_length` (the authors' -99); in [-1e6, 0].  None keeps the reward LM's own value there (the
-        authors' subjectivity E-step, whose reward has no minimum length).  Unused under `"ban_stop"`.
+        authors' subjectivity E-step, whose reward has no minimum length).  Unused under `"ban_stop"` (a value other
+        than the default is then warned about).
 
     > Parameters that control exploration (the latent's constraints and the reward LM: [`RolloutConfig`])
 
@@ -173,6 +179,16 @@ class GFlowNetConfig(RolloutConfig):
         _check_number(self, "min_length_log_reward", -1e6, 0, optional=True, why=" It replaces the log-reward of "
                       "states shorter than min_completion_length (the authors: -99); beyond -1e6, log R / T_R "
                       "overflows float32 in the loss. None keeps the reward LM's value.")
+        # settings that would change nothing: said, not silently ignored
+        if self.min_length_mode == "penalize" and self.min_completion_length == 0:
+            logger.warning("min_length_mode='penalize' changes nothing with min_completion_length=0: no state is "
+                           "shorter than the minimum, so the run trains what 'ban_stop' trains (and "
+                           "min_length_log_reward is unused). Set min_completion_length > 0 for the authors' "
+                           "construction.")
+        elif self.min_length_mode == "ban_stop" and self.min_length_log_reward != SHORT_STATE_LOG_REWARD:
+            logger.warning(f"min_length_log_reward={self.min_length_log_reward} is unused: it is the log-reward of the "
+                           "states below the minimum length under min_length_mode='penalize' only, and this run uses "
+                           "'ban_stop'. Set min_length_mode='penalize' to use it.")
         needs_log_z = objective.needs_log_z(self.loss_min_length())
         if needs_log_z and self.log_z == "batch" and self.num_generations < 2:
             raise ValueError(
