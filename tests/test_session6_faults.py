@@ -373,3 +373,16 @@ def test_min_length_settings_that_change_nothing_are_warned_about(tmp_path, capl
         GFlowNetConfig(str(tmp_path), min_length_mode="penalize", min_completion_length=5, use_cpu=True)
         GFlowNetConfig(str(tmp_path), use_cpu=True)
     assert "min_length" not in caplog.text
+
+
+def test_periodic_evaluation_in_a_recipe_is_refused_before_any_model_loads(tmp_path):
+    """The recipes give the trainer no eval dataset: `--eval_strategy steps` failed after loading the model (and,
+    in infilling, after the story LM stage) with the HF Trainer's 'pass an eval_dataset to Trainer'."""
+    from gfn_trl.testing import load_recipe
+
+    module = load_recipe("continuation")
+    for argv, flag in ((["--eval_strategy", "steps", "--eval_steps", "1"], "--eval_strategy steps"),
+                       (["--eval_on_start", "true"], "--eval_on_start")):
+        recipe, args = _parse("continuation", ["--model_name_or_path", str(tmp_path / "absent"), *argv])
+        with pytest.raises(ValueError, match=f"{flag}: the recipes pass no eval dataset to the trainer"):
+            module.check(recipe, args)

@@ -185,12 +185,22 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
 
     Raises:
         FileNotFoundError / ValueError / ModuleNotFoundError: naming the flag, file or package and the fix
-            (`--push_to_hub` while HF_HUB_OFFLINE is set: ValueError).
+            (`--push_to_hub` while HF_HUB_OFFLINE is set, or periodic evaluation, `--eval_strategy` / `--eval_on_start`,
+            which the recipes do not run: ValueError).
     """
     check_trainer_choice(recipe, spec, tool)
     if getattr(args, "push_to_hub", False) and _offline():
         raise ValueError("--push_to_hub needs the Hugging Face Hub, and HF_HUB_OFFLINE is set: unset it (and log in "
                          "with `hf auth login`), or drop --push_to_hub and upload the output directory later.")
+    strategy = str(getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no")))
+    if strategy != "no" or getattr(args, "eval_on_start", False):
+        flag = f"--eval_strategy {strategy}" if strategy != "no" else "--eval_on_start"
+        raise ValueError(
+            f"{flag}: the recipes pass no eval dataset to the trainer; they evaluate the untuned and the trained "
+            "policy on --num_eval held-out examples (--eval_samples latents each) with the task's own metrics, "
+            "before and after training. Drop the flag; for evaluation during training, build the trainer in Python "
+            "with eval_dataset=... (README, 'Evaluation, live samples and diagnostics')."
+        )
     if recipe.dtype not in DTYPES:
         raise ValueError(f"--dtype {recipe.dtype}: choose one of {', '.join(DTYPES)}.")
     for flag in ("num_eval", "eval_samples"):
