@@ -71,6 +71,26 @@ def test_an_array_of_the_wrong_shape_is_refused_naming_the_shape(out, match):
         _score(lambda prompts, completions, **kw: out)
 
 
+def test_a_plain_function_returning_an_awaitable_is_awaited():
+    """A synchronous wrapper around an async function (a decorator, a lambda) returns a coroutine: awaited, also
+    when this thread already runs an event loop (a notebook)."""
+    async def count(prompts, completions, completion_ids, **kwargs):
+        await asyncio.sleep(0)
+        return [float(len(c)) for c in completion_ids]
+
+    def wrapped(prompts, completions, completion_ids, **kwargs):
+        return count(prompts, completions, completion_ids)
+
+    scores, lengths = _score(wrapped)
+    assert scores.values[[0, 1], 0, lengths].tolist() == [3.0, 1.0]
+
+    async def in_a_running_loop():
+        return _score(wrapped)
+
+    scores, lengths = asyncio.run(in_a_running_loop())
+    assert scores.values[[0, 1], 0, lengths].tolist() == [3.0, 1.0]
+
+
 def test_text_rewards_are_refused_rather_than_parsed():
     with pytest.raises(TypeError, match=r"returned '1\.0' for the completion 'on the mat'"):
         _score(lambda prompts, completions, **kw: ["1.0", "2.0"])

@@ -116,7 +116,7 @@ def callable_name(func) -> str:
 
 def is_async_callable(func) -> bool:
     """Whether calling `func` returns a coroutine: an `async def` function, a `functools.partial` of one, or an
-    object whose `__call__` is `async`."""
+    object whose `__call__` is `async`.  (A plain function that returns an awaitable is awaited too, once called.)"""
     while isinstance(func, functools.partial):
         func = func.func
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
@@ -403,14 +403,17 @@ class RewardFunctions:
             except Exception as e:
                 e.add_note(self._failure_note(i, args))
                 raise
-        if pending:
+        # a plain function may return an awaitable (e.g. a synchronous decorator around an async function): awaited
+        awaited = [i for i, out in results.items() if inspect.isawaitable(out)]
+        if pending or awaited:
             coros = []
             for i in pending:
                 args = inputs[prefixes and self.scores_prefixes[i]]
                 coros.append(self._noted(i, args, self.funcs[i](
                     prompts=args["prompts"], completions=args["completions"], completion_ids=args["completion_ids"],
                     **args["columns"], **(extra or {}))))
-            results.update(zip(pending, _run_coroutines(coros)))
+            coros += [self._noted(i, inputs[prefixes and self.scores_prefixes[i]], results[i]) for i in awaited]
+            results.update(zip(pending + awaited, _run_coroutines(coros)))
 
         for i in chosen:
             args = inputs[prefixes and self.scores_prefixes[i]]
