@@ -406,3 +406,21 @@ def test_periodic_evaluation_in_a_recipe_is_refused_before_any_model_loads(tmp_p
         recipe, args = _parse("continuation", ["--model_name_or_path", str(tmp_path / "absent"), *argv])
         with pytest.raises(ValueError, match=f"{flag}: the recipes pass no eval dataset to the trainer"):
             module.check(recipe, args)
+
+
+@pytest.mark.parametrize("log_reward, first", [(-99.0, 2), (None, 0)])
+def test_penalize_scores_prefixes_only_where_their_reward_is_read(tmp_path, log_reward, first):
+    """Under min_length_mode='penalize' the loss reads every state, but those below the minimum get
+    min_length_log_reward: a prefix-scoring function is not called on them (it was called on the empty latent,
+    which it may not expect); with None (the reward's own value there) it is."""
+    lengths_seen = []
+
+    def words(prompts, completions, completion_ids, **kwargs):
+        lengths_seen.extend(len(ids) for ids in completion_ids)
+        return [float(len(c.split())) for c in completions]
+
+    words.scores_prefixes = True
+    trainer = _trainer(tmp_path, words, min_length_mode="penalize", min_completion_length=2,
+                       min_length_log_reward=log_reward, max_steps=1)
+    trainer.train()
+    assert min(lengths_seen) == first and max(lengths_seen) == 3

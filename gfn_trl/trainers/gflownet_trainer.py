@@ -80,7 +80,11 @@ class GFlowNetTrainer(RolloutTrainer):
         # reward functions: a terminal-only one needs an objective that reads the finished latent's reward only
         check_objective(self.reward_functions, self.objective)
         if reads_prefix_rewards(self.objective):
-            self._score_prefixes_from = args.loss_min_length()  # the first state the loss reads log R at
+            # the first state the loss reads the functions' log R at: under "penalize" with a log-reward of its own
+            # for the short states, the first state not given that value (no function need score the empty latent)
+            self._score_prefixes_from = args.loss_min_length()
+            if args.min_length_mode == "penalize" and args.min_length_log_reward is not None:
+                self._score_prefixes_from = args.min_completion_length
         self.log_z_head = None
         if self.needs_log_z and args.log_z == "learned":
             hidden = self.model.config.get_text_config().hidden_size
