@@ -424,3 +424,24 @@ def test_penalize_scores_prefixes_only_where_their_reward_is_read(tmp_path, log_
                        min_length_log_reward=log_reward, max_steps=1)
     trainer.train()
     assert min(lengths_seen) == first and max(lengths_seen) == 3
+
+
+def test_a_reward_functions_log_metric_cannot_overwrite_the_trainers_metrics(tmp_path):
+    def logging_reward(name):
+        def reward(prompts, completions, completion_ids, log_metric, **kwargs):
+            log_metric(name, 7.0)
+            return [0.0] * len(completions)
+        return reward
+
+    trainer = _trainer(tmp_path, logging_reward("words/mean"), eval_rows=EVAL_ROWS, loss_type="tb", max_steps=1)
+    trainer.train()
+    assert trainer.state.log_history[0]["words/mean"] == 7.0  # a name of its own: logged as TRL logs it
+    assert trainer.evaluate()["eval_words/mean"] == 7.0
+    for name in ("entropy", "loss", "learning_rate"):  # averaged with (or replacing) the trainer's own value before
+        trainer = _trainer(tmp_path, logging_reward(name), eval_rows=EVAL_ROWS, loss_type="tb", max_steps=1)
+        with pytest.raises(ValueError, match=rf"A reward function logged \['{name}'\] with log_metric, which the "
+                                             "trainer logs itself"):
+            trainer.train()
+        if name != "learning_rate":  # (an evaluation logs no learning rate)
+            with pytest.raises(ValueError, match=rf"logged \['{name}'\]"):
+                trainer.evaluate()

@@ -285,6 +285,9 @@ class RolloutTrainer(_BaseTrainer):
         # Metrics and latents kept until the next `log`, per mode ("eval" inside `evaluation_loop`)
         self._mode = "train"
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # what reward functions log through `log_metric`, kept apart so that a name cannot mix into the trainer's own
+        self._function_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
+                                                                     "eval": defaultdict(list)}
         per_step = (args.per_device_train_batch_size * args.num_generations * args.gradient_accumulation_steps
                     * args.world_size)
         self._completions = {"train": deque(maxlen=per_step), "eval": []}  # the `log_completions` rows
@@ -405,8 +408,27 @@ class RolloutTrainer(_BaseTrainer):
         return RewardSpec(tuple(f.names), prefixes, tuple(f.weights), self.args.lm_reward_weight)
 
     def _log_reward_metric(self, name: str, value: float) -> None:
-        """TRL's `log_metric` for reward functions: a scalar averaged into the next log (this process's values)."""
-        self._metrics[self._mode][name].append(float(value))
+        """TRL's `log_metric` for reward functions: a scalar averaged into the next log (this process's values).
+        A name the trainer logs itself is refused at that log (`_averaged_metrics`)."""
+        self._function_metrics[self._mode][str(name)].append(float(value))
+
+    def _averaged_metrics(self, mode: str, taken) -> dict[str, float]:
+        """The means of the metrics recorded in `mode` since the last call, the trainer's and the reward functions'
+        (`log_metric`), then forgotten.
+
+        Raises:
+            ValueError: a reward function logged a name that the trainer logs itself (its own metrics, or `taken`:
+                the log's other keys), which would mix the two or replace the trainer's value.
+        """
+        own = {k: sum(v) / len(v) for k, v in self._metrics[mode].items()}
+        functions = {k: sum(v) / len(v) for k, v in self._function_metrics[mode].items()}
+        self._metrics[mode].clear()
+        self._function_metrics[mode].clear()
+        clash = sorted(set(functions) & (set(own) | set(taken)))
+        if clash:
+            raise ValueError(f"A reward function logged {clash} with log_metric, which the trainer logs itself: give "
+                             "its metrics names of their own (e.g. prefixed with the function's name).")
+        return {**own, **functions}
 
     @torch.no_grad()
     def _record_reward_means(self, scores, lengths: torch.Tensor) -> None:
@@ -536,9 +558,8 @@ class RolloutTrainer(_BaseTrainer):
         added by `evaluation_loop`) leaves the training metrics for the next training log."""
         prefix = self._eval_log_prefix
         is_eval = prefix is not None and any(k.startswith(prefix + "_") for k in logs)
-        if not is_eval and self._metrics["train"]:
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics["train"].items()}}
-            self._metrics["train"].clear()
+        if not is_eval and (self._metrics["train"] or self._function_metrics["train"]):
+            logs = {**logs, **self._averaged_metrics("train", logs)}
         super().log(logs, start_time)
         if is_eval:
             self._eval_log_prefix = None
@@ -643,17 +664,20 @@ class RolloutTrainer(_BaseTrainer):
         heads = {name: copy.deepcopy(m.state_dict()) for name, (m, _) in self._heads.items()}
         self._mode = "eval"
         self._metrics["eval"].clear()
+        self._function_metrics["eval"].clear()
         self._completions["eval"].clear()
         self._eval_samples = []
         try:
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
-            found = {f"{metric_key_prefix}_{k}": sum(v) / len(v) for k, v in self._metrics["eval"].items()}
+            hf = [k[len(metric_key_prefix) + 1:] for k in output.metrics if k.startswith(f"{metric_key_prefix}_")]
+            found = {f"{metric_key_prefix}_{k}": v for k, v in self._averaged_metrics("eval", hf).items()}
             found.update(output.metrics)
             task = self._task_metrics()
         finally:
             self._mode = "train"
             self._metrics["eval"].clear()
+            self._function_metrics["eval"].clear()
             for name, (module, _) in self._heads.items():
                 module.load_state_dict(heads[name])
             self._nonfinite = None
