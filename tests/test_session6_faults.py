@@ -294,10 +294,13 @@ def test_a_key_this_run_does_not_take_is_refused_naming_where_it_belongs(tmp_pat
 
 
 def test_config_values_take_the_flags_types(tmp_path):
-    recipe, args = _parse("continuation", ["--config", "YAML"],
-                          "decoding: greedy\nlearning_rate: 3e-4\nmin_length_log_reward: null\n", tmp_path)
+    recipe, args = _parse("continuation", ["--config", "YAML"], "decoding: greedy\nlearning_rate: 3e-4\n"
+                          "min_length_log_reward: null\nstop_token: 7\nwarmup_steps: 2\n", tmp_path)
     assert recipe.decoding == ["greedy"]  # one method: a list of one, not the characters of a string
     assert args.learning_rate == 3e-4 and args.min_length_log_reward is None  # (None is this field's value)
+    assert args.stop_token == "7" and isinstance(args.warmup_steps, float)  # YAML's int 7 reached the tokenizer
+    with pytest.raises(SystemExit):  # argparse: "argument --max_steps: invalid int value: '3.5'"
+        _parse("continuation", ["--config", "YAML"], "max_steps: 3.5\n", tmp_path)
 
 
 def test_lora_settings_with_lora_off_are_refused_at_the_same_level(tmp_path):

@@ -359,7 +359,8 @@ class RecipeParser(TrlParser):
     def set_defaults_with_config(self, **kwargs) -> list[str]:
         """The `--config` file's values as the flags' defaults (TRL's rule), checked first: every key must be a flag of
         this recipe and trainer, null only where the flag takes None; a single value for a list flag becomes a
-        one-element list (`decoding: greedy`).
+        one-element list (`decoding: greedy`); a number or boolean is converted by the flag's type, as on the
+        command line (`max_steps: 3.5` is refused, `stop_token: 7` is the text "7").
 
         Raises:
             ValueError: an unknown key (naming the recipe or trainer that takes it, or the closest flags), or a null
@@ -376,8 +377,14 @@ class RecipeParser(TrlParser):
                     and kind is not type(None):
                 raise ValueError(f"{name} (in the --config file) is null, but it needs a value (it is not optional). "
                                  "Remove the line to keep the default, or give a value.")
-            if actions[name].nargs in ("+", "*") and value is not None and not isinstance(value, (list, tuple)):
+            action = actions[name]
+            if action.nargs in ("+", "*") and value is not None and not isinstance(value, (list, tuple)):
                 kwargs[name] = [value]
+            elif isinstance(value, (bool, int, float)) and action.type is not None:
+                # as text, which argparse converts with the flag's own type as it converts a command line: 3.5 for an
+                # int flag is refused, 7 for a text flag is "7", 1 for a float flag is 1.0 (YAML's numbers were
+                # taken as they were)
+                kwargs[name] = str(value)
         return super().set_defaults_with_config(**kwargs)
 
     def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
