@@ -448,3 +448,20 @@ def test_a_reward_functions_log_metric_cannot_overwrite_the_trainers_metrics(tmp
         if name != "learning_rate":  # (an evaluation logs no learning rate)
             with pytest.raises(ValueError, match=rf"logged \['{name}'\]"):
                 trainer.evaluate()
+
+
+# --------------------------------------------------------------------------------------- the completions table
+
+
+def test_the_completions_table_prints_brackets_as_text(capsys, monkeypatch):
+    """A Llama-2 chat prompt holds "[/INST]": rich took it for markup and raised a MarkupError at the first log
+    (and would have styled "[bold]")."""
+    pytest.importorskip("rich")
+    from gfn_trl.trainers import completions
+
+    rows = [{"step": 1, "prompt": "[INST] hi [/INST]", "latent": "a [bold]b[/bold] [/x]", "log_reward": -1.5,
+             "behaviour": "on_policy", "temperature": 1.0}]
+    monkeypatch.setenv("COLUMNS", "200")  # (rich wraps cells to the terminal's width)
+    completions.print_table(rows, "completions at step 1 [/]")
+    out = capsys.readouterr().out
+    assert "[INST] hi [/INST]" in out and "a [bold]b[/bold] [/x]" in out and "[/]" in out

@@ -53,18 +53,20 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
 
 
 def print_table(rows: list[dict], title: str) -> None:
-    """Print the rows on stdout: a `rich` table if `rich` is installed, plain text otherwise."""
+    """Print the rows on stdout: a `rich` table if `rich` is installed (cells as plain text, never markup), plain
+    text otherwise."""
     try:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
     except ImportError:
         print(f"{title}\n{plain_table(rows)}", flush=True)
         return
-    table = Table(title=title, show_lines=True)
+    table = Table(title=Text(title), show_lines=True)
     for c in COLUMNS:
         table.add_column(c, justify="right" if c in ("step", "log_reward", "temperature") else "left")
-    for r in rows:
-        table.add_row(*[_cell(r[c]) for c in COLUMNS])
+    for r in rows:  # as plain text: a prompt or latent is not rich markup ("[/INST]" would raise a MarkupError)
+        table.add_row(*[Text(_cell(r[c])) for c in COLUMNS])
     Console().print(table)
 
 
