@@ -21,11 +21,14 @@ from dataclasses import dataclass, field, fields
 from typing import get_type_hints
 
 from transformers import TrainingArguments
+from transformers.utils import logging
 from trl import GRPOConfig, ModelConfig, RLOOConfig, SFTConfig, TrlParser
 
 from ..trainers.gflownet_config import GFlowNetConfig
 from ..trainers.ppo_config import PPOConfig
 from ..trainers.rollout_config import resolve_bf16
+
+logger = logging.get_logger(__name__)
 
 TRAINERS = ("gfn", "ppo", "grpo", "rloo", "sft")
 # The shared task-side flags that only some recipes read, and which: the other recipes neither show nor take them.
@@ -338,6 +341,10 @@ class RecipeParser(TrlParser):
                 if f.name in _UNLISTED:
                     action.help = argparse.SUPPRESS
 
+    def _trainer_name(self) -> str | None:
+        """The `--trainer` this parser's settings class belongs to."""
+        return next((t for t, cls in _CONFIGS.items() if cls is self._config_cls), None)
+
     def unknown_flag_message(self, name: str, in_config: bool = False) -> str:
         """Why the flag `name` (on the command line, or a key of the `--config` file) is not this run's, and the fix:
         a flag of another recipe, a setting of another `--trainer`'s config, or a misspelling (the closest flags)."""
@@ -358,7 +365,9 @@ class RecipeParser(TrlParser):
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
         """The `--config` file's values as the flags' defaults (TRL's rule), checked first: every key must be a flag of
-        this recipe and trainer, null only where the flag takes None; a single value for a list flag becomes a
+        this recipe and trainer (a file written for another trainer, `trainer: X` or gfn by default, and run with
+        `--trainer Y`: X's own settings are left out, with a warning listing them), null only where the flag takes
+        None; a single value for a list flag becomes a
         one-element list (`decoding: greedy`); a number or boolean is converted by the flag's type, as on the
         command line (`max_steps: 3.5` is refused, `stop_token: 7` is the text "7").
 
@@ -367,6 +376,30 @@ class RecipeParser(TrlParser):
                 value for a flag that needs one.
         """
         self._config_values = dict(kwargs)
+        # a file written for another trainer (its `trainer:`, gfn by default) reused with `--trainer`: the settings
+        # only that trainer has are left out, and listed (e.g. a paper config's GFlowNet settings in a PPO run)
+        written, run = str(kwargs.get("trainer", "gfn")), self._trainer_name()
+        if written in _CONFIGS and run is not None and written != run:
+            theirs = {f.name for f in fields(_CONFIGS[written]) if f.init}
+            left_out = [k for k in kwargs if k in theirs and k not in self._seen and k not in self._hidden]
+            kwargs = {k: v for k, v in kwargs.items() if k not in left_out}
+            changed = []
+            counts = {"grpo", "rloo"}  # the trainers whose per_device_train_batch_size counts completions
+            batch = kwargs.get("per_device_train_batch_size")
+            if isinstance(batch, int) and (written in counts) != (run in counts) and run != "sft":
+                k = int(kwargs.get("num_generations", 8))
+                kwargs["per_device_train_batch_size"] = batch * k if run in counts else max(1, batch // k)
+                changed.append(f"per_device_train_batch_size {batch} -> {kwargs['per_device_train_batch_size']} "
+                               f"(--trainer {run} counts {'completions' if run in counts else 'prompts'})")
+            if isinstance(kwargs.get("output_dir"), str):
+                kwargs["output_dir"] = f"{kwargs['output_dir']}-{run}"
+                changed.append(f"output_dir -> {kwargs['output_dir']}")
+            logger.warning(
+                f"--config: the file was written for --trainer {written} ({_CONFIGS[written].__name__}) and this run "
+                f"is --trainer {run}: " + "; ".join(
+                    ([f"its settings that {_CONFIGS[run].__name__} does not have are left out ({', '.join(left_out)})"]
+                     if left_out else []) + changed + ["the rest applies as written"]) + "."
+            )
         for name in kwargs:
             if name not in self._seen or name in self._hidden:
                 raise ValueError(self.unknown_flag_message(name, in_config=True))
