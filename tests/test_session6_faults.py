@@ -485,3 +485,39 @@ def test_the_completions_table_prints_brackets_as_text(capsys, monkeypatch):
     completions.print_table(rows, "completions at step 1 [/]")
     out = capsys.readouterr().out
     assert "[INST] hi [/INST]" in out and "a [bold]b[/bold] [/x]" in out and "[/]" in out
+
+
+# --------------------------------------------------------------------------------------- the TRL baselines' reward
+
+
+def test_grpo_and_rloo_take_the_contrast_penalty_the_gflownet_takes(tmp_path):
+    """The subjectivity reward's contrast penalty: GRPO/RLOO were always scored with -50 (and the recipes refused
+    --contrast_penalty for them), so a run with another value compared methods under different rewards."""
+    from trl import GRPOConfig
+
+    from gfn_trl.trainers.trl_baselines import build_grpo_trainer
+
+    rows = {"prompt": ["the cat", "a dog"], "suffix": ["sat", "ran"], "contrast_suffix": ["ran", "sat"]}
+    tok = tiny_tokenizer()
+    words = ["the", "cat", "dog", "on", "a", "mat", "log", "and", "then", "big", "red"]
+    latents = [tok(f"{a} {b}", add_special_tokens=False)["input_ids"] for a, b in zip(words, reversed(words))]
+    finals = {}
+    for penalty in (-7.0, -50.0):
+        gfn = _trainer(tmp_path / f"gfn{penalty}", rows=rows, contrast_penalty=penalty)
+        args = GRPOConfig(output_dir=str(tmp_path / f"grpo{penalty}"), per_device_train_batch_size=4,
+                          num_generations=4, report_to="none", use_cpu=True, bf16=False)
+        grpo = build_grpo_trainer(tiny_model("gpt2", len(tok), seed=0), args, Dataset.from_dict(rows),
+                                  gfn.constraints, processing_class=tok, peft_config=LoraConfig(r=4),
+                                  contrast_penalty=penalty)
+        data = [gfn.train_dataset[i % 2] for i in range(len(latents))]
+        z, lengths = latent_batch(latents, gfn.constraints.stop_token_id)
+        want = gfn.score_latents(data, z, lengths, final_only=True)
+        got = grpo.latent_reward.final_log_rewards(data, latents)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        finals[penalty] = got
+    assert not torch.equal(finals[-7.0], finals[-50.0])  # the penalty applied to some latent here
+    # the recipes take the flag for every trainer
+    for trainer in ("grpo", "rloo", "sft"):
+        assert _parse("subjectivity", ["--trainer", trainer, "--contrast_penalty", "-10"])[1].contrast_penalty == -10
+    with pytest.raises(ValueError, match=r"contrast_penalty must lie in \[-1000000.0, 0\]"):
+        _parse("subjectivity", ["--trainer", "grpo", "--contrast_penalty", "5"])

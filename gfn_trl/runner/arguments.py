@@ -26,7 +26,7 @@ from trl import GRPOConfig, ModelConfig, RLOOConfig, SFTConfig, TrlParser
 
 from ..trainers.gflownet_config import GFlowNetConfig
 from ..trainers.ppo_config import PPOConfig
-from ..trainers.rollout_config import resolve_bf16
+from ..trainers.rollout_config import _check_number, resolve_bf16
 
 logger = logging.get_logger(__name__)
 
@@ -131,6 +131,13 @@ class _LatentFields:
     lm_reward_weight: float = field(default=1.0, metadata={
         "help": "alpha, the weight of the LM prior log p_LM in the reward when the task adds reward functions "
                 "(TRL's reward_weights are then [alpha] + the functions' weights); 0 drops the prior."})
+    contrast_penalty: float = field(default=-50.0, metadata={
+        "help": "Added to the untempered log R of a latent after which the row's contrast_suffix (e.g. the wrong "
+                "label) is more likely than its suffix, as for the GFlowNet; in [-1e6, 0]."})
+
+    def _check_latent_fields(self) -> None:
+        _check_number(self, "contrast_penalty", -1e6, 0, why=" It is a penalty added to the log-reward, as in "
+                      "GFlowNetConfig.")
 
 
 def _resolve_checkpointing(config) -> None:
@@ -151,6 +158,7 @@ class LatentGRPOConfig(GRPOConfig, _LatentFields):
         resolve_bf16(self)
         _resolve_checkpointing(self)
         super().__post_init__()
+        self._check_latent_fields()
 
 
 @dataclass
@@ -163,6 +171,7 @@ class LatentRLOOConfig(RLOOConfig, _LatentFields):
         resolve_bf16(self)
         _resolve_checkpointing(self)
         super().__post_init__()
+        self._check_latent_fields()
 
 
 @dataclass
@@ -175,6 +184,7 @@ class LatentSFTConfig(SFTConfig, _LatentFields):
         resolve_bf16(self)
         _resolve_checkpointing(self)
         super().__post_init__()
+        self._check_latent_fields()
 
 
 _CONFIGS = {"gfn": GFlowNetConfig, "ppo": PPOConfig, "grpo": LatentGRPOConfig, "rloo": LatentRLOOConfig,

@@ -73,7 +73,7 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
         build = build_grpo_trainer if name == "grpo" else build_rloo_trainer
         trainer = build(model, args, train_dataset, constraints, tokenizer, lora,
                         reward_chunk_size=args.reward_chunk_size, reward_funcs=reward_funcs,
-                        lm_reward_weight=args.lm_reward_weight)
+                        lm_reward_weight=args.lm_reward_weight, contrast_penalty=args.contrast_penalty)
         policy = trainer.accelerator.unwrap_model(trainer.model)
         return _point_adapter_at(Built(trainer, policy, trainer.latent_reward.reward, constraints), base)
     if gold_column not in train_dataset.column_names:
@@ -82,7 +82,7 @@ def build_trainer(recipe: RecipeArguments, args, model, tokenizer, train_dataset
     trainer = build_sft_trainer(model, args, train_dataset, constraints.stop_token_id, tokenizer, lora, gold_column)
     policy = trainer.accelerator.unwrap_model(trainer.model)
     reward = LikelihoodReward(policy, None, constraints.stop_token_id, tokenizer.pad_token_id, args.reward_chunk_size,
-                              trainer.accelerator.autocast)
+                              trainer.accelerator.autocast, args.contrast_penalty)
     return _point_adapter_at(Built(trainer, policy, reward, constraints), base)
 
 

@@ -241,6 +241,7 @@ def _build_online_rl_trainer(
     reward_weights=None,
     lm_reward_weight: float = 1.0,
     reward_processing_classes=None,
+    contrast_penalty: float = -50.0,
 ):
     # the reward functions and their weights, checked as the GFlowNet trainer checks them, before any model is loaded
     functions = None
@@ -284,7 +285,7 @@ def _build_online_rl_trainer(
     if lm_reward_weight != 0:
         reward_model, _ = setup.reward_model(model, peft_config is not None, reward_model, tokenizer=tokenizer,
                                              policy_rows=output_rows(model))
-        reward_fn = LatentLogReward(reward_model, constraints, tokenizer.pad_token_id, chunk_size)
+        reward_fn = LatentLogReward(reward_model, constraints, tokenizer.pad_token_id, chunk_size, contrast_penalty)
     trl_funcs = [reward_fn] if reward_fn is not None else []
     if functions is not None:
         trl_funcs += [LatentRewardFunction(functions, i, constraints, tokenizer) for i in range(len(functions))]
@@ -333,6 +334,7 @@ def build_grpo_trainer(
     reward_weights=None,
     lm_reward_weight: float = 1.0,
     reward_processing_classes=None,
+    contrast_penalty: float = -50.0,
 ):
     """TRL's `GRPOTrainer`, unmodified, rewarded with the GFlowNet's log R(Z) and sampling the constrained latent space.
 
@@ -355,6 +357,8 @@ def build_grpo_trainer(
             `LatentRewardFunction` (the GFlowNet's inputs) and `args.reward_weights` is set to
             `[lm_reward_weight] + reward_weights` (without the LM term when α = 0); leave `args.reward_weights`
             unset and TRL's `multi_objective_aggregation` at its default, `"sum_then_normalize"`.
+        contrast_penalty: added to log R of a latent after which a row's `contrast_suffix` is more likely than its
+            `suffix` (`LikelihoodReward`; the GFlowNet's `contrast_penalty`).
     Returns: the trainer, with `.latent_reward` (the `LatentLogReward`, None when α = 0), `.reward_functions` and
     `.constraints` attached.
 
@@ -379,6 +383,7 @@ def build_grpo_trainer(
         reward_weights,
         lm_reward_weight,
         reward_processing_classes,
+        contrast_penalty,
     )
 
 
@@ -396,6 +401,7 @@ def build_rloo_trainer(
     reward_weights=None,
     lm_reward_weight: float = 1.0,
     reward_processing_classes=None,
+    contrast_penalty: float = -50.0,
 ):
     """TRL's `RLOOTrainer`, unmodified, set up exactly as `build_grpo_trainer` (see there, also for the reward
     functions); `args` is an `RLOOConfig`.  RLOO's default `beta=0.05` KL to the reference (with PEFT: the
@@ -417,6 +423,7 @@ def build_rloo_trainer(
         reward_weights,
         lm_reward_weight,
         reward_processing_classes,
+        contrast_penalty,
     )
 
 
