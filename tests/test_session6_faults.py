@@ -521,3 +521,15 @@ def test_grpo_and_rloo_take_the_contrast_penalty_the_gflownet_takes(tmp_path):
         assert _parse("subjectivity", ["--trainer", trainer, "--contrast_penalty", "-10"])[1].contrast_penalty == -10
     with pytest.raises(ValueError, match=r"contrast_penalty must lie in \[-1000000.0, 0\]"):
         _parse("subjectivity", ["--trainer", "grpo", "--contrast_penalty", "5"])
+
+
+def test_reward_functions_of_one_name_are_logged_apart(tmp_path):
+    """Two lambdas are both named '<lambda>': the second one's mean replaced the first one's under
+    rewards/<lambda>/mean."""
+    trainer = _trainer(tmp_path, [lambda prompts, completions, **kw: [1.0] * len(completions),
+                                  lambda prompts, completions, **kw: [3.0] * len(completions)],
+                       loss_type="tb", max_steps=1)
+    assert trainer.reward_functions.names == ["<lambda>", "<lambda>_1"]
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["rewards/<lambda>/mean"] == 1.0 and logged["rewards/<lambda>_1/mean"] == 3.0

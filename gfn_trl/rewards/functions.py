@@ -277,7 +277,9 @@ class RewardFunctions:
                     raise ValueError(f"reward_weights must be finite numbers, got {weights!r}.")
         self.funcs, self.processing_classes = funcs, processing
         self.weights = [float(w) for w in weights]
-        self.names = [callable_name(f) for f in funcs]
+        names = [callable_name(f) for f in funcs]
+        # two functions of one name (two lambdas) would share `rewards/<name>/mean`: number the later ones
+        self.names = [n if names[:i].count(n) == 0 else f"{n}_{names[:i].count(n)}" for i, n in enumerate(names)]
         self.scores_prefixes = [bool(getattr(f, "scores_prefixes", False)) for f in funcs]
         self.chunk_size = chunk_size
 
