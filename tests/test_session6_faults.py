@@ -186,6 +186,17 @@ def test_an_eval_dataset_scored_by_another_reward_is_refused(tmp_path):
         _trainer(tmp_path, eval_rows={"other": Dataset.from_dict({**EVAL_ROWS, "reward_prompt": EVAL_ROWS["prompt"]})})
 
 
+def test_an_eval_dataset_that_fills_no_batch_is_refused(tmp_path):
+    """dataloader_drop_last with fewer eval rows than an eval batch: the evaluation saw no sample, logged no
+    eval_loss and called compute_metrics on nothing, silently."""
+    with pytest.raises(ValueError, match=r"drops every eval batch: the eval dataset has 3 rows but an eval batch "
+                                         r"takes 8"):
+        _trainer(tmp_path, eval_rows=EVAL_ROWS, dataloader_drop_last=True, per_device_eval_batch_size=8)
+    trainer = _trainer(tmp_path, dataloader_drop_last=True, per_device_eval_batch_size=8)
+    with pytest.raises(ValueError, match=r"drops every eval batch"):
+        trainer.evaluate(eval_dataset=Dataset.from_dict(EVAL_ROWS))
+
+
 # --------------------------------------------------------------------------------------- compute_metrics
 
 

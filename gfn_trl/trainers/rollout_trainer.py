@@ -201,7 +201,7 @@ class RolloutTrainer(_BaseTrainer):
         self.compute_metrics = compute_metrics  # read by _check_eval_dataset
         self._train_columns = list(train_dataset.column_names)
         for split, data in eval_splits(eval_dataset):  # before any model is loaded
-            self._check_eval_dataset(data, split)
+            self._check_eval_dataset(data, split, args)
         if compute_metrics is not None and eval_dataset is None:  # (its columns are checked with the eval dataset)
             problem = signature_problem(compute_metrics, METRICS_ARGUMENTS, more_to_come=True)
             if problem is not None:
@@ -568,15 +568,25 @@ class RolloutTrainer(_BaseTrainer):
             self._flush_completions("train", "completions")
 
     # ------------------------------------------------------------------ evaluation
-    def _check_eval_dataset(self, data, split: str = "eval") -> None:
-        """An eval dataset must be map-style, choose its rows' reward by the same columns as the train dataset (else
-        its samples are scored by another reward, and eval_loss measures another target), and fit the signatures of
-        the reward functions and of `compute_metrics`.
+    def _check_eval_dataset(self, data, split: str = "eval", args=None) -> None:
+        """An eval dataset must be map-style, fill one eval batch under `dataloader_drop_last` (else the evaluation
+        sees no sample at all), choose its rows' reward by the same columns as the train dataset (else its samples
+        are scored by another reward, and eval_loss measures another target), and fit the signatures of the reward
+        functions and of `compute_metrics`.
 
         Raises:
             TypeError / ValueError: naming the dataset, the column or the function, and the fix.
         """
+        args = args or self.args
         validation.check_dataset_type(data, split)
+        batch = args.per_device_eval_batch_size * max(1, args.world_size)
+        if args.dataloader_drop_last and len(data) < batch:
+            raise ValueError(
+                f"dataloader_drop_last=True drops every eval batch: the {split} dataset has {len(data)} rows but an "
+                f"eval batch takes {batch} (per_device_eval_batch_size={args.per_device_eval_batch_size} x "
+                f"{max(1, args.world_size)} processes), so the evaluation would see no sample. Lower "
+                "per_device_eval_batch_size, give more eval rows, or set dataloader_drop_last=False."
+            )
         columns = list(data.column_names)
         differ = [c for c in REWARD_COLUMNS if (c in columns) != (c in self._train_columns)]
         if differ:
