@@ -173,6 +173,8 @@ def test_evaluate_and_predict_take_a_dataset_at_call_time_as_the_hf_trainer_does
     assert named.evaluate(eval_dataset="big")["eval_loss"] == built["eval_loss"]
     with pytest.raises(ValueError, match=r"evaluate\(\) needs an eval dataset: pass eval_dataset="):
         late.evaluate()
+    late.eval_dataset = Dataset.from_dict(EVAL_ROWS)  # assigned after construction: tokenized when used
+    assert _stable(late.evaluate()) == _stable(built)
 
 
 def test_an_eval_dataset_scored_by_another_reward_is_refused(tmp_path):

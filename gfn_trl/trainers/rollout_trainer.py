@@ -635,6 +635,13 @@ class RolloutTrainer(_BaseTrainer):
                              "columns).")
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             eval_dataset = self._tokenized_eval(eval_dataset)
+        elif isinstance(eval_dataset, str) and isinstance(self.eval_dataset, dict) \
+                and eval_dataset in self.eval_dataset:
+            # (one assigned to `trainer.eval_dataset[name]` after construction)
+            self.eval_dataset[eval_dataset] = self._tokenized_eval(self.eval_dataset[eval_dataset],
+                                                                   f"eval ({eval_dataset})")
+        elif eval_dataset is None and not isinstance(self.eval_dataset, dict):
+            self.eval_dataset = self._tokenized_eval(self.eval_dataset)  # (assigned to `trainer.eval_dataset`)
         return super().get_eval_dataloader(eval_dataset)
 
     def get_test_dataloader(self, test_dataset):
