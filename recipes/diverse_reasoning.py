@@ -32,7 +32,9 @@ from gfn_trl import runner  # noqa: E402  (lazy: `--help` imports the arguments 
 
 TASK = "diverse_reasoning"  # gfn_trl.tasks.diverse_reasoning.TASK, imported when the run starts
 
-# The offline CPU default (README, "Diverse correct reasoning": ~X min a run on 2 cores):
+# The offline CPU default (README, "Diverse correct reasoning"): 13-14 min a run on 2 cores shared with other jobs
+# (load ~7; the run is single-threaded, ~7.5 min of CPU time for the GFlowNet), of which the two evaluations take ~3
+# min each:
 # * 2 prompts x 4 latents a step, 16 steps, LoRA r 16 at 5e-4 for every trainer;
 # * max_completion_length 20 holds the longest 3-operand gold rationale in SmolLM2's tokens (digits are single
 #   tokens, spaces apart); the stop token "." ends a rationale as in the demonstrations;
