@@ -242,3 +242,12 @@ def test_compare_checks_every_run_before_the_first_starts(trap, tmp_path):
         compare.main(["--task", "subjectivity", "--trainers", "gfn", "sft", "--launcher", "false",
                       "--output_dir", str(out), "--", "--model_name_or_path", str(trap)])
     assert not list(out.glob("*/metrics.json"))
+
+
+@pytest.mark.parametrize("trainer", ["gfn", "grpo"])
+def test_a_zero_lm_reward_weight_is_refused_before_any_model_loads(trainer, trap, tmp_path, monkeypatch):
+    """The recipes' metrics are the base LM's likelihood for every method; with α = 0 no reward LM is built (and a
+    GRPO run crashed reading it after training had been set up)."""
+    with pytest.raises(ValueError, match="--lm_reward_weight 0: the recipes score every method"):
+        run("diverse_reasoning", ["--model_name_or_path", str(trap), "--trainer", trainer, "--lm_reward_weight", "0"],
+            tmp_path, monkeypatch)

@@ -186,7 +186,7 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
     Raises:
         FileNotFoundError / ValueError / ModuleNotFoundError: naming the flag, file or package and the fix
             (`--push_to_hub` while HF_HUB_OFFLINE is set, or periodic evaluation, `--eval_strategy` / `--eval_on_start`,
-            which the recipes do not run: ValueError).
+            which the recipes do not run, and `--lm_reward_weight 0`, as the recipes' metrics need the LM: ValueError).
     """
     check_trainer_choice(recipe, spec, tool)
     if getattr(args, "push_to_hub", False) and _offline():
@@ -200,6 +200,12 @@ def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,
             "policy on --num_eval held-out examples (--eval_samples latents each) with the task's own metrics, "
             "before and after training. Drop the flag; for evaluation during training, build the trainer in Python "
             "with eval_dataset=... (README, 'Evaluation, live samples and diagnostics')."
+        )
+    if getattr(args, "lm_reward_weight", 1.0) == 0:
+        raise ValueError(
+            "--lm_reward_weight 0: the recipes score every method with the base LM's likelihood (the same metric code "
+            "for all), so the reward LM is always loaded; give a small positive weight (e.g. 1e-6) to make the LM "
+            "prior negligible, or build the trainer in Python for a reward without the LM (README, 'Reward functions')."
         )
     if recipe.dtype not in DTYPES:
         raise ValueError(f"--dtype {recipe.dtype}: choose one of {', '.join(DTYPES)}.")

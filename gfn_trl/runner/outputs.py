@@ -178,6 +178,9 @@ TASK_SUMMARIES = {
     "arithmetic": "integer arithmetic with a latent rationale and a calculator (Hu et al. 2024, §4.4): sample the "
                   "chain of intermediate results Z of a problem X with probability ∝ p_LM(Z Y | demonstrations, X), Y "
                   "the answer.",
+    "diverse_reasoning": "diverse correct reasoning (beyond the paper: a verifier reward with the LM as prior): sample "
+                         "arithmetic rationales Z with probability ∝ p_LM(Z | demonstrations, X) · (ε + 1[Z's answer "
+                         "is right]), many distinct right rationales per problem rather than one.",
 }
 
 
