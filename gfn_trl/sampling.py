@@ -328,16 +328,29 @@ def sample_latents(
             token = (scores + gumbel_noise(row_seeds, step, scores.shape[-1]).to(scores.dtype)).argmax(-1)
         else:
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-        token = torch.where(done, torch.full_like(token, stop), token)  # a stopped row keeps emitting the stop
-        new[:, step] = token
-        done |= token == stop
+        token = _emit(token, new, step, done, stop)
         if _all_stopped(done, sharded):
             break
         inputs, positions = token[:, None], positions[:, -1:] + 1
         if step == 0 and _recurrent(args, cache):
             mask = None  # the state already holds the prompt, and the fed token is never padding
-    lengths = (new == stop).long().argmax(dim=1)  # the first stop (every row has one: forced at s_max)
-    T = int(lengths.max()) if B else 0
+    return _trimmed(new, stop)
+
+
+def _emit(token: Tensor, new: Tensor, step: int, done: Tensor, stop: int) -> Tensor:
+    """Write step `step`'s (B,) tokens into `new` (B, steps), a stopped row emitting the stop again; update `done`
+    in place.  Shared by both decode loops."""
+    token = torch.where(done, torch.full_like(token, stop), token)
+    new[:, step] = token
+    done |= token == stop
+    return token
+
+
+def _trimmed(new: Tensor, stop: int) -> tuple[Tensor, Tensor]:
+    """`(z, lengths)`: the latents cut after the longest one's first stop, and each row's length (its first stop;
+    every row has one, forced at the maximum length)."""
+    lengths = (new == stop).long().argmax(dim=1)
+    T = int(lengths.max()) if new.shape[0] else 0
     return new[:, :T].clone(), lengths
 
 
@@ -533,14 +546,10 @@ def _sample_static(model, prompt_ids: Tensor, prompt_mask: Tensor, constraints: 
                 (scores + gumbel_noise(row_seeds, step, scores.shape[-1]).to(scores.dtype)).argmax(-1)
         if row_seeds is None:
             out = torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(1)
-        token = torch.where(done, torch.full_like(out, stop), out)  # a stopped row keeps emitting the stop
-        new[:, step] = token
-        done |= token == stop
+        token = _emit(out, new, step, done, stop)
         if _all_stopped(done, sharded):
             break
-    lengths = (new == stop).long().argmax(dim=1)
-    T = int(lengths.max())
-    return new[:, :T].clone(), lengths
+    return _trimmed(new, stop)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
