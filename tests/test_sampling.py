@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
@@ -189,8 +190,10 @@ def test_constrained_policy_is_normalised_and_matches_empirical_samples():
     assert tv < 0.06  # sampling noise with 4000 draws over 84 latents is about 0.03
 
 
-def test_counter_based_sampling_is_exact_and_reproducible():
-    """Gumbel-max with per-row seeds samples q exactly, and a row's latent depends only on its seed."""
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_counter_based_sampling_is_exact_and_reproducible(cache_implementation):
+    """Gumbel-max with per-row seeds samples q exactly, and a row's latent depends only on its seed, with either
+    decode loop (the static-cache one too: 4000 draws within sampling noise of the exact q over 84 latents)."""
     toy = exact_posterior_toy("stop", seed=0)
     model, tok = toy["model"].eval(), toy["tokenizer"]
     c = LatentConstraints(tok.eos_token_id, toy["max_length"], toy["min_length"], toy["vocab_mask"])
@@ -198,13 +201,15 @@ def test_counter_based_sampling_is_exact_and_reproducible():
     log_q = exact_policy_log_probs(model, prompt, toy["latents"], c, tok.pad_token_id)
     ids, mask = left_pad([prompt] * 4000, tok.pad_token_id)
     seeds = torch.arange(4000) * 7919 + 13
-    z, lengths = sample_latents(model, ids, mask, c, 1.0, tok.pad_token_id, seeds)
+    z, lengths = sample_latents(model, ids, mask, c, 1.0, tok.pad_token_id, seeds,
+                                cache_implementation=cache_implementation)
     index = {tuple(l): i for i, l in enumerate(toy["latents"])}
     counts = torch.zeros(len(index))
     for b in range(z.shape[0]):
         counts[index[tuple(z[b, : int(lengths[b])].tolist())]] += 1
     assert tv_and_kl(log_q, counts.log())[0] < 0.06
     # the same seeds in another batch layout give the same latents
-    z2, l2 = sample_latents(model, ids[100:103], mask[100:103], c, 1.0, tok.pad_token_id, seeds[100:103].flip(0))
+    z2, l2 = sample_latents(model, ids[100:103], mask[100:103], c, 1.0, tok.pad_token_id, seeds[100:103].flip(0),
+                            cache_implementation=cache_implementation)
     for a, b in zip(range(3), (102, 101, 100)):
         assert l2[a] == lengths[b] and z2[a, : int(l2[a])].tolist() == z[b, : int(lengths[b])].tolist()
