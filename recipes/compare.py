@@ -15,6 +15,17 @@ earlier ones have spent their time.
 
 Writes OUT/comparison.md, OUT/comparison.json and OUT/comparison.png (for continuation, the paper's figure: the
 max log-likelihood of each prompt's samples against their diversity; for the other tasks, one bar chart per metric).
+
+Over seeds:
+
+    python recipes/compare.py --task infill --trainers gfn sft --seeds 0 1 2
+
+runs the whole comparison once per seed (`--seed S` is added to every run's arguments, so the seed changes the
+LoRA initialisation, the data order, every sampler seed and the untuned baselines' samples alike) into OUT/seed_S/,
+writes each seed's own table there, and writes OUT/comparison.md with every metric as mean ± sample standard deviation
+over the seeds (n - 1 in the denominator), followed by the per-seed values; OUT/comparison.json holds
+{"seeds", "mean", "sd", "per_seed"}; the plot shows the means with the standard deviations as error bars.  `--collect`
+re-reads finished seeds without running them.
 """
 
 from __future__ import annotations
@@ -78,12 +89,13 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def run_header(i: int, trainers: list[str], elapsed: float) -> str:
-    """The progress line printed before run i: which run of how many, the time so far and, from the second run on,
-    an estimate of the time left (the mean time of the runs so far, per run left)."""
-    line = f"== compare: run {i + 1}/{len(trainers)} ({trainers[i]}); {_duration(elapsed)} so far"
+def run_header(i: int, labels: list[str], elapsed: float) -> str:
+    """The progress line printed before run i (`labels`: every run's trainer, and seed with --seeds): which run of
+    how many, the time so far and, from the second run on, an estimate of the time left (the mean time of the runs
+    so far, per run left)."""
+    line = f"== compare: run {i + 1}/{len(labels)} ({labels[i]}); {_duration(elapsed)} so far"
     if i:
-        line += f", about {_duration(elapsed / i * (len(trainers) - i))} left"
+        line += f", about {_duration(elapsed / i * (len(labels) - i))} left"
     return line + " =="
 
 
@@ -122,7 +134,52 @@ def markdown_table(task: str, methods: dict[str, dict[str, float]]) -> str:
     return f"### {task}\n\n" + "\n".join(lines) + "\n"
 
 
-def plot(task: str, methods: dict[str, dict[str, float]], path: Path) -> None:
+def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+    """(mean, sd) over seeds of every method's metrics: {method: {metric: value}}.  The sd is the sample standard
+    deviation (n - 1 in the denominator; NaN with one seed).  A method or metric that a seed lacks, or that is NaN in
+    any seed, is refused: a mean over fewer seeds than the table claims would mislead."""
+    seeds = list(per_seed)
+    if not seeds:
+        raise ValueError("No seeds to aggregate.")
+    first = per_seed[seeds[0]]
+    mean: dict[str, dict[str, float]] = {}
+    sd: dict[str, dict[str, float]] = {}
+    for method, values in first.items():
+        mean[method], sd[method] = {}, {}
+        for key in values:
+            xs = []
+            for s in seeds:
+                x = per_seed[s].get(method, {}).get(key)
+                if x is None or math.isnan(x):
+                    raise ValueError(f"Seed {s} has no value of {key} for {method}: the seeds' runs differ "
+                                     "(different --trainers or arguments?). Rerun that seed.")
+                xs.append(float(x))
+            m = sum(xs) / len(xs)
+            mean[method][key] = m
+            sd[method][key] = (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1
+                               else float("nan"))
+    for s in seeds[1:]:
+        if set(per_seed[s]) != set(first):
+            raise ValueError(f"Seed {s} has methods {sorted(per_seed[s])}, seed {seeds[0]} {sorted(first)}.")
+    return mean, sd
+
+
+def seeds_table(task: str, per_seed: dict[int, dict[str, dict[str, float]]], mean: dict, sd: dict) -> str:
+    """Mean ± sd over seeds, then one row per (method, seed)."""
+    keys = sorted({k for v in mean.values() for k in v})
+    n = len(per_seed)
+    lines = [f"### {task}: mean ± sd over {n} seeds ({', '.join(map(str, per_seed))})", "",
+             f"| method | {' | '.join(keys)} |", "| --- |" + " --- |" * len(keys)]
+    for method, values in mean.items():
+        lines.append(f"| {method} | " + " | ".join(f"{values[k]:.4f} ± {sd[method][k]:.4f}" for k in keys) + " |")
+    lines += ["", "Per seed:", "", f"| method | seed | {' | '.join(keys)} |", "| --- | --- |" + " --- |" * len(keys)]
+    for method in mean:
+        for s, methods in per_seed.items():
+            lines.append(f"| {method} | {s} | " + " | ".join(f"{methods[method][k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(task: str, methods: dict[str, dict[str, float]], path: Path, sd: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,6 +189,9 @@ def plot(task: str, methods: dict[str, dict[str, float]], path: Path) -> None:
         fig, ax = plt.subplots(figsize=(5, 4))
         for method, v in methods.items():
             if "diversity" in v and "log_likelihood/max" in v:
+                if sd is not None:
+                    ax.errorbar(v["diversity"], v["log_likelihood/max"], xerr=sd[method]["diversity"],
+                                yerr=sd[method]["log_likelihood/max"], fmt="none", ecolor="gray", capsize=3)
                 ax.scatter(v["diversity"], v["log_likelihood/max"], s=40)
                 ax.annotate(method, (v["diversity"], v["log_likelihood/max"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=8)
@@ -145,7 +205,8 @@ def plot(task: str, methods: dict[str, dict[str, float]], path: Path) -> None:
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
         names = list(methods)
         for ax, key in zip(axes.flat, keys):
-            ax.bar(range(len(names)), [methods[m].get(key, float("nan")) for m in names])
+            err = None if sd is None else [sd[m].get(key, float("nan")) for m in names]
+            ax.bar(range(len(names)), [methods[m].get(key, float("nan")) for m in names], yerr=err, capsize=3)
             ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
             ax.set_title(key, fontsize=9)
         for ax in list(axes.flat)[len(keys):]:
@@ -156,7 +217,7 @@ def plot(task: str, methods: dict[str, dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
     if "--" in argv:
@@ -169,26 +230,54 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--output_dir", help="default: runs/compare/<task>")
     p.add_argument("--launcher", default=sys.executable, help='e.g. "accelerate launch --config_file ..."')
     p.add_argument("--collect", action="store_true", help="do not run; read the runs' metrics.json")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="S",
+                   help="run the comparison once per seed (--seed S added to every run) into OUTPUT_DIR/seed_S, "
+                        "and report mean ± sd over the seeds")
     a = p.parse_args(argv)
     if a.decoding and a.task != "continuation":
         p.error("--decoding applies to --task continuation only")
+    if a.seeds is not None:
+        if any(x == "--seed" or x.startswith("--seed=") for x in extra):
+            p.error("--seeds sets every run's --seed: leave --seed out of the arguments after --")
+        if len(set(a.seeds)) != len(a.seeds):
+            p.error(f"--seeds {' '.join(map(str, a.seeds))} repeats a seed")
     out = Path(a.output_dir or f"runs/compare/{a.task}")
+    launcher = shlex.split(a.launcher)
+    runs = [(None, out, extra)] if a.seeds is None else [
+        (s, out / f"seed_{s}", [*extra, "--seed", str(s)]) for s in a.seeds]
     if not a.collect:
-        check_runs(a.task, a.trainers, out, shlex.split(a.launcher), extra, a.decoding)
+        for _, run_out, run_extra in runs:  # every seed's every run is checked before the first starts
+            check_runs(a.task, a.trainers, run_out, launcher, run_extra, a.decoding)
         start = time.monotonic()
-        for i, trainer in enumerate(a.trainers):
-            print(run_header(i, a.trainers, time.monotonic() - start), flush=True)
-            run_one(a.task, trainer, out, shlex.split(a.launcher), extra, first=i == 0, decoding=a.decoding)
-        print(f"== compare: {len(a.trainers)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)
-    methods = collect(out, a.trainers)
-    table = markdown_table(a.task, methods)
+        labels = [t if seed is None else f"{t}, seed {seed}" for seed, _, _ in runs for t in a.trainers]
+        for k, (_, run_out, run_extra) in enumerate(runs):
+            for i, trainer in enumerate(a.trainers):
+                print(run_header(k * len(a.trainers) + i, labels, time.monotonic() - start), flush=True)
+                run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding)
+        print(f"== compare: {len(labels)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)
+    per_seed = {}
+    for seed, run_out, _ in runs:
+        methods = collect(run_out, a.trainers)
+        write_outputs(a.task, methods, run_out, markdown_table(a.task, methods))
+        per_seed[seed] = methods
+    if a.seeds is None:
+        return per_seed[None]
+    mean, sd = aggregate(per_seed)
+    write_outputs(a.task, mean, out, seeds_table(a.task, per_seed, mean, sd), sd,
+                  {"seeds": a.seeds, "mean": mean, "sd": sd, "per_seed": {str(s): m for s, m in per_seed.items()}})
+    return {"mean": mean, "sd": sd, "per_seed": per_seed}
+
+
+def write_outputs(task: str, methods: dict, out: Path, table: str, sd: dict | None = None,
+                  record: dict | None = None) -> None:
+    """OUT/comparison.md (the table), OUT/comparison.json (`record`, by default the methods' metrics) and
+    OUT/comparison.png."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(table)
-    (out / "comparison.json").write_text(json.dumps(methods, indent=2))
-    plot(a.task, methods, out / "comparison.png")
+    (out / "comparison.json").write_text(json.dumps(methods if record is None else record, indent=2))
+    plot(task, methods, out / "comparison.png", sd)
     print("\n" + table)
     print(f"Wrote {out / 'comparison.md'}, {out / 'comparison.json'} and {out / 'comparison.png'}")
-    return methods
 
 
 if __name__ == "__main__":

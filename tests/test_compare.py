@@ -138,3 +138,60 @@ def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeyp
     saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert saved == json.loads(json.dumps(metrics))
     assert (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_compare_over_seeds_reports_mean_and_sd_of_real_runs(tmp_path, monkeypatch):
+    """`--seeds 0 1`: one full comparison per seed into OUT/seed_S (each with `--seed S`), then mean ± sd over the
+    seeds of every method's metrics, computed from the seeds' own metrics.json; the seed must change the runs."""
+    import statistics
+
+    from test_recipe_outputs import tiny_checkpoint
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    compare = load_recipe("compare")
+    tiny = tiny_checkpoint(tmp_path / "tiny")
+    out = tmp_path / "cmp"
+    args = ["--task", "continuation", "--trainers", "gfn", "--output_dir", str(out), "--seeds", "0", "1", "--",
+            "--model_name_or_path", str(tiny), *SMALL, "--use_cpu", "true"]
+    result = compare.main(args)
+    per_seed = {s: json.loads((out / f"seed_{s}" / "gfn" / "metrics.json").read_text())["metrics"] for s in (0, 1)}
+    for s in (0, 1):  # every run of the seed was given that seed
+        state = json.loads((out / f"seed_{s}" / "gfn" / "trainer_state.json").read_text())
+        assert json.loads((out / f"seed_{s}" / "comparison.json").read_text())["gfn"] == per_seed[s]["gfn"]
+        assert (out / f"seed_{s}" / "gfn" / "README.md").exists() and state["global_step"] == 1
+    assert per_seed[0]["gfn"]["log_likelihood/mean"] != per_seed[1]["gfn"]["log_likelihood/mean"]
+    assert per_seed[0]["lm"]["log_likelihood/mean"] != per_seed[1]["lm"]["log_likelihood/mean"]
+    record = json.loads((out / "comparison.json").read_text())
+    assert record["seeds"] == [0, 1] and list(record["mean"]) == ["lm", "gfn"]
+    for method in ("lm", "gfn"):
+        for key, values in ((k, [per_seed[s][method][k] for s in (0, 1)]) for k in per_seed[0][method]):
+            assert record["mean"][method][key] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert record["sd"][method][key] == pytest.approx(statistics.stdev(values), abs=1e-12)
+            assert result["mean"][method][key] == record["mean"][method][key]
+    table = (out / "comparison.md").read_text()
+    m, sd = record["mean"]["gfn"]["diversity"], record["sd"]["gfn"]["diversity"]
+    assert "mean ± sd over 2 seeds (0, 1)" in table and f"{m:.4f} ± {sd:.4f}" in table and "| gfn | 1 |" in table
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    # --collect re-reads the seeds without running; a seed with a missing run is named
+    assert compare.main([*args[:args.index("--")], "--collect"])["mean"] == result["mean"]
+    (out / "seed_1" / "gfn" / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="seed_1/gfn/metrics.json is missing"):
+        compare.main([*args[:args.index("--")], "--collect"])
+
+
+def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
+    compare = load_recipe("compare")
+    with pytest.raises(SystemExit):
+        compare.main(["--task", "infill", "--trainers", "gfn", "--seeds", "0", "1", "--", "--seed", "3"])
+    assert "--seeds sets every run's --seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--task", "infill", "--trainers", "gfn", "--seeds", "0", "0"])
+    assert "repeats a seed" in capsys.readouterr().err
+
+
+def test_aggregate_refuses_seeds_whose_methods_differ():
+    compare = load_recipe("compare")
+    with pytest.raises(ValueError, match="Seed 1 has no value of bleu4 for gfn"):
+        compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"gleu4": 0.2}}})
+    with pytest.raises(ValueError, match="Seed 1 has methods"):
+        compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"bleu4": 0.2}, "sft": {"bleu4": 0.3}}})
