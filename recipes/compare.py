@@ -103,10 +103,25 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
             decoding: list[str]) -> None:
     cmd = [*launcher, str(ROOT / f"{task}.py"), *recipe_argv(trainer, out, extra, first, decoding)]
     print("$", shlex.join(cmd), flush=True)
+    start = time.monotonic()
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{trainer} failed (exit {done.returncode}); its command is above. Fix it, or leave it out "
                          "of --trainers and collect the others with --collect.")
+    # the command and its wall time, next to the run's outputs (the comparison's tables cite them)
+    (out / trainer / "command.json").write_text(json.dumps(
+        {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1)}, indent=2))
+
+
+def run_times(out: Path, trainers: list[str]) -> str:
+    """One line: each run's command wall time, from OUT/<trainer>/command.json (absent for runs not made by
+    compare.py)."""
+    times = []
+    for trainer in trainers:
+        path = out / trainer / "command.json"
+        if path.exists():
+            times.append(f"{trainer} {_duration(json.loads(path.read_text())['wall_seconds'])}")
+    return f"\nWall time per run: {', '.join(times)}.\n" if times else ""
 
 
 def collect(out: Path, trainers: list[str]) -> dict[str, dict[str, float]]:
@@ -258,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_seed = {}
     for seed, run_out, _ in runs:
         methods = collect(run_out, a.trainers)
-        write_outputs(a.task, methods, run_out, markdown_table(a.task, methods))
+        write_outputs(a.task, methods, run_out, markdown_table(a.task, methods) + run_times(run_out, a.trainers))
         per_seed[seed] = methods
     if a.seeds is None:
         return per_seed[None]

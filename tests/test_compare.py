@@ -159,6 +159,9 @@ def test_compare_over_seeds_reports_mean_and_sd_of_real_runs(tmp_path, monkeypat
         state = json.loads((out / f"seed_{s}" / "gfn" / "trainer_state.json").read_text())
         assert json.loads((out / f"seed_{s}" / "comparison.json").read_text())["gfn"] == per_seed[s]["gfn"]
         assert (out / f"seed_{s}" / "gfn" / "README.md").exists() and state["global_step"] == 1
+        command = json.loads((out / f"seed_{s}" / "gfn" / "command.json").read_text())
+        assert command["command"].endswith(f"--seed {s}") and command["wall_seconds"] > 0
+        assert "Wall time per run: gfn " in (out / f"seed_{s}" / "comparison.md").read_text()
     assert per_seed[0]["gfn"]["log_likelihood/mean"] != per_seed[1]["gfn"]["log_likelihood/mean"]
     assert per_seed[0]["lm"]["log_likelihood/mean"] != per_seed[1]["lm"]["log_likelihood/mean"]
     record = json.loads((out / "comparison.json").read_text())
