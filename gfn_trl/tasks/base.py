@@ -198,6 +198,10 @@ class Task:
         every trainer (the prior's weight is the trainer config's `lm_reward_weight`); None: the LM reward alone."""
         return None
 
+    def baseline_methods(self, ctx: RunContext) -> tuple[str, ...]:
+        """The baselines this run evaluates before training (unless --skip_baseline): by default all `baselines`."""
+        return self.baselines
+
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds | None:
         """Latents to put in a GFlowNet's replay buffer before training (called for GFlowNet trainers only)."""
         return None
