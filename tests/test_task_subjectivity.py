@@ -276,6 +276,25 @@ def test_validation_split_is_outside_the_subset_and_the_test_reviews():
         S.validation_split(train_pool, sub, 500)
 
 
+def test_contrast_margin_moves_the_wrong_label_penalty(tiny):
+    """The calibrated judge in the training reward: the -50 applies when log p(contrast) + margin > log p(suffix)."""
+    tok, _, rows, reward = tiny
+    z, lengths = torch.full((1, 1), reward.stop_token_id), torch.tensor([0])
+    for row in rows:
+        ll = S.label_log_likelihoods(reward, [row], [[[]]], tok)[0]
+        gap = ll[S.other_label(row["label"])][0] - ll[row["label"]][0]  # > 0: the LM prefers the wrong label
+        plain = reward([row], z, lengths)[0, 0].item()
+        assert plain == pytest.approx(ll[row["label"]][0] - 50.0 * (gap > 0), abs=1e-4)
+        below = reward([dict(row, contrast_margin=-gap - 0.5)], z, lengths)[0, 0].item()
+        above = reward([dict(row, contrast_margin=-gap + 0.5)], z, lengths)[0, 0].item()
+        assert below == pytest.approx(ll[row["label"]][0], abs=1e-4) and above == pytest.approx(below - 50.0, abs=1e-4)
+    # the evaluation's threshold is the same test: objective iff margin(obj - subj) > threshold
+    lls = S.label_log_likelihoods(reward, rows, [[[]]] * len(rows), tok)
+    margins = [ll["objective"][0] - ll["subjective"][0] for ll in lls]
+    for t in (min(margins) - 1, max(margins) + 1, sum(margins) / len(margins)):
+        assert S._predictions(lls, t) == [["objective" if m > t else "subjective"] for m in margins]
+
+
 def test_wishful_rationales_seed_the_replay_buffer(tmp_path):
     ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
     contract = S.to_contract(ds)
@@ -340,7 +359,7 @@ def test_sft_trains_on_the_label_sentence():
     from gfn_trl.trainers.trl_baselines import sft_dataset
 
     ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
-    ctx = SimpleNamespace(recipe=SimpleNamespace(trainer="sft"))
+    ctx = SimpleNamespace(recipe=SimpleNamespace(trainer="sft"), task_args=SimpleNamespace(calibrate=False))
     contract = S.TASK.to_contract(ctx, TaskData(ds, None))
     assert contract["gold"] == [S.SUFFIX.format(label=lab) for _, lab in TEXTS] == contract["suffix"]
     ctx.recipe.trainer = "gfn"
@@ -368,7 +387,7 @@ def test_recipe_sft_and_few_shot_on_a_tiny_gguf(tmp_path):
             "--per_device_train_batch_size", "2", "--eval_samples", "2", "--untuned_baseline", "false",
             "--use_cpu", "true", "--disable_tqdm", "true"]
     r, a, t = recipe.make_parser(argv).parse_args_and_config(argv)
-    assert (a.max_steps, a.learning_rate, a.warmup_steps) == (3, 0.05, 10)  # SFT's CPU default warm-up
+    assert (a.max_steps, a.learning_rate, a.warmup_steps) == (3, 0.05, 5)  # SFT's CPU default warm-up
     metrics = recipe.main(r, a, t)
     assert list(metrics) == ["zero_shot", "few_shot", "sft"]
     assert metrics["few_shot"]["demonstrations"] in (0, 1, 2)

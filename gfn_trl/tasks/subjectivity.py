@@ -237,35 +237,54 @@ def label_log_likelihoods(
     ]
 
 
-def _predictions(lls: list[dict[str, list[float]]]) -> list[list[str]]:
-    # the authors' test: objective iff its score is strictly higher
-    return [["objective" if o > s else "subjective" for o, s in zip(ll["objective"], ll["subjective"])] for ll in lls]
+def _predictions(lls: list[dict[str, list[float]]], threshold: float = 0.0) -> list[list[str]]:
+    # the authors' test: objective iff its score is strictly higher (threshold 0); calibrated: higher by `threshold`
+    return [["objective" if o - s > threshold else "subjective" for o, s in zip(ll["objective"], ll["subjective"])]
+            for ll in lls]
 
 
-def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=None) -> list[list[str]]:
+@torch.no_grad()
+def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16) -> float:
+    """The calibrated judge's threshold b: the mean over the labelled training reviews of the base LM's zero-shot
+    margin log p(Y_objective | X) - log p(Y_subjective | X) (empty rationale; the labels are not used).  The judge
+    then calls a review objective iff its margin after X Z exceeds b, instead of 0: a small LM's label bias (SmolLM2
+    prefers ", so it is subjective." after nearly every review and rationale, even after Z = " objective") moves
+    the threshold, not the ranking of rationales."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
+    rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config, 1,
+                                 "train"))
+    lls = label_log_likelihoods(scorer, rows, [[[]] for _ in rows], tokenizer)
+    return sum(ll["objective"][0] - ll["subjective"][0] for ll in lls) / len(lls)
+
+
+def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=None,
+            threshold: float = 0.0) -> list[list[str]]:
     """For each tokenized row and each of its sampled rationales (`scored[i].tokens`), the label whose Y the base LM
     scores higher after X Z.  Without `tokenizer`, the labels' Y are read from the row's suffix_ids and
     contrast_suffix_ids."""
     if len(rows) != len(scored):
         raise ValueError(f"{len(rows)} rows but {len(scored)} scored rows.")
-    return _predictions(label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer))
+    return _predictions(label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer), threshold)
 
 
-def evaluate(scored: Sequence[Scored], reward, tokenizer=None, return_details: bool = False):
+def evaluate(scored: Sequence[Scored], reward, tokenizer=None, return_details: bool = False, threshold: float = 0.0):
     """Majority-vote accuracy over each review's sampled rationales (the paper: 10), the fraction of single rationales
     that lead to the right label, and the base-LM log p(Z Y_true | X) of the rationales (mean over reviews of the mean
     and of the max over samples; no wrong-label penalty).
 
     With `return_details`, also returns one {"predictions": [label per rationale], "log_likelihood": [log p(Z Y_true
-    | X) per rationale]} per review."""
+    | X) per rationale]} per review.  `threshold`: the calibrated judge's (`calibration_threshold`); 0: the authors'.
+    """
     rows = [s.row for s in scored]
     lls = label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer)
-    return label_metrics(lls, [r["label"] for r in rows], return_details)
+    return label_metrics(lls, [r["label"] for r in rows], return_details, threshold)
 
 
-def label_metrics(lls: list[dict[str, list[float]]], gold: Sequence[str], return_details: bool = False):
+def label_metrics(lls: list[dict[str, list[float]]], gold: Sequence[str], return_details: bool = False,
+                  threshold: float = 0.0):
     """`evaluate`'s metrics from each review's label scores (`label_log_likelihoods`)."""
-    preds = _predictions(lls)
+    preds = _predictions(lls, threshold)
     true_ll = [ll[g] for ll, g in zip(lls, gold)]
     n_samples = sum(len(p) for p in preds)
     metrics = {
@@ -422,6 +441,9 @@ class SubjectivityTask(Task):
         if ctx.recipe.num_train is not None:
             raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
                              "not --num_train.")
+        if ctx.task_args.calibrate and ctx.recipe.trainer not in ("gfn", "sft"):
+            raise ValueError("--calibrate true is supported with --trainer gfn and sft (the other trainers' rewards "
+                             "read no per-row contrast margin); pass --calibrate false.")
         if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0 or ctx.task_args.validation < 0:
             raise ValueError("--num_labelled must be at least 1, --wishful_rationales and --validation at least 0.")
 
@@ -451,6 +473,12 @@ class SubjectivityTask(Task):
 
     def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
         contract = to_contract(data.train)
+        ctx.threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train) if ctx.task_args.calibrate else 0.0
+        if ctx.task_args.calibrate:  # the training reward's wrong-label test is the calibrated judge's
+            print(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > {ctx.threshold:.3f} "
+                  f"(the mean zero-shot margin of the {len(data.train)} labelled reviews)")
+            margins = [ctx.threshold if lab == "objective" else -ctx.threshold for lab in contract["label"]]
+            contract = contract.add_column("contrast_margin", margins)
         if ctx.recipe.trainer == "sft":  # SFT's target: the label sentence Y itself, right after X
             contract = contract.add_column("gold", contract["suffix"])
         return contract
@@ -488,7 +516,9 @@ class SubjectivityTask(Task):
             scored = zero_shot(reward, ctx.tokenizer, ctx.eval)  # Z = nothing
         else:  # the untuned LM's rationales (same prompt, same sampler), or the trained policy's
             scored = ctx.sample(ctx.eval, disable_adapter=method in self.baselines)
-        metrics, details = evaluate(scored, reward, ctx.tokenizer, return_details=True)
+        # the base LM's judgements use the run's threshold (calibrated or 0); SFT's own judge is not recalibrated
+        threshold = 0.0 if method == "sft" else ctx.threshold
+        metrics, details = evaluate(scored, reward, ctx.tokenizer, return_details=True, threshold=threshold)
         return Evaluated(scored, metrics, details)
 
     def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
