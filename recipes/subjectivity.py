@@ -9,7 +9,9 @@ the paper).  A rationale after which the frozen LM prefers the wrong label's Y g
 
 Every method is scored by the same frozen LM the same way: for each of `eval_samples` rationales per held-out review
 (the paper: 10, temperature 1) the predicted label is the one whose Y the base LM finds more likely after X Z; the
-review's prediction is the majority vote.  Methods:
+review's prediction is the majority vote.  With `--calibrate` (the CPU default) "more likely" means by more than the
+labelled reviews' mean zero-shot margin, in the training penalty and in the evaluation alike: SmolLM2-135M prefers
+"subjective" after nearly every review and rationale (gfn_trl/tasks/subjectivity.py).  Methods:
     zero_shot   an empty rationale (Z = nothing)
     few_shot    an empty rationale after the labelled reviews as demonstrations (X Y, one per line)
     untuned     rationales sampled from the untuned LM (the adapter disabled), same prompt, same sampler

@@ -12,6 +12,7 @@ A task is data, templates, a reward's data contract and metrics.  The runner cal
     vocab_mask(ctx)            the latent vocabulary: a (V,) bool mask, a callable of the tokenizer, or None
     reward_funcs(ctx)          TRL-signature reward functions on top of the LM prior (every trainer), or None
     replay_seeds(ctx, data)    latents put in a GFlowNet's replay buffer before training, several per row if need be
+    baseline_methods(ctx)      the baselines this run evaluates before training (default: all of `baselines`)
     prepare_evaluation(ctx, data)   held-out rows, tokenized (kept in `ctx.eval`)
     evaluate(ctx, method)      sample (or decode, or score) and measure one method: a baseline of `baselines`, a
                                `--decoding` method, or the trained policy (`--trainer`)

@@ -31,7 +31,22 @@ reward makes); the authors' test code compared log p(" objective") and log p(" s
 without the final period.  Ties between the two scores go to "subjective", as in the authors' `obj > sub` test.
 The zero-shot baseline is the same procedure with an empty rationale (Z = nothing, so the LM reads
 "... This review is, so it is {label}.").  The paper's zero-shot row used a different template ('... " It is'
-followed by the label); ours keeps X and Y identical for every method, so the only difference is Z.
+followed by the label); ours keeps X and Y identical for every method, so the only difference is Z.  The few-shot
+baseline (the authors' Subj_obj_fewshot notebook: all k labelled examples as demonstrations) puts the k labelled
+reviews before X, each as X_i Y_i on its own line, and compares the two Y after X with an empty rationale
+(`few_shot_log_likelihoods`; demonstrations that do not fit the context window are left out from the end).  The SFT
+baseline (`--trainer sft`, the authors' Subj_obj_finetuning notebook) fine-tunes LoRA on X -> Y with TRL's
+SFTTrainer (completion-only cross-entropy on Y and the stop token; the authors restricted the cross-entropy to the
+two label tokens), and the fine-tuned model itself compares the two Y after X with an empty rationale.
+
+Calibrated judge (`--calibrate`, the CPU default; the paper config keeps the authors' judge).  A small LM's judge is
+biased: SmolLM2-135M finds ", so it is subjective." more likely after nearly every review and rationale, even after
+Z = " objective".  Then every rationale of an objective review gets the -50 penalty (no signal to learn from) and
+every method calls every review subjective.  The calibrated judge calls X Z objective when log p(Y_objective | X Z)
+- log p(Y_subjective | X Z) exceeds b, the mean of that margin over the labelled reviews with an empty rationale
+(`calibration_threshold`), instead of 0: in the training reward's penalty (each row's `contrast_margin`, read by
+`LikelihoodReward`) and in the evaluation of every method the base LM judges (zero-shot, untuned, GFlowNet).  The
+few-shot baseline keeps threshold 0 (as the authors'), and SFT its own judge.
 """
 
 from __future__ import annotations
