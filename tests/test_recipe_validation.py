@@ -190,7 +190,7 @@ def test_root_cause_of_a_library_failure_is_named():
 
 
 @pytest.mark.parametrize(("task", "argv", "error", "match"), [
-    ("subjectivity", ["--trainer", "sft"], ValueError, "--trainer sft trains on gold latents"),
+    ("continuation", ["--trainer", "sft"], ValueError, "--trainer sft trains on gold latents"),
     ("arithmetic", ["--trainer", "grpo"], ValueError, "--trainer grpo cannot use the tool.*--calculator false"),
     ("infill", ["--trainer", "rloo", "--lora_r", "0"], ValueError, "--trainer rloo in the recipes needs LoRA"),
     ("arithmetic", ["--num_eval", "0"], ValueError, "--num_eval must be at least 1"),
@@ -239,7 +239,7 @@ def test_compare_checks_every_run_before_the_first_starts(trap, tmp_path):
         compare.main(["--task", "infill", "--trainers", "gfn", "sft", "--launcher", "false", "--output_dir", str(out),
                       "--", "--model_name_or_path", str(trap), "--num_generations", "2"])
     with pytest.raises(SystemExit, match="The sft run would fail: --trainer sft trains on gold latents"):
-        compare.main(["--task", "subjectivity", "--trainers", "gfn", "sft", "--launcher", "false",
+        compare.main(["--task", "continuation", "--trainers", "gfn", "sft", "--launcher", "false",
                       "--output_dir", str(out), "--", "--model_name_or_path", str(trap)])
     assert not list(out.glob("*/metrics.json"))
 

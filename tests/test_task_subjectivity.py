@@ -19,6 +19,7 @@ from gfn_trl.evaluation.text_metrics import majority_vote_accuracy
 from gfn_trl.rewards import LikelihoodReward
 from gfn_trl.tasks import subjectivity as S
 from gfn_trl.testing import load_recipe, tiny_model, tiny_tokenizer
+from gfn_trl.tokenization import encode_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,6 +243,58 @@ def test_score_texts_agrees_on_the_empty_latent(tiny):
     assert via_score_texts == pytest.approx(ours, abs=1e-4)
 
 
+def test_few_shot_scores_are_the_reward_likelihood_after_the_demonstrations(tiny):
+    """The cached few-shot scorer gives log p(Y_label | demonstrations X) as LikelihoodReward does on the whole
+    prompt, for both labels, and the demonstrations are the training reviews in the task's template."""
+    tok, _, rows, reward = tiny
+    train = [{"text": t, "label": lab} for t, lab in TEXTS[:2]]
+    demos, kept = S.few_shot_demonstrations(train, tok)
+    assert kept == 2 and demos == "".join(S.QUERY.format(text=t) + S.SUFFIX.format(label=lab) + "\n"
+                                          for t, lab in TEXTS[:2])
+    got = S.few_shot_log_likelihoods(reward, tok, demos, rows)
+    whole = [dict(r, reward_prompt_ids=encode_prompt(tok, demos + r["reward_prompt"])) for r in rows]
+    want = S.label_log_likelihoods(reward, whole, [[[]]] * len(rows), tok)
+    for g, w in zip(got, want):
+        for lab in S.LABELS:
+            assert g[lab] == pytest.approx(w[lab], abs=1e-4)
+    # the demonstrations change the scores (the test would pass for a scorer that ignored them otherwise)
+    plain = S.label_log_likelihoods(reward, rows, [[[]]] * len(rows), tok)
+    assert any(abs(g[lab][0] - p[lab][0]) > 1e-3 for g, p in zip(got, plain) for lab in S.LABELS)
+    assert S.few_shot_log_likelihoods(reward, tok, "", rows) == plain  # no demonstrations: zero-shot
+    # a budget that one demonstration fits and two do not
+    one = len(encode_prompt(tok, S.QUERY.format(text=TEXTS[0][0]) + S.SUFFIX.format(label=TEXTS[0][1]) + "\n"))
+    assert S.few_shot_demonstrations(train, tok, max_tokens=one + 1)[1] == 1
+    assert S.few_shot_demonstrations(train, tok, max_tokens=1) == ("", 0)
+
+
+def test_validation_split_is_outside_the_subset_and_the_test_reviews():
+    train_pool, test = S.split(S.load_subj(), num_eval=64)
+    sub = S.low_data_subset(train_pool, 10, seed=1)
+    val = S.validation_split(train_pool, sub, 32)
+    assert len(val) == 32 and set(val["text"]).isdisjoint(sub["text"]) and set(val["text"]).isdisjoint(test["text"])
+    with pytest.raises(ValueError, match="--validation 500"):
+        S.validation_split(train_pool, sub, 500)
+
+
+def test_contrast_margin_moves_the_wrong_label_penalty(tiny):
+    """The calibrated judge in the training reward: the -50 applies when log p(contrast) + margin > log p(suffix)."""
+    tok, _, rows, reward = tiny
+    z, lengths = torch.full((1, 1), reward.stop_token_id), torch.tensor([0])
+    for row in rows:
+        ll = S.label_log_likelihoods(reward, [row], [[[]]], tok)[0]
+        gap = ll[S.other_label(row["label"])][0] - ll[row["label"]][0]  # > 0: the LM prefers the wrong label
+        plain = reward([row], z, lengths)[0, 0].item()
+        assert plain == pytest.approx(ll[row["label"]][0] - 50.0 * (gap > 0), abs=1e-4)
+        below = reward([dict(row, contrast_margin=-gap - 0.5)], z, lengths)[0, 0].item()
+        above = reward([dict(row, contrast_margin=-gap + 0.5)], z, lengths)[0, 0].item()
+        assert below == pytest.approx(ll[row["label"]][0], abs=1e-4) and above == pytest.approx(below - 50.0, abs=1e-4)
+    # the evaluation's threshold is the same test: objective iff margin(obj - subj) > threshold
+    lls = S.label_log_likelihoods(reward, rows, [[[]]] * len(rows), tok)
+    margins = [ll["objective"][0] - ll["subjective"][0] for ll in lls]
+    for t in (min(margins) - 1, max(margins) + 1, sum(margins) / len(margins)):
+        assert S._predictions(lls, t) == [["objective" if m > t else "subjective"] for m in margins]
+
+
 def test_wishful_rationales_seed_the_replay_buffer(tmp_path):
     ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
     contract = S.to_contract(ds)
@@ -297,6 +350,59 @@ def test_num_train_is_refused(monkeypatch):
         recipe.main(r, a, t)
 
 
+def test_sft_trains_on_the_label_sentence():
+    """`--trainer sft`: the contract's gold is Y itself, and SFT's completion is exactly Y's tokens then the stop."""
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import TaskData
+    from gfn_trl.tokenization import encode_continuation
+    from gfn_trl.trainers.trl_baselines import sft_dataset
+
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    ctx = SimpleNamespace(recipe=SimpleNamespace(trainer="sft"), task_args=SimpleNamespace(calibrate=False))
+    contract = S.TASK.to_contract(ctx, TaskData(ds, None))
+    assert contract["gold"] == [S.SUFFIX.format(label=lab) for _, lab in TEXTS] == contract["suffix"]
+    ctx.recipe.trainer = "gfn"
+    assert "gold" not in S.TASK.to_contract(ctx, TaskData(ds, None)).column_names
+    tok = tiny_tokenizer(sorted({w for r in contract for c in ("prompt", "suffix") for w in r[c].split()}))
+    row = sft_dataset(contract, tok, tok.eos_token_id, "gold")[0]
+    y = encode_continuation(tok, contract[0]["suffix"])
+    assert row["input_ids"] == encode_prompt(tok, contract[0]["prompt"]) + y + [tok.eos_token_id]
+    assert sum(row["completion_mask"]) == len(y) + 1
+
+
+def test_recipe_sft_and_few_shot_on_a_tiny_gguf(tmp_path):
+    """The recipe end to end with --trainer sft on a tiny GGUF model: the zero-shot and few-shot baselines, then SFT
+    judged by the fine-tuned model itself (its scores are not the base LM's zero-shot ones), and --validation."""
+    pytest.importorskip("gguf")
+    from gfn_trl.testing import tiny_gguf
+
+    model = tiny_gguf(tmp_path / "gguf")
+    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(words)])
+    recipe = load_recipe("subjectivity")
+    argv = ["--trainer", "sft", "--model_name_or_path", model, "--dataset", data, "--output_dir", str(tmp_path / "o"),
+            "--num_eval", "2", "--num_labelled", "2", "--max_steps", "3", "--learning_rate", "0.05",
+            "--per_device_train_batch_size", "2", "--eval_samples", "2", "--untuned_baseline", "false",
+            "--use_cpu", "true", "--disable_tqdm", "true"]
+    r, a, t = recipe.make_parser(argv).parse_args_and_config(argv)
+    assert (a.max_steps, a.learning_rate, a.warmup_steps) == (3, 0.05, 5)  # SFT's CPU default warm-up
+    metrics = recipe.main(r, a, t)
+    assert list(metrics) == ["zero_shot", "few_shot", "sft"]
+    assert metrics["few_shot"]["demonstrations"] in (0, 1, 2)
+    assert metrics["sft"]["log_likelihood/mean"] != pytest.approx(metrics["zero_shot"]["log_likelihood/mean"])
+    samples = [json.loads(line) for line in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    assert {s["method"] for s in samples} == {"zero_shot", "few_shot", "sft"}
+    assert all(s["rationales"] == [""] and s["predictions"][0] in S.LABELS for s in samples)
+    # --validation: other reviews of the training pool, never the 2 test ones
+    argv += ["--validation", "2", "--output_dir", str(tmp_path / "v"), "--max_steps", "1"]
+    r, a, t = recipe.make_parser(argv).parse_args_and_config(argv)
+    recipe.main(r, a, t)
+    val = {json.loads(line)["text"] for line in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()}
+    assert len(val) == 2 and val.isdisjoint(s["text"] for s in samples)
+
+
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
@@ -309,14 +415,15 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     r, a, t = recipe.make_parser().parse_args_and_config()
     recipe.main(r, a, t)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"zero_shot", "untuned", "gfn"}
+    assert set(metrics) == {"zero_shot", "few_shot", "untuned", "gfn"}
+    assert metrics["few_shot"].pop("demonstrations") == 2
     for m in metrics.values():
         assert set(m) == {"accuracy", "accuracy/per_sample", "log_likelihood/mean", "log_likelihood/max"}
         assert m["accuracy"] in (0.0, 0.5, 1.0) and m["log_likelihood/mean"] < 0
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6
+    assert len(samples) == 8
     for s in samples:
-        n = 1 if s["method"] == "zero_shot" else 3
+        n = 1 if s["method"] in ("zero_shot", "few_shot") else 3
         assert len(s["rationales"]) == len(s["predictions"]) == len(s["log_likelihood"]) == n
         assert set(s["predictions"]) <= set(S.LABELS)
     assert (tmp_path / "adapter_model.safetensors").exists()

@@ -152,7 +152,8 @@ class LikelihoodReward:
         chunk_size: rows scored at once (bounds the memory of the logits).
         autocast: optional context-manager factory for mixed precision (e.g. `accelerator.autocast`).
         contrast_penalty: added to log R(s_k ⊤) (untempered) when a row's `contrast_suffix` is more likely than
-            its suffix after s_k.
+            its suffix after s_k (by more than the row's `contrast_margin`, if it has one: the penalty applies when
+            log p(contrast | s_k) + contrast_margin > log p(suffix | s_k); a calibrated judge, e.g. subjectivity's).
 
     Rows are those of `gfn_trl.data.tokenize_dataset`: `reward_prompt_ids`, `gfn_has_suffix`, `suffix_ids` and
     optionally `contrast_suffix_ids`.  Every value is a natural log, float32, untempered.
@@ -212,6 +213,7 @@ class LikelihoodReward:
             if contrast:
                 # the paper's wrong-label penalty: a prefix after which the LM prefers the wrong suffix is penalised
                 has = torch.tensor([bool(c) for c in contrasts], device=log_r.device)[:, None]
-                log_r = log_r + self.contrast_penalty * ((wrong[0] > log_r) & has)
+                margin = torch.tensor([float(r.get("contrast_margin") or 0.0) for r in rows], device=log_r.device)
+                log_r = log_r + self.contrast_penalty * ((wrong[0] + margin[:, None].to(wrong[0].dtype) > log_r) & has)
         model.train(was_training)
         return log_r.float()

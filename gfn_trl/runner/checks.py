@@ -171,8 +171,8 @@ def check_trainer_choice(recipe: RecipeArguments, spec: TaskSpec | None = None, 
                          "Turn the tool off (e.g. --calculator false) or use --trainer gfn, ppo or sft.")
     gold = spec.gold if has_gold is None else has_gold
     if name == "sft" and not gold:
-        raise ValueError("--trainer sft trains on gold latents, and this task has none (subjectivity has labels, not "
-                         "rationales). Use --trainer gfn, ppo, grpo or rloo.")
+        raise ValueError("--trainer sft trains on gold latents, and this task has none (continuation has no gold "
+                         "continuations). Use --trainer gfn, ppo, grpo or rloo.")
 
 
 def validate(recipe: RecipeArguments, args, spec: TaskSpec, tool: bool = False,

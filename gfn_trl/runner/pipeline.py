@@ -109,7 +109,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
 
     task.prepare_evaluation(ctx, data)
     results: dict[str, Evaluated] = {}
-    before = [] if recipe.skip_baseline else list(task.baselines)
+    before = [] if recipe.skip_baseline else list(task.baseline_methods(ctx))
     for name in [*before, *(recipe.decoding or [])]:  # the untuned LM, same prompts, same sampler and scoring
         with progress_label(name):
             results[name] = task.evaluate(ctx, name)

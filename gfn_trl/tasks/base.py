@@ -12,6 +12,7 @@ A task is data, templates, a reward's data contract and metrics.  The runner cal
     vocab_mask(ctx)            the latent vocabulary: a (V,) bool mask, a callable of the tokenizer, or None
     reward_funcs(ctx)          TRL-signature reward functions on top of the LM prior (every trainer), or None
     replay_seeds(ctx, data)    latents put in a GFlowNet's replay buffer before training, several per row if need be
+    baseline_methods(ctx)      the baselines this run evaluates before training (default: all of `baselines`)
     prepare_evaluation(ctx, data)   held-out rows, tokenized (kept in `ctx.eval`)
     evaluate(ctx, method)      sample (or decode, or score) and measure one method: a baseline of `baselines`, a
                                `--decoding` method, or the trained policy (`--trainer`)
@@ -197,6 +198,10 @@ class Task:
         """Reward functions in TRL's signature (`gfn_trl.rewards.functions`) added to the LM prior's log-reward for
         every trainer (the prior's weight is the trainer config's `lm_reward_weight`); None: the LM reward alone."""
         return None
+
+    def baseline_methods(self, ctx: RunContext) -> tuple[str, ...]:
+        """The baselines this run evaluates before training (unless --skip_baseline): by default all `baselines`."""
+        return self.baselines
 
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds | None:
         """Latents to put in a GFlowNet's replay buffer before training (called for GFlowNet trainers only)."""

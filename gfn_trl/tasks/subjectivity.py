@@ -31,11 +31,28 @@ reward makes); the authors' test code compared log p(" objective") and log p(" s
 without the final period.  Ties between the two scores go to "subjective", as in the authors' `obj > sub` test.
 The zero-shot baseline is the same procedure with an empty rationale (Z = nothing, so the LM reads
 "... This review is, so it is {label}.").  The paper's zero-shot row used a different template ('... " It is'
-followed by the label); ours keeps X and Y identical for every method, so the only difference is Z.
+followed by the label); ours keeps X and Y identical for every method, so the only difference is Z.  The few-shot
+baseline (the authors' Subj_obj_fewshot notebook: all k labelled examples as demonstrations) puts the k labelled
+reviews before X, each as X_i Y_i on its own line, and compares the two Y after X with an empty rationale
+(`few_shot_log_likelihoods`; demonstrations that do not fit the context window are left out from the end).  The SFT
+baseline (`--trainer sft`, the authors' Subj_obj_finetuning notebook) fine-tunes LoRA on X -> Y with TRL's
+SFTTrainer (completion-only cross-entropy on Y and the stop token; the authors restricted the cross-entropy to the
+two label tokens), and the fine-tuned model itself compares the two Y after X with an empty rationale.
+
+Calibrated judge (`--calibrate`, the CPU default; the paper config keeps the authors' judge).  A small LM's judge is
+biased: SmolLM2-135M finds ", so it is subjective." more likely after nearly every review and rationale, even after
+Z = " objective".  Then every rationale of an objective review gets the -50 penalty (no signal to learn from) and
+every method calls every review subjective.  The calibrated judge calls X Z objective when log p(Y_objective | X Z)
+- log p(Y_subjective | X Z) exceeds b, the mean of that margin over the labelled reviews with an empty rationale
+(`calibration_threshold`), instead of 0: in the training reward's penalty (each row's `contrast_margin`, read by
+`LikelihoodReward`) and in the evaluation of every method the base LM judges (zero-shot, untuned, GFlowNet).  The
+few-shot baseline keeps threshold 0 (as the authors'), and SFT its own judge.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 import random
@@ -48,7 +65,8 @@ from ..data import tokenize_dataset
 from ..evaluation import Scored, score_texts
 from ..evaluation.text_metrics import majority_vote_accuracy
 from ..models import eval_mode
-from ..sampling import LatentConstraints, counter_seed, left_pad, sample_latents
+from ..rewards import LikelihoodReward
+from ..sampling import CACHE_KWARGS, LatentConstraints, cache_kwarg, counter_seed, left_pad, sample_latents
 from ..tokenization import encode_continuation, encode_prompt
 from . import DATA_DIR, base
 from .base import Evaluated, RunContext, Summary, Task, TaskData, TaskSpec
@@ -234,31 +252,54 @@ def label_log_likelihoods(
     ]
 
 
-def _predictions(lls: list[dict[str, list[float]]]) -> list[list[str]]:
-    # the authors' test: objective iff its score is strictly higher
-    return [["objective" if o > s else "subjective" for o, s in zip(ll["objective"], ll["subjective"])] for ll in lls]
+def _predictions(lls: list[dict[str, list[float]]], threshold: float = 0.0) -> list[list[str]]:
+    # the authors' test: objective iff its score is strictly higher (threshold 0); calibrated: higher by `threshold`
+    return [["objective" if o - s > threshold else "subjective" for o, s in zip(ll["objective"], ll["subjective"])]
+            for ll in lls]
 
 
-def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=None) -> list[list[str]]:
+@torch.no_grad()
+def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16) -> float:
+    """The calibrated judge's threshold b: the mean over the labelled training reviews of the base LM's zero-shot
+    margin log p(Y_objective | X) - log p(Y_subjective | X) (empty rationale; the labels are not used).  The judge
+    then calls a review objective iff its margin after X Z exceeds b, instead of 0: a small LM's label bias (SmolLM2
+    prefers ", so it is subjective." after nearly every review and rationale, even after Z = " objective") moves
+    the threshold, not the ranking of rationales."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
+    rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config, 1,
+                                 "train"))
+    lls = label_log_likelihoods(scorer, rows, [[[]] for _ in rows], tokenizer)
+    return sum(ll["objective"][0] - ll["subjective"][0] for ll in lls) / len(lls)
+
+
+def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=None,
+            threshold: float = 0.0) -> list[list[str]]:
     """For each tokenized row and each of its sampled rationales (`scored[i].tokens`), the label whose Y the base LM
     scores higher after X Z.  Without `tokenizer`, the labels' Y are read from the row's suffix_ids and
     contrast_suffix_ids."""
     if len(rows) != len(scored):
         raise ValueError(f"{len(rows)} rows but {len(scored)} scored rows.")
-    return _predictions(label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer))
+    return _predictions(label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer), threshold)
 
 
-def evaluate(scored: Sequence[Scored], reward, tokenizer=None, return_details: bool = False):
+def evaluate(scored: Sequence[Scored], reward, tokenizer=None, return_details: bool = False, threshold: float = 0.0):
     """Majority-vote accuracy over each review's sampled rationales (the paper: 10), the fraction of single rationales
     that lead to the right label, and the base-LM log p(Z Y_true | X) of the rationales (mean over reviews of the mean
     and of the max over samples; no wrong-label penalty).
 
     With `return_details`, also returns one {"predictions": [label per rationale], "log_likelihood": [log p(Z Y_true
-    | X) per rationale]} per review."""
+    | X) per rationale]} per review.  `threshold`: the calibrated judge's (`calibration_threshold`); 0: the authors'.
+    """
     rows = [s.row for s in scored]
     lls = label_log_likelihoods(reward, rows, [s.tokens for s in scored], tokenizer)
-    preds = _predictions(lls)
-    gold = [r["label"] for r in rows]
+    return label_metrics(lls, [r["label"] for r in rows], return_details, threshold)
+
+
+def label_metrics(lls: list[dict[str, list[float]]], gold: Sequence[str], return_details: bool = False,
+                  threshold: float = 0.0):
+    """`evaluate`'s metrics from each review's label scores (`label_log_likelihoods`)."""
+    preds = _predictions(lls, threshold)
     true_ll = [ll[g] for ll, g in zip(lls, gold)]
     n_samples = sum(len(p) for p in preds)
     metrics = {
@@ -275,6 +316,58 @@ def evaluate(scored: Sequence[Scored], reward, tokenizer=None, return_details: b
 def zero_shot(reward, tokenizer, rows: Sequence[dict]) -> list[Scored]:
     """The zero-shot baseline: one empty rationale per row (Z = nothing), scored like any latent."""
     return score_texts(reward, tokenizer, list(rows), [[""] for _ in rows])
+
+
+def few_shot_demonstrations(train_rows: Sequence[dict], tokenizer, max_tokens: int | None = None) -> tuple[str, int]:
+    """The few-shot baseline's demonstrations: the labelled training reviews in the task's own template, one per line
+    (`QUERY` with the review, then its `SUFFIX` with the true label, then a newline), in the training set's order.
+
+    `max_tokens`: the demonstrations' token budget (the model's context window less the longest test query and
+    label sentence); demonstrations that do not fit are left out from the end.  Returns (text, demonstrations kept)."""
+    lines = [QUERY.format(text=r["text"]) + SUFFIX.format(label=r["label"]) + "\n" for r in train_rows]
+    while lines and max_tokens is not None and len(encode_prompt(tokenizer, "".join(lines))) > max_tokens:
+        lines.pop()
+    return "".join(lines), len(lines)
+
+
+@torch.no_grad()
+def few_shot_log_likelihoods(reward, tokenizer, demonstrations: str, rows: Sequence[dict]) -> list[dict[str, list[float]]]:
+    """log p(Y_label | demonstrations X) under the reward LM for both labels, for each tokenized row (its
+    `reward_prompt` text): the empty rationale after the few-shot prompt.  The same numbers as `label_log_likelihoods`
+    of rows whose reward prompt is `demonstrations + reward_prompt` (tested), computed with the demonstrations' keys
+    and values cached once instead of re-read for every row and label (with 50 demonstrations the prompt is ~40
+    times longer than one query).  Returns one {label: [score]} per row."""
+    if not demonstrations:
+        return label_log_likelihoods(reward, rows, [[[]] for _ in rows], tokenizer)
+    model, adapter_off = reward.scorer()
+    device = reward.device
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = cache_kwarg(hf.forward)
+    positions = "position_ids" in inspect.signature(hf.forward).parameters
+    prefix = encode_prompt(tokenizer, demonstrations)
+    label_ids = {lab: encode_continuation(tokenizer, SUFFIX.format(label=lab)) for lab in LABELS}
+    out = []
+    with eval_mode(model), adapter_off, reward.autocast():
+        first = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+        cache = next(getattr(first, n) for n in CACHE_KWARGS if getattr(first, n, None) is not None)
+        for row in rows:
+            full = encode_prompt(tokenizer, demonstrations + row["reward_prompt"])
+            cached = full[: len(prefix)] == prefix  # else the query's first token merged with the last line's end
+            scores = {}
+            for lab in LABELS:
+                ids = (full[len(prefix):] if cached else full) + label_ids[lab]
+                kw = {}
+                if cached:  # a copy: the forward appends to the cache it is given
+                    kw[cache_arg] = copy.deepcopy(cache)
+                    if positions:
+                        kw["position_ids"] = torch.arange(len(prefix), len(prefix) + len(ids), device=device)[None]
+                logits = model(input_ids=torch.tensor([ids], device=device), use_cache=cached, **kw).logits[0]
+                n_y = len(label_ids[lab])
+                logp = torch.log_softmax(logits[-n_y - 1 : -1].float(), dim=-1)
+                target = torch.tensor(label_ids[lab], device=device)
+                scores[lab] = [float(logp.gather(1, target[:, None]).sum())]
+            out.append(scores)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -333,26 +426,47 @@ def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The recipe's task (recipes/subjectivity.py): its arguments are `num_labelled`, `subset_seed`, `balanced`,
-# `test_dataset`, `wishful_rationales`
+# `test_dataset`, `wishful_rationales`, `validation`
+
+
+def validation_split(pool: Dataset, train: Dataset, n: int) -> Dataset:
+    """`n` reviews of the training pool for choosing settings: the last `n` rows of `pool` that are not in the
+    labelled subset `train` (the test reviews are never in the pool)."""
+    chosen = set(train["text"])
+    rest = [i for i, t in enumerate(pool["text"]) if t not in chosen]
+    if len(rest) < n:
+        raise ValueError(f"--validation {n}: the training pool has only {len(rest)} reviews outside the "
+                         f"{len(train)} labelled ones.")
+    return pool.select(rest[len(rest) - n:])
 
 
 class SubjectivityTask(Task):
     """Subjectivity classification with a latent rationale: a low-data training subset, wishful rationales in the
-    replay buffer, the `zero_shot` (empty rationale) and `untuned` baselines, majority-vote metrics of `evaluate`."""
+    replay buffer, the `zero_shot` (empty rationale), `few_shot` (the labelled reviews as demonstrations) and `untuned`
+    baselines, majority-vote metrics of `evaluate`.  `--trainer sft` is the authors' supervised baseline: TRL's
+    SFTTrainer on X -> Y (the label sentence, no rationale), evaluated by the fine-tuned model's own comparison of the
+    two labels' Y after an empty rationale."""
 
-    # SUBJ JSON Lines files, labels but no gold rationales (no --trainer sft), no encoder
-    spec = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=False)
-    baselines = ("zero_shot", "untuned")
+    # SUBJ JSON Lines files, no encoder.  No gold rationales, but `--trainer sft` has a target: the label sentence Y
+    # (the `gold` column of `to_contract` under sft), as in the authors' Subj_obj_finetuning notebook.
+    spec = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=True)
+    baselines = ("zero_shot", "few_shot", "untuned")
 
     def check(self, ctx: RunContext) -> None:
         if ctx.recipe.num_train is not None:
             raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
                              "not --num_train.")
-        if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0:
-            raise ValueError("--num_labelled must be at least 1 and --wishful_rationales at least 0.")
+        if ctx.task_args.calibrate and ctx.recipe.trainer not in ("gfn", "sft"):
+            raise ValueError("--calibrate true is supported with --trainer gfn and sft (the other trainers' rewards "
+                             "read no per-row contrast margin); pass --calibrate false.")
+        if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0 or ctx.task_args.validation < 0:
+            raise ValueError("--num_labelled must be at least 1, --wishful_rationales and --validation at least 0.")
 
     def data_sources(self, ctx: RunContext) -> dict[str, str | None]:
         return {"--dataset": ctx.recipe.dataset, "--test_dataset": ctx.task_args.test_dataset}
+
+    def baseline_methods(self, ctx: RunContext) -> tuple[str, ...]:
+        return tuple(b for b in self.baselines if b != "untuned" or ctx.task_args.untuned_baseline)
 
     def load(self, ctx: RunContext) -> TaskData:
         recipe, t = ctx.recipe, ctx.task_args
@@ -366,10 +480,23 @@ class SubjectivityTask(Task):
         test = test.select(range(min(recipe.num_eval, len(test))))
         train = low_data_subset(pool, t.num_labelled, t.subset_seed, balanced=t.balanced)
         assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
+        if t.validation:  # evaluate on held-out training-pool reviews instead: the test reviews are not looked at
+            val = validation_split(pool, train, t.validation)
+            assert set(val["text"]).isdisjoint(test["text"]) and set(val["text"]).isdisjoint(train["text"])
+            return TaskData(train, val)
         return TaskData(train, test)
 
     def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
-        return to_contract(data.train)
+        contract = to_contract(data.train)
+        ctx.threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train) if ctx.task_args.calibrate else 0.0
+        if ctx.task_args.calibrate:  # the training reward's wrong-label test is the calibrated judge's
+            print(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > {ctx.threshold:.3f} "
+                  f"(the mean zero-shot margin of the {len(data.train)} labelled reviews)")
+            margins = [ctx.threshold if lab == "objective" else -ctx.threshold for lab in contract["label"]]
+            contract = contract.add_column("contrast_margin", margins)
+        if ctx.recipe.trainer == "sft":  # SFT's target: the label sentence Y itself, right after X
+            contract = contract.add_column("gold", contract["suffix"])
+        return contract
 
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> base.ReplaySeeds:
         b = ctx.built
@@ -381,13 +508,32 @@ class SubjectivityTask(Task):
         # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
         ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
                                          ctx.model.config, ctx.built.constraints.max_length, "eval"))
+        # the few-shot baseline's demonstrations, within the context window (with room for a test query and Y)
+        max_pos = getattr(ctx.model.config.get_text_config(), "max_position_embeddings", None)
+        need = max(len(r["reward_prompt_ids"]) + len(r["suffix_ids"]) for r in ctx.eval) + 8
+        ctx.demonstrations = few_shot_demonstrations(list(data.train), ctx.tokenizer,
+                                                     None if max_pos is None else max_pos - need)
 
     def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
-        if method == "zero_shot":
-            scored = zero_shot(ctx.built.reward, ctx.tokenizer, ctx.eval)  # Z = nothing
+        if method == "few_shot":  # Z = nothing after the labelled reviews as demonstrations
+            text, kept = ctx.demonstrations
+            lls = few_shot_log_likelihoods(ctx.built.reward, ctx.tokenizer, text, ctx.eval)
+            metrics, details = label_metrics(lls, [r["label"] for r in ctx.eval], return_details=True)
+            metrics["demonstrations"] = kept
+            scored = [Scored(r, [[]], [""], ll[r["label"]]) for r, ll in zip(ctx.eval, lls)]
+            return Evaluated(scored, metrics, details)
+        reward = ctx.built.reward
+        if method == "sft":  # the fine-tuned model's own choice of Y after X (the adapter on), Z = nothing
+            b = ctx.built
+            reward = LikelihoodReward(b.policy, b.policy, b.constraints.stop_token_id, ctx.tokenizer.pad_token_id,
+                                      ctx.args.reward_chunk_size, b.trainer.accelerator.autocast)
+        if method in ("zero_shot", "sft"):
+            scored = zero_shot(reward, ctx.tokenizer, ctx.eval)  # Z = nothing
         else:  # the untuned LM's rationales (same prompt, same sampler), or the trained policy's
             scored = ctx.sample(ctx.eval, disable_adapter=method in self.baselines)
-        metrics, details = evaluate(scored, ctx.built.reward, ctx.tokenizer, return_details=True)
+        # the base LM's judgements use the run's threshold (calibrated or 0); SFT's own judge is not recalibrated
+        threshold = 0.0 if method == "sft" else ctx.threshold
+        metrics, details = evaluate(scored, reward, ctx.tokenizer, return_details=True, threshold=threshold)
         return Evaluated(scored, metrics, details)
 
     def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
