@@ -61,6 +61,27 @@ class ArithmeticArguments:
     calculator: bool = field(default=True, metadata={
         "help": "The paper's calculator tool: after each '=' the result is appended to the state as forced tokens "
                 "(not policy actions). false: the policy writes the results itself."})
+    num_gold: int = field(default=10, metadata={
+        "help": "How many training problems (the first ones) have their gold rationale put in the GFlowNet's replay "
+                "buffer before training; -1: every training problem. The paper: 10."})
+    rationale_lm_steps: int = field(default=0, metadata={
+        "help": "First fine-tune the LM for this many steps (8 texts a step; TRL SFTTrainer, full fine-tuning) on "
+                "held-out problems' 'X Z Y' and 'X Z <stop>' texts (query, gold rationale, solution or the stop token), "
+                "as infilling's story LM: the policy, the reward, the prompting baselines and the evaluation "
+                "likelihood then all use that rationale LM, for every trainer. 0: the model as loaded (the paper)."})
+    rationale_lm_learning_rate: float = field(default=1e-4, metadata={
+        "help": "Learning rate of the rationale-LM stage."})
+    num_rationale: int = field(default=64, metadata={
+        "help": "Problems (3-4 operands) of the rationale-LM stage, drawn apart from the training, demonstration, test "
+                "and validation problems (asserted)."})
+    rationale_lm_cache: str | None = field(default=None, metadata={
+        "help": "A folder where the rationale LM's weights are kept under a fingerprint of the starting weights, "
+                "texts and settings: a run with the same ones (another trainer of the same seed) loads them instead "
+                "of training again; the result is the same. None: no cache."})
+    eval_split: str = field(default="test", metadata={
+        "help": "Evaluate on the 'test' splits (3, 4 operands and the 5-operand OOD split) or on 'validation' splits "
+                "of 3 and 4 operands drawn from the training distribution, disjoint from every other split: choose "
+                "settings there, never on the tests.", "choices": ["test", "validation"]})
     gold_weight: int = field(default=1, metadata={
         "help": "How many times as often the 10 training problems whose gold rationale seeds the replay buffer are "
                 "drawn as the others (they are repeated in the training set); an integer >= 1. The paper weights "
