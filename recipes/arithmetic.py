@@ -13,9 +13,18 @@ max_completion_length counts every token of the state, the calculator's included
 4-operand rationale (the recipe warns when it does not).
 
 Problems are generated (seeded; 1-digit operands, + and -): training problems have 3-4 operands, the tests 3 and 4
-(in distribution) and 5 (out of distribution), disjoint from training (asserted).  `--dataset` takes the paper's
-data directory or a JSON/JSONL file instead.  The first 10 training problems (the paper's `num_train: 10`) have
-their gold rationales put in the replay buffer before training, as the paper does.
+(in distribution) and 5 (out of distribution), disjoint from training (asserted).  `--eval_split validation`
+evaluates on 3- and 4-operand validation problems instead, disjoint from every other split: choose settings there.
+
+The offline default first fine-tunes the LM on held-out problems' "X Z Y" and "X Z <stop>" texts (the rationale-LM
+stage, `--rationale_lm_steps`; as the infill recipe's story LM, through the same code, gfn_trl/tasks/lm_stage.py):
+that rationale LM is the reward, the policy's start, the prompting baselines and the evaluation likelihood, for
+every trainer alike.  Its problems are disjoint from the training, test and validation problems (asserted).  The
+untuned SmolLM2-135M reward prefers short partial rationales to the gold one, and a GFlowNet trained on it learns
+those (0 % accuracy).  The paper's config has no such stage (GPT-J's reward needs none).  `--dataset` takes the paper's
+data directory or a JSON/JSONL file instead.  The first 10 training problems (the paper's `num_train: 10`; the
+offline default: all, `--num_gold -1`) have their gold rationales put in the replay buffer before training, as the
+paper does.
 
 Before and after training it samples `eval_samples` rationales (the paper: 10 at temperature 0.1) for each of the
 `num_eval` problems of each test and reports the majority-vote accuracy of the answers read from the rationales,
