@@ -86,7 +86,7 @@ def test_stage_makes_the_lm_prefer_the_complete_gold_rationale_and_its_stop(tiny
     data = TaskData(splits["train"], {"test3": splits["test_3"]},
                     {"shots": splits["shots"], "rationale": splits["rationale"],
                      "held_out": {k: splits[k] for k in ("test_3", "test_4", "test_5")}})
-    task_args = SimpleNamespace(rationale_lm_steps=40, rationale_lm_learning_rate=3e-3)
+    task_args = SimpleNamespace(rationale_lm_steps=40, rationale_lm_learning_rate=3e-3, rationale_lm_cache=None)
     ctx = RunContext(None, SimpleNamespace(seed=0, stop_token=None), task_args, model=model, tokenizer=tok)
     p = splits["test_3"][0]
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
