@@ -124,8 +124,9 @@ def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeyp
     if task == "subjectivity":  # draws its training set with --num_labelled
         i = argv.index("--num_train")
         argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0"]
-    if task == "arithmetic":
-        argv += ["--max_completion_length", "31", "--eval_samples", "1"]
+    if task == "arithmetic":  # and a short rationale-LM stage
+        argv += ["--max_completion_length", "31", "--eval_samples", "1", "--rationale_lm_steps", "1",
+                 "--num_rationale", "4", "--rationale_lm_cache", str(tmp_path / "cache")]
     if task == "infill":  # a short story-LM stage
         argv += ["--story_lm_steps", "1"]
     if trainer == "sft":  # SFT samples nothing while training

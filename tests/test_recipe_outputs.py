@@ -49,6 +49,11 @@ def log_prob(model, context: list[int], target: list[int]) -> float:
     return logits.log_softmax(-1).gather(1, torch.tensor(target)[:, None]).sum().item()
 
 
+def stage_lm(task: str, extra: list[str]) -> bool:
+    """Whether the run fine-tunes the LM first (infill's story LM, arithmetic's rationale LM): its first two flags."""
+    return extra[:1] in (["--story_lm_steps"], ["--rationale_lm_steps"]) and extra[1] != "0"
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe_outputs")
@@ -67,8 +72,8 @@ CASES = [
     ("continuation", "grpo", []),
     ("continuation", "gfn", ["--lora_r", "0"]),  # full fine-tuning: the model itself
     ("subjectivity", "gfn", ["--wishful_rationales", "0"]),
-    ("arithmetic", "gfn", ["--max_completion_length", "8"]),  # with the calculator
-    ("arithmetic", "rloo", ["--calculator", "false"]),
+    ("arithmetic", "gfn", ["--rationale_lm_steps", "1", "--max_completion_length", "8"]),  # calculator, rationale LM
+    ("arithmetic", "rloo", ["--rationale_lm_steps", "0", "--calculator", "false"]),
 ]
 
 
@@ -106,8 +111,8 @@ def test_output_dir_reloads_into_the_evaluated_policy(task, trainer, extra, work
         policy = AutoPeftModelForCausalLM.from_pretrained(out).eval()
         assert isinstance(policy, PeftModel)
         base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if task == "infill" and "--story_lm_steps" in extra and extra[1] != "0":
-            assert Path(base) == out / "base_model"  # the story LM, saved in HF format with its tokenizer
+        if stage_lm(task, extra):
+            assert Path(base) == out / "base_model"  # the story / rationale LM, saved in HF format with its tokenizer
             assert (out / "base_model" / "config.json").exists() and (out / "base_model" / "tokenizer.json").exists()
         else:  # an unmodified local base is referenced, not copied
             assert Path(base) == workdir / f"{task}-{trainer}-{len(extra)}" / "tiny" and Path(base).is_absolute()
@@ -135,8 +140,7 @@ def test_output_dir_reloads_into_the_evaluated_policy(task, trainer, extra, work
         start = check["reward_scored_from"]
         base_ll = log_prob(policy, check["reward_ids"][:start], check["reward_ids"][start:])
     assert abs(base_lp - reloaded) > 1e-3, "the adapter must make a difference for this test to mean anything"
-    story_lm = task == "infill" and extra[1] != "0"
-    assert (abs(base_lp - untuned_lp) > 1e-3) == story_lm
+    assert (abs(base_lp - untuned_lp) > 1e-3) == stage_lm(task, extra)
     # the adapter-disabled base gives the evaluation likelihood of the sample
     assert base_ll == pytest.approx(check["base_log_prob"], abs=1e-4)
     assert base_ll == pytest.approx(check["evaluated_log_likelihood"], abs=1e-3)

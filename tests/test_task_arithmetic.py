@@ -261,7 +261,7 @@ def test_configs_parse(config, monkeypatch):
         assert r.model_name_or_path is None and a.max_completion_length == 31
         for key, value in recipe.CPU_DEFAULTS.items():  # the YAML is the default, written out
             if key not in ("output_dir", "report_to", "save_strategy"):  # the last two are converted by the parser
-                assert getattr(r if hasattr(r, key) else a, key) == value, key
+                assert getattr(r if hasattr(r, key) else a if hasattr(a, key) else task, key) == value, key
 
 
 @pytest.mark.slow
@@ -270,6 +270,7 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [
         "arithmetic.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--num_eval", "1", "--eval_samples", "2",
         "--num_train", "4", "--num_generations", "2", "--max_completion_length", "8", "--use_cpu", "true",
+        "--rationale_lm_steps", "1", "--num_rationale", "4", "--rationale_lm_cache", str(tmp_path / "cache"),
     ])
     metrics = recipe.main(*recipe.make_parser().parse_args_and_config())
     saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
@@ -352,7 +353,7 @@ def test_gold_weight_repeats_the_seeded_problems(smollm2_tokenizer):
     sizes = {}
     for weight in (1, 5):
         ctx = RunContext(SimpleNamespace(), SimpleNamespace(max_completion_length=40),
-                         SimpleNamespace(calculator=True, gold_weight=weight), tokenizer=tok, tool=A.calculator(tok))
+                         SimpleNamespace(calculator=True, gold_weight=weight, num_gold=A.N_GOLD), tokenizer=tok, tool=A.calculator(tok))
         rows = A.TASK.to_contract(ctx, data)
         seeds = A.TASK.replay_seeds(ctx, data).latents
         assert len(seeds) == len(rows)  # one entry per training row, as seed_replay_buffer needs

@@ -73,6 +73,7 @@ from ..tokenization import encode_continuation
 from ..tools import TextTool
 from .base import Evaluated, ReplaySeeds, RunContext, Summary, Task, TaskData, TaskSpec
 from .files import load_data
+from .lm_stage import finetune_lm
 
 OPERATORS = ("+", "-")
 TRAIN_OPERANDS = (3, 4)
@@ -171,27 +172,40 @@ def generate_problems(
 
 
 def check_disjoint(splits: dict[str, list[Problem]]) -> None:
-    """Assert that no test problem (keys starting with 'test') is a training or demonstration problem (the paper's
-    defect 5: its in-training test set was made of training queries)."""
-    seen = set(splits.get("train", [])) | set(splits.get("shots", []))
+    """Assert that no test problem (keys starting with 'test') is a training, demonstration, rationale-LM or
+    validation problem (the paper's defect 5: its in-training test set was made of training queries), and that no
+    validation problem (keys starting with 'val') is a training, demonstration or rationale-LM problem."""
+    seen = set(splits.get("train", [])) | set(splits.get("shots", [])) | set(splits.get("rationale", []))
+    validation = {p for name, problems in splits.items() if name.startswith("val") for p in problems}
     for name, problems in splits.items():
-        if name.startswith("test"):
-            overlap = seen & set(problems)
+        if name.startswith("test") or name.startswith("val"):
+            overlap = (seen | (validation if name.startswith("test") else set())) & set(problems)
             assert not overlap, (
-                f"{len(overlap)} problems of {name} are also training/demonstration problems, e.g. "
-                f"{next(iter(overlap)).expression}"
+                f"{len(overlap)} problems of {name} are also training/demonstration/rationale-LM"
+                f"{'/validation' if name.startswith('test') else ''} problems, e.g. {next(iter(overlap)).expression}"
             )
 
 
-def make_splits(seed: int, n_train: int, n_test_per_length: int, n_shots: int = 0) -> dict[str, list[Problem]]:
+def make_splits(seed: int, n_train: int, n_test_per_length: int, n_shots: int = 0, n_val_per_length: int = 0,
+                n_rationale: int = 0) -> dict[str, list[Problem]]:
     """Seeded splits: 'test_3', 'test_4' (in distribution), 'test_5' (OOD), each `n_test_per_length` distinct
     problems, then 'shots' (`n_shots` few-shot demonstrations) and 'train' (`n_train` problems), both with 3-4
-    operands, distinct, and disjoint from every test (asserted)."""
+    operands, distinct, and disjoint from every test (asserted).  Then, drawn after those (so that they do not change
+    them) and disjoint from all of them: 'rationale' (`n_rationale` problems with 3-4 operands, the rationale-LM
+    stage's texts), then 'val_3', 'val_4' (`n_val_per_length` each, the training distribution's validation problems,
+    on which settings are chosen; drawn last, so that asking for them changes no other split)."""
     rng = random.Random(f"arithmetic:{seed}")
     splits = {f"test_{k}": generate_problems(rng, n_test_per_length, [k]) for k in (*TEST_OPERANDS, OOD_OPERANDS)}
     tests = [p for k in splits for p in splits[k]]
     pool = generate_problems(rng, n_shots + n_train, TRAIN_OPERANDS, exclude=tests)
     splits["shots"], splits["train"] = pool[:n_shots], pool[n_shots:]
+    used = tests + pool
+    if n_rationale:
+        splits["rationale"] = generate_problems(rng, n_rationale, TRAIN_OPERANDS, exclude=used)
+        used += splits["rationale"]
+    for k in TRAIN_OPERANDS if n_val_per_length else ():
+        splits[f"val_{k}"] = generate_problems(rng, n_val_per_length, [k], exclude=used)
+        used += splits[f"val_{k}"]
     check_disjoint(splits)
     return splits
 
@@ -220,6 +234,16 @@ def few_shot_prompt(examples: Sequence[Problem]) -> str:
     if not examples:
         return ""
     return "\n".join(p.query + " " + gold_rationale(p).strip() + solution(p.answer) for p in examples) + "\n"
+
+
+def rationale_texts(problems: Sequence[Problem], stop: str) -> list[str]:
+    """The rationale-LM stage's texts: for each problem "X Z Y" (query, gold rationale, solution) and "X Z" + `stop`
+    (the latent's stop token right after the rationale, the terminal state a policy reaches by stopping there):
+    'Question: 6 - 0 = ? Answer: 6 - 0 = 6. The answer is 6.' and 'Question: 6 - 0 = ? Answer: 6 - 0 = 6<|im_end|>'.
+    Fine-tuned on both, the LM (the reward, and the policy's start) prefers the complete gold rationale to a short
+    partial one before Y, and its policy knows where to stop."""
+    return [text for p in problems
+            for text in (p.query + gold_rationale(p) + solution(p.answer), p.query + gold_rationale(p) + stop)]
 
 
 def to_contract(problems: Sequence[Problem], shots: Sequence[Problem], prompt_shots: Sequence[Problem] = ()) -> Dataset:
@@ -388,7 +412,8 @@ def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
 
 
 def load_splits(
-    source: str | None, seed: int, n_train: int | None, n_test_per_length: int, n_shots: int = 0
+    source: str | None, seed: int, n_train: int | None, n_test_per_length: int, n_shots: int = 0,
+    n_val_per_length: int = 0, n_rationale: int = 0,
 ) -> dict[str, list[Problem]]:
     """Train / shots / test_3 / test_4 / test_5 problems, disjoint (asserted).
 
@@ -398,9 +423,13 @@ def load_splits(
       test problem removed from them (the paper's test files overlap its training pool);
     * one JSON/JSONL file: the first `n_test_per_length` distinct problems with 3, 4 and 5 operands are the tests;
       of the other 3- and 4-operand problems the first `n_shots` are the demonstrations and the rest the train set.
+    From a file or directory, the rationale-LM problems (`n_rationale`) are the last of the training pool and the
+    validation problems (`n_val_per_length` of 3 and of 4 operands) the last of each length before them; the train set
+    is what remains.
     """
     if source is None:
-        return make_splits(seed, n_train if n_train is not None else 1000, n_test_per_length, n_shots)
+        return make_splits(seed, n_train if n_train is not None else 1000, n_test_per_length, n_shots,
+                           n_val_per_length, n_rationale)
     if os.path.isdir(source):
         tests = {f"test_{k}": _dedupe(load_problems(Path(source, name)))[:n_test_per_length]
                  for k, name in PAPER_TEST_FILES.items() if Path(source, name).exists()}
@@ -420,7 +449,16 @@ def load_splits(
     if len(pool) <= n_shots:
         raise ValueError(f"{source} leaves {len(pool)} training problems after holding out the tests; need more than "
                          f"the {n_shots} demonstrations.")
-    splits = {**tests, "shots": pool[:n_shots], "train": pool[n_shots:][:n_train] if n_train else pool[n_shots:]}
+    rest, held = pool[n_shots:], {}
+    if n_rationale:  # the last problems of the pool, then the last ones of each length: not the first training ones
+        held["rationale"], rest = rest[len(rest) - n_rationale:], rest[:max(len(rest) - n_rationale, 0)]
+    for k in TRAIN_OPERANDS if n_val_per_length else ():
+        of_k = [p for p in rest if p.n_operands == k][-n_val_per_length:]
+        held[f"val_{k}"], rest = of_k, [p for p in rest if p not in set(of_k)]
+    if any(len(v) < (n_rationale if k == "rationale" else n_val_per_length) for k, v in held.items()) or not rest:
+        raise ValueError(f"{source} has too few training problems for {n_shots} demonstrations, {n_rationale} "
+                         f"rationale-LM problems, {n_val_per_length} validation problems per length and a train set.")
+    splits = {**tests, "shots": pool[:n_shots], "train": rest[:n_train] if n_train else rest, **held}
     check_disjoint(splits)
     return splits
 
@@ -494,30 +532,68 @@ def training_problems(problems: Sequence[Problem], gold_weight: int = 1, n_gold:
         raise ValueError(f"--gold_weight must be an integer >= 1 (the paper's 1 : 0.2 is 5), got {gold_weight!r}.")
     return list(problems) + [p for p in problems[:n_gold] for _ in range(gold_weight - 1)]
 SPLITS = {"test3": "test_3", "test4": "test_4", "ood5": "test_5"}  # metric prefix -> `load_splits` key
+VALIDATION_SPLITS = {"val3": "val_3", "val4": "val_4"}  # --eval_split validation: the training distribution's
 
 
 class ArithmeticTask(Task):
-    """Integer arithmetic: the calculator tool (`--calculator`), digit/operator latents, the first `N_GOLD` gold
-    rationales in the replay buffer (those problems drawn `--gold_weight` times as often), the untuned LM zero-shot
-    (`prompting`) and with the demonstrations (`3-shot`) as baselines, each test split with a latent budget that holds
-    its longest gold rationale."""
+    """Integer arithmetic: the optional rationale-LM stage (`--rationale_lm_steps`), the calculator tool
+    (`--calculator`), digit/operator latents, the first `--num_gold` gold rationales in the replay buffer (those
+    problems drawn `--gold_weight` times as often), the untuned LM zero-shot (`prompting`) and with the
+    demonstrations (`3-shot`) as baselines, each test split (or, under `--eval_split validation`, each validation
+    split) with a latent budget that holds its longest gold rationale."""
 
     # JSON / JSON Lines problems or the paper's data directory, gold rationales (--trainer sft), no encoder
     spec = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
     baselines = ("prompting", "3-shot")
 
     def check(self, ctx: RunContext) -> None:
-        training_problems([], ctx.task_args.gold_weight)  # raises on a bad --gold_weight
+        t = ctx.task_args
+        training_problems([], t.gold_weight)  # raises on a bad --gold_weight
+        if isinstance(t.num_gold, bool) or not isinstance(t.num_gold, int) or t.num_gold < -1:
+            raise ValueError(f"--num_gold must be -1 (every training problem) or a count >= 0, got {t.num_gold!r}.")
+        if t.rationale_lm_steps < 0:
+            raise ValueError("--rationale_lm_steps must be 0 (no rationale-LM stage) or more.")
+        if t.rationale_lm_steps and t.num_rationale < 1:
+            raise ValueError(f"--rationale_lm_steps {t.rationale_lm_steps} needs --num_rationale >= 1 held-out "
+                             f"problems to train on, got {t.num_rationale}.")
+        if t.eval_split not in ("test", "validation"):
+            raise ValueError(f"--eval_split must be 'test' or 'validation', got {t.eval_split!r}.")
 
     def uses_tool(self, ctx: RunContext) -> bool:
         return ctx.task_args.calculator
 
     def load(self, ctx: RunContext) -> TaskData:
-        recipe = ctx.recipe
+        recipe, t = ctx.recipe, ctx.task_args
+        validation = t.eval_split == "validation"
         splits = load_data(load_splits, recipe.dataset, seed=ctx.args.seed, n_train=recipe.num_train,
-                           n_test_per_length=recipe.num_eval, n_shots=N_SHOTS)
-        tests = {name: splits[key] for name, key in SPLITS.items() if splits.get(key)}
-        return TaskData(splits["train"], tests, extra={"shots": splits["shots"]})
+                           n_test_per_length=recipe.num_eval, n_shots=N_SHOTS,
+                           n_val_per_length=recipe.num_eval if validation else 0,
+                           n_rationale=t.num_rationale if t.rationale_lm_steps else 0)
+        held_out = {key: splits[key] for key in (*SPLITS.values(), *VALIDATION_SPLITS.values()) if splits.get(key)}
+        names = VALIDATION_SPLITS if validation else SPLITS
+        evaluated = {name: splits[key] for name, key in names.items() if splits.get(key)}
+        return TaskData(splits["train"], evaluated, extra={"shots": splits["shots"], "held_out": held_out,
+                                                           "rationale": splits.get("rationale", [])})
+
+    def prepare_model(self, ctx: RunContext, data: TaskData) -> bool:
+        """The rationale-LM stage (`--rationale_lm_steps`): the LM fine-tuned on `rationale_texts` of held-out
+        problems (`gfn_trl.tasks.lm_stage.finetune_lm`, as infilling's story LM), which then is the reward, the
+        policy's start, the prompting baselines and the evaluation likelihood for every trainer alike."""
+        t = ctx.task_args
+        if t.rationale_lm_steps <= 0:
+            return False
+        problems = data.extra["rationale"]
+        evaluated = {p for split in data.extra["held_out"].values() for p in split}
+        assert not evaluated & set(problems), "rationale-LM problems overlap a test or validation split"
+        assert not set(data.train) & set(problems), "rationale-LM problems overlap the training problems"
+        stop = getattr(ctx.args, "stop_token", None) or ctx.tokenizer.eos_token
+        ctx.model = finetune_lm(ctx.model, ctx.tokenizer, rationale_texts(problems, stop), t.rationale_lm_steps,
+                                t.rationale_lm_learning_rate, batch_size=8, seed=ctx.args.seed, max_length=96,
+                                name="rationale_lm", cache_dir=t.rationale_lm_cache)
+        from ..trainers.setup import seed_run
+
+        seed_run(ctx.args)  # what follows (LoRA, sampling) starts from the run's seed, cached stage or not
+        return True
 
     def make_tool(self, ctx: RunContext) -> TextTool | None:
         return calculator(ctx.tokenizer) if ctx.task_args.calculator else None
@@ -528,14 +604,22 @@ class ArithmeticTask(Task):
         if too_long:
             print(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
                   f"max_completion_length={budget} tokens; the policy cannot write it in full.")
-        return to_contract(training_problems(data.train, ctx.task_args.gold_weight), data.extra["shots"])
+        return to_contract(training_problems(data.train, ctx.task_args.gold_weight, self._n_gold(ctx, data)),
+                           data.extra["shots"])
+
+    @staticmethod
+    def _n_gold(ctx: RunContext, data: TaskData) -> int:
+        """The training problems whose gold rationale seeds the replay buffer: the first --num_gold (-1: all)."""
+        n = ctx.task_args.num_gold
+        return len(data.train) if n == -1 else min(n, len(data.train))
 
     def vocab_mask(self, ctx: RunContext):
         return vocab_mask
 
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds:
-        rows = training_problems(data.train, ctx.task_args.gold_weight)  # the copies share their problem's buffer
-        gold = [[gold_latent(ctx.tokenizer, p, ctx.tool)] if i < N_GOLD else [] for i, p in enumerate(rows)]
+        n_gold = self._n_gold(ctx, data)
+        rows = training_problems(data.train, ctx.task_args.gold_weight, n_gold)  # copies share their problem's buffer
+        gold = [[gold_latent(ctx.tokenizer, p, ctx.tool)] if i < n_gold else [] for i, p in enumerate(rows)]
         return ReplaySeeds(gold, "gold rationales")
 
     def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:

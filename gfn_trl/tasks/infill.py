@@ -26,6 +26,7 @@ from ..tokenization import encode_continuation
 from . import DATA_DIR
 from .base import Evaluated, ReplaySeeds, RunContext, Summary, Task, TaskData, TaskSpec
 from .files import is_local_file, load_data, read_table
+from .lm_stage import finetune_lm
 
 SENTENCES = [f"sentence{i}" for i in range(1, 6)]
 EMBEDDED = DATA_DIR / "stories.csv"
@@ -95,29 +96,11 @@ def story_texts(stories: Dataset) -> list[str]:
 def finetune_story_lm(model, tokenizer, stories: Dataset, max_steps: int, learning_rate: float = 1e-4,
                       batch_size: int = 8, seed: int = 0, output_dir: str | None = None):
     """The paper's first stage: the LM fully fine-tuned on whole training stories with TRL's `SFTTrainer` (the paper:
-    GPT-2 Large, 50 epochs over rows 100-999).  The GFlowNet policy and its reward both start from the result, and so
-    do the prompting baseline and the evaluation likelihood.  Returns the fine-tuned model (in eval mode)."""
-    import tempfile
-
-    import torch
-    from trl import SFTConfig, SFTTrainer
-
-    from ..progress import progress_enabled
-
-    if max_steps <= 0:
-        return model
-    args = SFTConfig(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="story_lm_"), max_steps=max_steps,
-        per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
-        warmup_steps=0, logging_steps=max(1, max_steps // 4), save_strategy="no", report_to="none", seed=seed,
-        dataset_text_field="text", max_length=128, activation_checkpointing=False, bf16=False,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": story_texts(stories)}),
-                         processing_class=tokenizer)
-    trainer.train()
-    return trainer.model.eval()
-
+    GPT-2 Large, 50 epochs over rows 100-999; `gfn_trl.tasks.lm_stage.finetune_lm`, the stage every task shares).
+    The GFlowNet policy and its reward both start from the result, and so do the prompting baseline and the
+    evaluation likelihood.  Returns the fine-tuned model (in eval mode)."""
+    return finetune_lm(model, tokenizer, story_texts(stories), max_steps, learning_rate, batch_size=batch_size,
+                       seed=seed, output_dir=output_dir, max_length=128, name="story_lm")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""The tasks' optional first stage: the LM fully fine-tuned on task texts before any method starts.
+
+The paper fine-tunes GPT-2 Large on whole training stories before infilling (the *story LM*); the arithmetic recipe's
+CPU default fine-tunes SmolLM2 on held-out problems with their gold rationales (the *rationale LM*), because the
+untuned 135M reward prefers short partial rationales to the gold one.  Both use this one function, from a task's
+`prepare_model` hook (`gfn_trl.tasks.base.Task`): the result is the policy's start, the reward LM, the prompting
+baselines and the evaluation likelihood alike, for every trainer (GFlowNet, PPO, SFT, GRPO, RLOO), so that the methods
+are compared from the same LM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def stage_key(model, texts: Sequence[str], **settings) -> str:
+    """A fingerprint of one stage: the starting weights (every parameter's bytes), the texts and the settings."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"texts": list(texts), **settings}, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning_rate: float = 1e-4,
+                batch_size: int = 8, seed: int = 0, output_dir: str | None = None, max_length: int = 128,
+                name: str = "lm_stage", cache_dir: str | None = None):
+    """Full fine-tuning of `model` on `texts` (language modelling on the whole text; TRL's `SFTTrainer`, which ends
+    each text with the tokenizer's EOS unless it already ends with it) for `max_steps` steps of `batch_size` texts,
+    constant learning rate, no warm-up, seeded by `seed`.  Returns the fine-tuned model in eval mode; `max_steps` 0
+    returns `model` as it is.
+
+    `cache_dir`: the fine-tuned weights are saved there under a fingerprint of the starting weights, the texts and
+    the settings (`stage_key`), and a later call with the same fingerprint loads them instead of training (the runs of
+    one seed of a comparison, one per trainer, then share the stage's minutes).  The weights are the same either way
+    (CPU training is deterministic), but the global random state after the call is not: a caller that caches must
+    reseed after the stage, whichever path was taken.
+
+    Raises:
+        ValueError: `max_steps` < 0, or no texts to train on.
+    """
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from ..progress import progress_enabled
+
+    if max_steps < 0:
+        raise ValueError(f"The {name} stage needs max_steps >= 0, got {max_steps}.")
+    if max_steps == 0:
+        return model
+    if not texts:
+        raise ValueError(f"The {name} stage has no texts to train on.")
+    cached = None
+    if cache_dir is not None:
+        from pathlib import Path
+
+        key = stage_key(model, texts, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
+                        seed=seed, max_length=max_length)
+        cached = Path(cache_dir) / f"{name}-{key}.safetensors"
+        if cached.exists():
+            from safetensors.torch import load_model
+
+            load_model(model, str(cached))
+            print(f"The {name} stage: loaded from {cached} (same starting weights, texts and settings).")
+            return model.eval()
+    args = SFTConfig(
+        output_dir=output_dir or tempfile.mkdtemp(prefix=f"{name}_"), max_steps=max_steps,
+        per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
+        warmup_steps=0, logging_steps=max(1, max_steps // 4), save_strategy="no", report_to="none", seed=seed,
+        dataset_text_field="text", max_length=max_length, activation_checkpointing=False, bf16=False,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
+                         processing_class=tokenizer)
+    trainer.train()
+    if cached is not None:
+        from safetensors.torch import save_model
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial")
+        save_model(trainer.model, str(partial))
+        partial.replace(cached)  # a killed run leaves no half-written cache entry
+    return trainer.model.eval()
