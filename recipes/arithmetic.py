@@ -82,7 +82,8 @@ class ArithmeticArguments:
                 "buffer before training; -1: every training problem. The paper: 10."})
     rationale_lm_steps: int = field(default=0, metadata={
         "help": "First fine-tune the LM for this many steps (8 texts a step; TRL SFTTrainer, full fine-tuning) on "
-                "held-out problems' 'X Z Y' and 'X Z <stop>' texts (query, gold rationale, solution or the stop token), "
+                "held-out problems' 'X Z Y' and 'X Z <stop>' texts (query, gold rationale, solution or the stop "
+                "token), "
                 "as infilling's story LM: the policy, the reward, the prompting baselines and the evaluation "
                 "likelihood then all use that rationale LM, for every trainer. 0: the model as loaded (the paper)."})
     rationale_lm_learning_rate: float = field(default=1e-4, metadata={

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_recipe_outputs import RUN, log_prob, tiny_checkpoint  # a sibling test module (pytest puts tests/ on the path)
 
 from gfn_trl.tasks import arithmetic as A
 from gfn_trl.tasks.base import RunContext, TaskData
 from gfn_trl.testing import load_recipe
-from test_recipe_outputs import RUN, log_prob, tiny_checkpoint  # a sibling test module (pytest puts tests/ on the path)
 
 
 def test_validation_and_rationale_splits_are_disjoint_and_change_nothing_else():

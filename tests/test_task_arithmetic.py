@@ -353,7 +353,8 @@ def test_gold_weight_repeats_the_seeded_problems(smollm2_tokenizer):
     sizes = {}
     for weight in (1, 5):
         ctx = RunContext(SimpleNamespace(), SimpleNamespace(max_completion_length=40),
-                         SimpleNamespace(calculator=True, gold_weight=weight, num_gold=A.N_GOLD), tokenizer=tok, tool=A.calculator(tok))
+                         SimpleNamespace(calculator=True, gold_weight=weight, num_gold=A.N_GOLD), tokenizer=tok,
+                         tool=A.calculator(tok))
         rows = A.TASK.to_contract(ctx, data)
         seeds = A.TASK.replay_seeds(ctx, data).latents
         assert len(seeds) == len(rows)  # one entry per training row, as seed_replay_buffer needs

@@ -331,7 +331,9 @@ def few_shot_demonstrations(train_rows: Sequence[dict], tokenizer, max_tokens: i
 
 
 @torch.no_grad()
-def few_shot_log_likelihoods(reward, tokenizer, demonstrations: str, rows: Sequence[dict]) -> list[dict[str, list[float]]]:
+def few_shot_log_likelihoods(
+    reward, tokenizer, demonstrations: str, rows: Sequence[dict]
+) -> list[dict[str, list[float]]]:
     """log p(Y_label | demonstrations X) under the reward LM for both labels, for each tokenized row (its
     `reward_prompt` text): the empty rationale after the few-shot prompt.  The same numbers as `label_log_likelihoods`
     of rows whose reward prompt is `demonstrations + reward_prompt` (tested), computed with the demonstrations' keys
