@@ -60,10 +60,12 @@ def test_rationale_texts_end_the_gold_with_y_or_the_stop():
 
 def test_check_refuses_bad_stage_settings():
     base = dict(calculator=True, gold_weight=1, num_gold=10, rationale_lm_steps=0, num_rationale=64,
-                eval_split="test")
+                eval_split="test", rationale_lm_learning_rate=1e-4)
     for change, message in [({"num_gold": -2}, "--num_gold"), ({"rationale_lm_steps": -1}, "--rationale_lm_steps"),
                             ({"rationale_lm_steps": 5, "num_rationale": 0}, "--num_rationale"),
-                            ({"eval_split": "train"}, "--eval_split")]:
+                            ({"eval_split": "train"}, "--eval_split"),
+                            ({"rationale_lm_steps": 5, "rationale_lm_learning_rate": 0.0}, "--rationale_lm_learning_r"),
+                            ({"rationale_lm_steps": 5, "rationale_lm_learning_rate": -1e-4}, "--rationale_lm_learning_r")]:
         with pytest.raises(ValueError, match=message):
             A.TASK.check(RunContext(None, None, SimpleNamespace(**{**base, **change})))
     A.TASK.check(RunContext(None, None, SimpleNamespace(**base)))
@@ -161,3 +163,31 @@ def test_stage_cache_gives_the_trained_weights_without_training(tiny, tmp_path, 
     with pytest.raises(AssertionError, match="trained again"):
         lm_stage.finetune_lm(AutoModelForCausalLM.from_pretrained(tiny), tok, texts[:-1], 3, 1e-3, batch_size=4,
                              cache_dir=str(tmp_path))
+
+
+def test_stage_cache_refuses_a_corrupt_entry_and_keys_the_dtype(tiny, tmp_path):
+    """A truncated, empty or foreign cache entry stops the stage with an error naming the file and the fix (not
+    safetensors' bare header error), and is left in place; a bf16 start whose values equal the float32 start's gets
+    its own entry (it trains other weights); a learning rate <= 0 is refused before training."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gfn_trl.tasks import lm_stage
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    texts = A.rationale_texts(A.make_splits(0, 2, 1, n_rationale=8)["rationale"], tok.eos_token)
+    lm_stage.finetune_lm(AutoModelForCausalLM.from_pretrained(tiny), tok, texts, 1, 1e-3, batch_size=4,
+                         cache_dir=str(tmp_path))
+    (entry,) = tmp_path.glob("lm_stage-*.safetensors")
+    data = entry.read_bytes()
+    for bad in (data[: len(data) // 2], b"", b"not safetensors at all"):
+        entry.write_bytes(bad)
+        with pytest.raises(ValueError, match=f"{entry.name}.*Delete it"):
+            lm_stage.finetune_lm(AutoModelForCausalLM.from_pretrained(tiny), tok, texts, 1, 1e-3, batch_size=4,
+                                 cache_dir=str(tmp_path))
+        assert entry.read_bytes() == bad  # nothing deleted behind the user's back
+    rounded = AutoModelForCausalLM.from_pretrained(tiny).to(torch.bfloat16)
+    same_values = AutoModelForCausalLM.from_pretrained(tiny).to(torch.bfloat16).to(torch.float32)
+    assert lm_stage.stage_key(rounded, texts) != lm_stage.stage_key(same_values, texts)
+    for lr in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="learning rate > 0"):
+            lm_stage.finetune_lm(AutoModelForCausalLM.from_pretrained(tiny), tok, texts, 1, lr)

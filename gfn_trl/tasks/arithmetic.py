@@ -553,6 +553,9 @@ class ArithmeticTask(Task):
             raise ValueError(f"--num_gold must be -1 (every training problem) or a count >= 0, got {t.num_gold!r}.")
         if t.rationale_lm_steps < 0:
             raise ValueError("--rationale_lm_steps must be 0 (no rationale-LM stage) or more.")
+        if t.rationale_lm_steps and not t.rationale_lm_learning_rate > 0:
+            raise ValueError(f"--rationale_lm_learning_rate must be > 0 with --rationale_lm_steps "
+                             f"{t.rationale_lm_steps}, got {t.rationale_lm_learning_rate}.")
         if t.rationale_lm_steps and t.num_rationale < 1:
             raise ValueError(f"--rationale_lm_steps {t.rationale_lm_steps} needs --num_rationale >= 1 held-out "
                              f"problems to train on, got {t.num_rationale}.")

@@ -127,6 +127,9 @@ class InfillTask(Task):
     def check(self, ctx: RunContext) -> None:
         if ctx.task_args.story_lm_steps < 0:
             raise ValueError("--story_lm_steps must be 0 (no story-LM stage) or more.")
+        if ctx.task_args.story_lm_steps and not ctx.task_args.story_lm_learning_rate > 0:
+            raise ValueError(f"--story_lm_learning_rate must be > 0 with --story_lm_steps "
+                             f"{ctx.task_args.story_lm_steps}, got {ctx.task_args.story_lm_learning_rate}.")
 
     def load(self, ctx: RunContext) -> TaskData:
         recipe = ctx.recipe

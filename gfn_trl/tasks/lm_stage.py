@@ -14,12 +14,17 @@ from collections.abc import Sequence
 
 
 def stage_key(model, texts: Sequence[str], **settings) -> str:
-    """A fingerprint of one stage: the starting weights (every parameter's bytes), the texts and the settings."""
+    """A fingerprint of one stage: the starting weights (every parameter's bytes), their dtypes and device type (a
+    bf16 or GPU run trains other weights from the same values as a float32 CPU run), the texts and the settings."""
     import hashlib
     import json
 
-    h = hashlib.sha256(json.dumps({"texts": list(texts), **settings}, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    state = model.state_dict()
+    dtypes = sorted({str(t.dtype) for t in state.values()})
+    devices = sorted({t.device.type for t in state.values()})
+    h = hashlib.sha256(json.dumps({"texts": list(texts), "dtypes": dtypes, "devices": devices, **settings},
+                                  sort_keys=True).encode())
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
@@ -40,7 +45,8 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
     reseed after the stage, whichever path was taken.
 
     Raises:
-        ValueError: `max_steps` < 0, or no texts to train on.
+        ValueError: `max_steps` < 0, `learning_rate` <= 0, no texts to train on, or a cache entry that cannot be
+            loaded (truncated, not safetensors, or other weights' names or shapes): the error names the file to delete.
     """
     import tempfile
 
@@ -54,6 +60,8 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         raise ValueError(f"The {name} stage needs max_steps >= 0, got {max_steps}.")
     if max_steps == 0:
         return model
+    if not learning_rate > 0:
+        raise ValueError(f"The {name} stage needs a learning rate > 0, got {learning_rate}.")
     if not texts:
         raise ValueError(f"The {name} stage has no texts to train on.")
     cached = None
@@ -66,7 +74,12 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         if cached.exists():
             from safetensors.torch import load_model
 
-            load_model(model, str(cached))
+            try:
+                load_model(model, str(cached))
+            except Exception as e:  # a truncated or foreign file: safetensors' own message names neither it nor the fix
+                raise ValueError(f"The {name} stage's cache entry {cached} cannot be loaded ({type(e).__name__}: {e}); "
+                                 "it is corrupt or holds other weights. Delete it (the stage then trains anew and "
+                                 "saves it again).") from e
             print(f"The {name} stage: loaded from {cached} (same starting weights, texts and settings).")
             return model.eval()
     args = SFTConfig(
