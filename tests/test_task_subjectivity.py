@@ -295,6 +295,29 @@ def test_contrast_margin_moves_the_wrong_label_penalty(tiny):
         assert S._predictions(lls, t) == [["objective" if m > t else "subjective"] for m in margins]
 
 
+def test_every_trainer_reward_reads_the_calibrated_margin(tiny):
+    """The margin is a data-contract column: TRL's GRPO / RLOO reward (`LatentLogReward`) reads it as the GFlowNet's
+    and PPO's `LikelihoodReward` does, so `--calibrate` trains every trainer on the same reward."""
+    from gfn_trl.sampling import LatentConstraints
+    from gfn_trl.trainers.trl_baselines import LatentLogReward
+
+    tok, model, rows, reward = tiny
+    fn = LatentLogReward(None, LatentConstraints(tok.eos_token_id, 5), tok.pad_token_id)
+    fn.use(model, disable_adapter=True)
+    z, lengths = torch.full((1, 1), reward.stop_token_id), torch.tensor([0])
+    for row in rows:
+        ll = S.label_log_likelihoods(reward, [row], [[[]]], tok)[0]
+        gap = ll[S.other_label(row["label"])][0] - ll[row["label"]][0]
+        for margin in (-gap - 0.5, -gap + 0.5):
+            cols = {k: [v] for k, v in dict(row, contrast_margin=margin).items()}
+            got = fn(prompts=[row["prompt"]], completions=[""], completion_ids=[[tok.eos_token_id]], **cols)[0]
+            want = reward([dict(row, contrast_margin=margin)], z, lengths)[0, 0].item()
+            assert got == pytest.approx(want, abs=1e-4)
+        assert fn(prompts=[row["prompt"]], completions=[""], completion_ids=[[tok.eos_token_id]],
+                  **{k: [v] for k, v in dict(row, contrast_margin=-gap + 0.5).items()})[0] == pytest.approx(
+            ll[row["label"]][0] - 50.0, abs=1e-4)
+
+
 def test_wishful_rationales_seed_the_replay_buffer(tmp_path):
     ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
     contract = S.to_contract(ds)

@@ -458,9 +458,6 @@ class SubjectivityTask(Task):
         if ctx.recipe.num_train is not None:
             raise ValueError("The subjectivity recipe draws its training set with --num_labelled (10, 20 or 50), "
                              "not --num_train.")
-        if ctx.task_args.calibrate and ctx.recipe.trainer not in ("gfn", "sft"):
-            raise ValueError("--calibrate true is supported with --trainer gfn and sft (the other trainers' rewards "
-                             "read no per-row contrast margin); pass --calibrate false.")
         if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0 or ctx.task_args.validation < 0:
             raise ValueError("--num_labelled must be at least 1, --wishful_rationales and --validation at least 0.")
 

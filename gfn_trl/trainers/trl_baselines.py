@@ -77,6 +77,7 @@ def completion_to_latent(completion_ids: Sequence[int], constraints: LatentConst
 # 1. The reward, as a TRL reward function
 
 _ROW_COLUMNS = ("reward_prompt_ids", "suffix_ids", "gfn_has_suffix", "contrast_suffix_ids")
+_OPTIONAL_ROW_COLUMNS = ("contrast_margin",)
 
 
 class LatentLogReward:
@@ -159,7 +160,9 @@ class LatentLogReward:
                 f"LatentLogReward needs the dataset columns {missing}: tokenize the train dataset with "
                 "gfn_trl.data.tokenize_dataset (build_grpo_trainer / build_rloo_trainer do) before giving it to TRL."
             )
-        rows = [{c: columns[c][i] for c in _ROW_COLUMNS} for i in range(len(completion_ids))]
+        # optional: a calibrated judge's per-row margin for the contrast penalty (LikelihoodReward, subjectivity)
+        extra = [c for c in _OPTIONAL_ROW_COLUMNS if c in columns]
+        rows = [{c: columns[c][i] for c in (*_ROW_COLUMNS, *extra)} for i in range(len(completion_ids))]
         latents = [completion_to_latent(ids, self.constraints) for ids in completion_ids]
         return self.final_log_rewards(rows, latents).tolist()
 
