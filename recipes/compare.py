@@ -176,7 +176,40 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> tuple[dict, d
     for s in seeds[1:]:
         if set(per_seed[s]) != set(first):
             raise ValueError(f"Seed {s} has methods {sorted(per_seed[s])}, seed {seeds[0]} {sorted(first)}.")
+        for method, values in per_seed[s].items():
+            if set(values) != set(first[method]):
+                raise ValueError(f"Seed {s} has metrics {sorted(values)} for {method}, seed {seeds[0]} "
+                                 f"{sorted(first[method])}: the seeds' runs differ (different arguments?). Rerun "
+                                 "that seed.")
     return mean, sd
+
+
+def _normalised_command(command: str) -> list[str]:
+    """A run's command with its --output_dir and --seed values blanked: what must be equal across seeds."""
+    words = shlex.split(command)
+    for i, word in enumerate(words[:-1]):
+        if word in ("--output_dir", "--seed"):
+            words[i + 1] = "<" + word[2:] + ">"
+    return words
+
+
+def check_same_commands(runs: list[tuple[int, Path]], trainers: list[str]) -> None:
+    """Refuse seeds whose runs (OUT/seed_S/<trainer>/command.json, written by compare.py) had other commands than
+    the first seed's apart from --seed and --output_dir: a mean over runs of different settings would mislead.  Runs
+    without command.json (not made by compare.py) are not compared."""
+    for trainer in trainers:
+        first = None
+        for seed, out in runs:
+            path = out / trainer / "command.json"
+            if not path.exists():
+                continue
+            command = json.loads(path.read_text())["command"]
+            if first is None:
+                first = (seed, command)
+            elif _normalised_command(command) != _normalised_command(first[1]):
+                raise SystemExit(f"The {trainer} runs of seeds {first[0]} and {seed} had different commands (apart "
+                                 f"from --seed and --output_dir), so their mean would mix settings:\n  seed {first[0]}: "
+                                 f"{first[1]}\n  seed {seed}: {command}\nRerun one of them with the other's arguments.")
 
 
 def seeds_table(task: str, per_seed: dict[int, dict[str, dict[str, float]]], mean: dict, sd: dict) -> str:
@@ -256,6 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
             p.error("--seeds sets every run's --seed: leave --seed out of the arguments after --")
         if len(set(a.seeds)) != len(a.seeds):
             p.error(f"--seeds {' '.join(map(str, a.seeds))} repeats a seed")
+        if len(a.seeds) < 2:
+            p.error(f"--seeds {a.seeds[0]}: one seed has no spread (its sd would be NaN); give two or more seeds, or "
+                    f"run one seed without --seeds, with `-- --seed {a.seeds[0]}`")
+        if any(not 0 <= s < 2**32 for s in a.seeds):
+            p.error(f"--seeds {' '.join(map(str, a.seeds))}: every seed must be in 0 .. 2**32 - 1 (what the runs' "
+                    "set_seed accepts)")
     out = Path(a.output_dir or f"runs/compare/{a.task}")
     launcher = shlex.split(a.launcher)
     runs = [(None, out, extra)] if a.seeds is None else [
@@ -270,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(run_header(k * len(a.trainers) + i, labels, time.monotonic() - start), flush=True)
                 run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding)
         print(f"== compare: {len(labels)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)
+    if a.seeds is not None:
+        check_same_commands([(seed, run_out) for seed, run_out, _ in runs], a.trainers)
     per_seed = {}
     for seed, run_out, _ in runs:
         methods = collect(run_out, a.trainers)
@@ -277,7 +318,10 @@ def main(argv: list[str] | None = None) -> dict:
         per_seed[seed] = methods
     if a.seeds is None:
         return per_seed[None]
-    mean, sd = aggregate(per_seed)
+    try:
+        mean, sd = aggregate(per_seed)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     write_outputs(a.task, mean, out, seeds_table(a.task, per_seed, mean, sd), sd,
                   {"seeds": a.seeds, "mean": mean, "sd": sd, "per_seed": {str(s): m for s, m in per_seed.items()}})
     return {"mean": mean, "sd": sd, "per_seed": per_seed}

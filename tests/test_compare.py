@@ -191,6 +191,32 @@ def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--task", "infill", "--trainers", "gfn", "--seeds", "0", "0"])
     assert "repeats a seed" in capsys.readouterr().err
+    for seeds, message in ((["3"], "one seed has no spread"), (["0", "-1"], "0 .. 2**32 - 1"),
+                           (["0", str(2**32)], "0 .. 2**32 - 1")):
+        with pytest.raises(SystemExit):  # refused before any run, not a NaN sd or a crash at the last seed's start
+            compare.main(["--task", "infill", "--trainers", "gfn", "--seeds", *seeds])
+        assert message in capsys.readouterr().err
+
+
+def test_collect_refuses_seeds_run_with_different_commands(tmp_path):
+    """--collect over seeds whose runs had other arguments (apart from --seed and --output_dir) is refused, naming
+    both commands, before anything is written; the same arguments are collected."""
+    compare = load_recipe("compare")
+    out = tmp_path / "cmp"
+    for s, steps in ((0, 4), (1, 8)):
+        run = out / f"seed_{s}" / "gfn"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1 * (s + 1)}}}))
+        (run / "command.json").write_text(json.dumps({"command": f"python infill.py --trainer gfn --output_dir "
+                                                      f"{run} --max_steps {steps} --seed {s}", "wall_seconds": 1.0}))
+    args = ["--task", "infill", "--trainers", "gfn", "--output_dir", str(out), "--seeds", "0", "1", "--collect"]
+    with pytest.raises(SystemExit, match="seeds 0 and 1 had different commands"):
+        compare.main(args)
+    assert not list(out.rglob("comparison.*"))
+    cmd = json.loads((out / "seed_1" / "gfn" / "command.json").read_text())
+    cmd["command"] = cmd["command"].replace("--max_steps 8", "--max_steps 4")
+    (out / "seed_1" / "gfn" / "command.json").write_text(json.dumps(cmd))
+    assert compare.main(args)["mean"]["gfn"]["bleu4"] == pytest.approx(0.15)
 
 
 def test_aggregate_refuses_seeds_whose_methods_differ():
@@ -199,3 +225,5 @@ def test_aggregate_refuses_seeds_whose_methods_differ():
         compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"gleu4": 0.2}}})
     with pytest.raises(ValueError, match="Seed 1 has methods"):
         compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"bleu4": 0.2}, "sft": {"bleu4": 0.3}}})
+    with pytest.raises(ValueError, match="Seed 1 has metrics"):  # a metric only a later seed has is not dropped
+        compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"bleu4": 0.2, "gleu4": 0.3}}})
