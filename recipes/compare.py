@@ -208,7 +208,8 @@ def check_same_commands(runs: list[tuple[int, Path]], trainers: list[str]) -> No
                 first = (seed, command)
             elif _normalised_command(command) != _normalised_command(first[1]):
                 raise SystemExit(f"The {trainer} runs of seeds {first[0]} and {seed} had different commands (apart "
-                                 f"from --seed and --output_dir), so their mean would mix settings:\n  seed {first[0]}: "
+                                 "from --seed and --output_dir), so their mean would mix settings:\n"
+                                 f"  seed {first[0]}: "
                                  f"{first[1]}\n  seed {seed}: {command}\nRerun one of them with the other's arguments.")
 
 

@@ -64,8 +64,8 @@ def test_check_refuses_bad_stage_settings():
     for change, message in [({"num_gold": -2}, "--num_gold"), ({"rationale_lm_steps": -1}, "--rationale_lm_steps"),
                             ({"rationale_lm_steps": 5, "num_rationale": 0}, "--num_rationale"),
                             ({"eval_split": "train"}, "--eval_split"),
-                            ({"rationale_lm_steps": 5, "rationale_lm_learning_rate": 0.0}, "--rationale_lm_learning_r"),
-                            ({"rationale_lm_steps": 5, "rationale_lm_learning_rate": -1e-4}, "--rationale_lm_learning_r")]:
+                            ({"rationale_lm_steps": 5, "rationale_lm_learning_rate": 0.0}, "--rationale_lm_lear"),
+                            ({"rationale_lm_steps": 5, "rationale_lm_learning_rate": -1e-4}, "--rationale_lm_lear")]:
         with pytest.raises(ValueError, match=message):
             A.TASK.check(RunContext(None, None, SimpleNamespace(**{**base, **change})))
     A.TASK.check(RunContext(None, None, SimpleNamespace(**base)))
