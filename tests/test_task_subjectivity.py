@@ -450,3 +450,26 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
         assert len(s["rationales"]) == len(s["predictions"]) == len(s["log_likelihood"]) == n
         assert set(s["predictions"]) <= set(S.LABELS)
     assert (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_load_refuses_a_one_label_subset_under_calibrate_and_names_num_labelled(tmp_path):
+    """`--calibrate`'s threshold is the labelled reviews' mean margin: a subset of one label (here --num_labelled 1)
+    would put it in the middle of that label's margins and penalise about half the subset's own rows, so it is refused
+    before any model loads, naming the fix; without --calibrate the subset is drawn.  Too large a --num_labelled names
+    the flag."""
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext
+
+    recipe = SimpleNamespace(dataset=None, num_eval=16)
+
+    def task(**kw):
+        return SimpleNamespace(**{**dict(num_labelled=10, subset_seed=0, balanced=True, test_dataset=None,
+                                         validation=0, calibrate=True), **kw})
+
+    with pytest.raises(ValueError, match="--calibrate true: the 1 labelled reviews are all .*--calibrate false"):
+        S.TASK.load(RunContext(recipe, None, task(num_labelled=1)))
+    assert len(S.TASK.load(RunContext(recipe, None, task(num_labelled=1, calibrate=False))).train) == 1
+    assert set(S.TASK.load(RunContext(recipe, None, task(num_labelled=2))).train["label"]) == set(S.LABELS)
+    with pytest.raises(ValueError, match="--num_labelled 100000: Only .* smaller --num_labelled"):
+        S.TASK.load(RunContext(recipe, None, task(num_labelled=100000)))

@@ -477,7 +477,14 @@ class SubjectivityTask(Task):
         else:
             pool, test = split(data, recipe.num_eval)
         test = test.select(range(min(recipe.num_eval, len(test))))
-        train = low_data_subset(pool, t.num_labelled, t.subset_seed, balanced=t.balanced)
+        try:
+            train = low_data_subset(pool, t.num_labelled, t.subset_seed, balanced=t.balanced)
+        except ValueError as e:
+            raise ValueError(f"--num_labelled {t.num_labelled}: {e} Pass a smaller --num_labelled.") from e
+        if t.calibrate and len(set(train["label"])) < 2:  # the threshold is the mean margin of both labels' reviews
+            raise ValueError(f"--calibrate true: the {len(train)} labelled reviews are all {train['label'][0]!r}, and "
+                             "the calibrated judge's threshold (their mean zero-shot margin) needs reviews of both "
+                             "labels. Pass --num_labelled >= 2 with --balanced true, or --calibrate false.")
         assert set(train["text"]).isdisjoint(test["text"]), "training and test reviews overlap"
         if t.validation:  # evaluate on held-out training-pool reviews instead: the test reviews are not looked at
             val = validation_split(pool, train, t.validation)
