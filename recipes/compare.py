@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"--seeds {' '.join(map(str, a.seeds))} repeats a seed")
         if len(a.seeds) < 2:
             p.error(f"--seeds {a.seeds[0]}: one seed has no spread (its sd would be NaN); give two or more seeds, or "
-                    f"run one seed without --seeds, with `-- --seed {a.seeds[0]}`")
+                    f"run one seed (e.g. one a --collect found missing) without --seeds: --output_dir "
+                    f"OUTPUT_DIR/seed_{a.seeds[0]} -- ... --seed {a.seeds[0]}")
         if any(not 0 <= s < 2**32 for s in a.seeds):
             p.error(f"--seeds {' '.join(map(str, a.seeds))}: every seed must be in 0 .. 2**32 - 1 (what the runs' "
                     "set_seed accepts)")
