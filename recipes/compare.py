@@ -185,8 +185,11 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> tuple[dict, d
 
 
 def _normalised_command(command: str) -> list[str]:
-    """A run's command with its --output_dir and --seed values blanked: what must be equal across seeds."""
+    """A run's recipe arguments (after the recipe's .py: the launcher and the checkout's path may be spelt otherwise)
+    with their --output_dir and --seed values blanked: what must be equal across seeds."""
     words = shlex.split(command)
+    script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
+    words = words[script + 1:]
     for i, word in enumerate(words[:-1]):
         if word in ("--output_dir", "--seed"):
             words[i + 1] = "<" + word[2:] + ">"
@@ -194,9 +197,9 @@ def _normalised_command(command: str) -> list[str]:
 
 
 def check_same_commands(runs: list[tuple[int, Path]], trainers: list[str]) -> None:
-    """Refuse seeds whose runs (OUT/seed_S/<trainer>/command.json, written by compare.py) had other commands than
-    the first seed's apart from --seed and --output_dir: a mean over runs of different settings would mislead.  Runs
-    without command.json (not made by compare.py) are not compared."""
+    """Refuse seeds whose runs (OUT/seed_S/<trainer>/command.json, written by compare.py) had other recipe
+    arguments than the first seed's apart from --seed and --output_dir: a mean over different settings would mislead.
+    Runs without command.json (not made by compare.py) are not compared."""
     for trainer in trainers:
         first = None
         for seed, out in runs:

@@ -214,7 +214,8 @@ def test_collect_refuses_seeds_run_with_different_commands(tmp_path):
         compare.main(args)
     assert not list(out.rglob("comparison.*"))
     cmd = json.loads((out / "seed_1" / "gfn" / "command.json").read_text())
-    cmd["command"] = cmd["command"].replace("--max_steps 8", "--max_steps 4")
+    cmd["command"] = cmd["command"].replace("--max_steps 8", "--max_steps 4").replace("python infill.py",
+                                                                                      "/venv/python /x/infill.py")
     (out / "seed_1" / "gfn" / "command.json").write_text(json.dumps(cmd))
     assert compare.main(args)["mean"]["gfn"]["bleu4"] == pytest.approx(0.15)
 
