@@ -60,7 +60,7 @@ def test_rationale_texts_end_the_gold_with_y_or_the_stop():
 
 def test_check_refuses_bad_stage_settings():
     base = dict(calculator=True, gold_weight=1, num_gold=10, rationale_lm_steps=0, num_rationale=64,
-                eval_split="test", rationale_lm_learning_rate=1e-4)
+                eval_split="test", rationale_lm_learning_rate=1e-4, rationale_lm_cache=None)
     for change, message in [({"num_gold": -2}, "--num_gold"), ({"rationale_lm_steps": -1}, "--rationale_lm_steps"),
                             ({"rationale_lm_steps": 5, "num_rationale": 0}, "--num_rationale"),
                             ({"eval_split": "train"}, "--eval_split"),
@@ -69,6 +69,35 @@ def test_check_refuses_bad_stage_settings():
         with pytest.raises(ValueError, match=message):
             A.TASK.check(RunContext(None, None, SimpleNamespace(**{**base, **change})))
     A.TASK.check(RunContext(None, None, SimpleNamespace(**base)))
+
+
+def test_a_cache_that_is_a_file_is_refused_before_training(tiny, tmp_path):
+    """--rationale_lm_cache naming a file: refused by check, and by finetune_lm before it trains (the trained stage
+    was lost at the save, after its minutes)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gfn_trl.tasks import lm_stage
+
+    file = tmp_path / "cache.txt"
+    file.write_text("not a folder")
+    task = SimpleNamespace(calculator=True, gold_weight=1, num_gold=10, rationale_lm_steps=5, num_rationale=64,
+                           eval_split="test", rationale_lm_learning_rate=1e-4, rationale_lm_cache=str(file))
+    with pytest.raises(ValueError, match="--rationale_lm_cache .*cache.txt is a file"):
+        A.TASK.check(RunContext(None, None, task))
+    tok = AutoTokenizer.from_pretrained(tiny)
+    texts = A.rationale_texts(A.make_splits(0, 2, 1, n_rationale=8)["rationale"], tok.eos_token)
+    import trl
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing the cache")
+
+    trl_trainer, trl.SFTTrainer = trl.SFTTrainer, no_training
+    try:
+        with pytest.raises(ValueError, match="cache.txt is a file"):
+            lm_stage.finetune_lm(AutoModelForCausalLM.from_pretrained(tiny), tok, texts, 1, 1e-3,
+                                 cache_dir=str(file))
+    finally:
+        trl.SFTTrainer = trl_trainer
 
 
 @pytest.fixture(scope="module")

@@ -559,6 +559,10 @@ class ArithmeticTask(Task):
         if t.rationale_lm_steps and t.num_rationale < 1:
             raise ValueError(f"--rationale_lm_steps {t.rationale_lm_steps} needs --num_rationale >= 1 held-out "
                              f"problems to train on, got {t.num_rationale}.")
+        if t.rationale_lm_steps and t.rationale_lm_cache and os.path.exists(t.rationale_lm_cache) \
+                and not os.path.isdir(t.rationale_lm_cache):
+            raise ValueError(f"--rationale_lm_cache {t.rationale_lm_cache} is a file, not a folder: pass a folder "
+                             "(it is created if missing).")
         if t.eval_split not in ("test", "validation"):
             raise ValueError(f"--eval_split must be 'test' or 'validation', got {t.eval_split!r}.")
 

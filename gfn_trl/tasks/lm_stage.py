@@ -71,6 +71,8 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         key = stage_key(model, texts, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
                         seed=seed, max_length=max_length)
         cached = Path(cache_dir) / f"{name}-{key}.safetensors"
+        if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise ValueError(f"The {name} stage's cache {cache_dir} is a file, not a folder: pass a folder.")
         if cached.exists():
             from safetensors.torch import load_model
 
@@ -82,6 +84,8 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
                                  "saves it again).") from e
             print(f"The {name} stage: loaded from {cached} (same starting weights, texts and settings).")
             return model.eval()
+    if cached is not None:  # an unusable cache folder fails now, not after the training
+        cached.parent.mkdir(parents=True, exist_ok=True)
     args = SFTConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix=f"{name}_"), max_steps=max_steps,
         per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
