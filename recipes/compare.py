@@ -99,6 +99,9 @@ def run_header(i: int, labels: list[str], elapsed: float) -> str:
     return line + " =="
 
 
+RUN_RECORD = "command.json"  # each run's command and wall time, next to its outputs
+
+
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
             decoding: list[str]) -> None:
     cmd = [*launcher, str(ROOT / f"{task}.py"), *recipe_argv(trainer, out, extra, first, decoding)]
@@ -109,18 +112,23 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
         raise SystemExit(f"{trainer} failed (exit {done.returncode}); its command is above. Fix it, or leave it out "
                          "of --trainers and collect the others with --collect.")
     # the command and its wall time, next to the run's outputs (the comparison's tables cite them)
-    (out / trainer / "command.json").write_text(json.dumps(
+    (out / trainer / RUN_RECORD).write_text(json.dumps(
         {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1)}, indent=2))
+
+
+
+def run_record(out: Path, trainer: str) -> dict | None:
+    """OUT/<trainer>/command.json ({"command", "wall_seconds"}, written by `run_one`), or None for a run not made by
+    compare.py."""
+    path = out / trainer / RUN_RECORD
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def run_times(out: Path, trainers: list[str]) -> str:
     """One line: each run's command wall time, from OUT/<trainer>/command.json (absent for runs not made by
     compare.py)."""
-    times = []
-    for trainer in trainers:
-        path = out / trainer / "command.json"
-        if path.exists():
-            times.append(f"{trainer} {_duration(json.loads(path.read_text())['wall_seconds'])}")
+    records = {trainer: run_record(out, trainer) for trainer in trainers}
+    times = [f"{t} {_duration(r['wall_seconds'])}" for t, r in records.items() if r is not None]
     return f"\nWall time per run: {', '.join(times)}.\n" if times else ""
 
 
@@ -203,10 +211,10 @@ def check_same_commands(runs: list[tuple[int, Path]], trainers: list[str]) -> No
     for trainer in trainers:
         first = None
         for seed, out in runs:
-            path = out / trainer / "command.json"
-            if not path.exists():
+            record = run_record(out, trainer)
+            if record is None:
                 continue
-            command = json.loads(path.read_text())["command"]
+            command = record["command"]
             if first is None:
                 first = (seed, command)
             elif _normalised_command(command) != _normalised_command(first[1]):
