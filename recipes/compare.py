@@ -25,7 +25,8 @@ LoRA initialisation, the data order, every sampler seed and the untuned baseline
 writes each seed's own table there, and writes OUT/comparison.md with every metric as mean ± sample standard deviation
 over the seeds (n - 1 in the denominator), followed by the per-seed values; OUT/comparison.json holds
 {"seeds", "mean", "sd", "per_seed"}; the plot shows the means with the standard deviations as error bars.  `--collect`
-re-reads finished seeds without running them.
+re-reads finished seeds without running them; `--resume` runs only the runs whose directory lacks a finished run
+with the same arguments (to finish an interrupted comparison, or to add trainers or seeds to one).
 """
 
 from __future__ import annotations
@@ -89,22 +90,40 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def run_header(i: int, labels: list[str], elapsed: float) -> str:
+def run_header(i: int, labels: list[str], elapsed: float, ran: int | None = None) -> str:
     """The progress line printed before run i (`labels`: every run's trainer, and seed with --seeds): which run of
-    how many, the time so far and, from the second run on, an estimate of the time left (the mean time of the runs
-    so far, per run left)."""
+    how many, the time so far and, once a run has finished, an estimate of the time left (the mean time of the `ran`
+    runs actually made so far, by default all i before this one, per run left; runs --resume skipped cost nothing)."""
+    ran = i if ran is None else ran
     line = f"== compare: run {i + 1}/{len(labels)} ({labels[i]}); {_duration(elapsed)} so far"
-    if i:
-        line += f", about {_duration(elapsed / i * (len(labels) - i))} left"
+    if ran:
+        line += f", about {_duration(elapsed / ran * (len(labels) - i))} left"
     return line + " =="
 
 
 RUN_RECORD = "command.json"  # each run's command and wall time, next to its outputs
 
 
+def finished_run(out: Path, trainer: str, argv: list[str]) -> bool:
+    """Whether OUT/<trainer> holds a finished run (metrics.json) made by compare.py with exactly these recipe
+    arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume skips."""
+    record = run_record(out, trainer)
+    if record is None or not (out / trainer / "metrics.json").exists():
+        return False
+    words = shlex.split(record["command"])
+    script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
+    return words[script + 1:] == argv
+
+
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
-            decoding: list[str]) -> None:
-    cmd = [*launcher, str(ROOT / f"{task}.py"), *recipe_argv(trainer, out, extra, first, decoding)]
+            decoding: list[str], resume: bool = False) -> bool:
+    """Run one trainer's recipe (or, with `resume`, skip a finished identical run); whether it ran."""
+    argv = recipe_argv(trainer, out, extra, first, decoding)
+    if resume and finished_run(out, trainer, argv):
+        print(f"== compare: --resume: {out / trainer} already holds this run's metrics.json; not run again ==",
+              flush=True)
+        return False
+    cmd = [*launcher, str(ROOT / f"{task}.py"), *argv]
     print("$", shlex.join(cmd), flush=True)
     start = time.monotonic()
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"})
@@ -114,6 +133,7 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
     # the command and its wall time, next to the run's outputs (the comparison's tables cite them)
     (out / trainer / RUN_RECORD).write_text(json.dumps(
         {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1)}, indent=2))
+    return True
 
 
 
@@ -290,6 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output_dir", help="default: runs/compare/<task>")
     p.add_argument("--launcher", default=sys.executable, help='e.g. "accelerate launch --config_file ..."')
     p.add_argument("--collect", action="store_true", help="do not run; read the runs' metrics.json")
+    p.add_argument("--resume", action="store_true",
+                   help="skip every run whose output directory already holds its metrics.json from a compare.py run "
+                        "with the same recipe arguments (e.g. to finish an interrupted --seeds comparison, or to add "
+                        "trainers to one)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S",
                    help="run the comparison once per seed (--seed S added to every run) into OUTPUT_DIR/seed_S, "
                         "and report mean ± sd over the seeds")
@@ -317,10 +341,12 @@ def main(argv: list[str] | None = None) -> dict:
             check_runs(a.task, a.trainers, run_out, launcher, run_extra, a.decoding)
         start = time.monotonic()
         labels = [t if seed is None else f"{t}, seed {seed}" for seed, _, _ in runs for t in a.trainers]
+        ran = 0
         for k, (_, run_out, run_extra) in enumerate(runs):
             for i, trainer in enumerate(a.trainers):
-                print(run_header(k * len(a.trainers) + i, labels, time.monotonic() - start), flush=True)
-                run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding)
+                print(run_header(k * len(a.trainers) + i, labels, time.monotonic() - start, ran), flush=True)
+                ran += run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding,
+                               resume=a.resume)
         print(f"== compare: {len(labels)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)
     if a.seeds is not None:
         check_same_commands([(seed, run_out) for seed, run_out, _ in runs], a.trainers)

@@ -178,9 +178,20 @@ def test_compare_over_seeds_reports_mean_and_sd_of_real_runs(tmp_path, monkeypat
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     # --collect re-reads the seeds without running; a seed with a missing run is named
     assert compare.main([*args[:args.index("--")], "--collect"])["mean"] == result["mean"]
+    seed_0_record = (out / "seed_0" / "gfn" / "command.json").read_text()
     (out / "seed_1" / "gfn" / "metrics.json").unlink()
     with pytest.raises(SystemExit, match="seed_1/gfn/metrics.json is missing"):
         compare.main([*args[:args.index("--")], "--collect"])
+    # --resume re-runs only the unfinished seed (seed 0's record is untouched), and the re-run reproduces its metrics
+    resumed = compare.main([*args[:args.index("--")], "--resume", *args[args.index("--"):]])
+    assert (out / "seed_0" / "gfn" / "command.json").read_text() == seed_0_record
+    assert json.loads((out / "seed_1" / "gfn" / "metrics.json").read_text())["metrics"] == per_seed[1]
+    assert resumed["mean"] == result["mean"]
+    # a run with other arguments is another run: --resume would run it again
+    argv = compare.recipe_argv("gfn", out / "seed_0", [*args[args.index("--") + 1:], "--seed", "0"], True, [])
+    assert compare.finished_run(out / "seed_0", "gfn", argv)
+    assert not compare.finished_run(out / "seed_0", "gfn", [*argv, "--max_completion_length", "5"])
+    assert not compare.finished_run(out / "seed_0", "gfn", [*argv[:-1], "1"])
 
 
 def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
