@@ -153,7 +153,8 @@ def run_times(out: Path, trainers: list[str]) -> str:
 
 
 def collect(out: Path, trainers: list[str]) -> dict[str, dict[str, float]]:
-    """Every method's metrics, in order: the baselines of the first run, then each trainer."""
+    """Every method's metrics, in order: the baselines of the first run, then each trainer with the methods its run
+    derives from the trained policy (`<trainer>_...`, e.g. subjectivity's `gfn_m_step`)."""
     methods: dict[str, dict[str, float]] = {}
     for i, trainer in enumerate(trainers):
         path = out / trainer / "metrics.json"
@@ -163,7 +164,8 @@ def collect(out: Path, trainers: list[str]) -> dict[str, dict[str, float]]:
         if trainer not in metrics:
             raise SystemExit(f"{path} holds no `{trainer}` results (methods: {sorted(metrics)}).")
         for method, values in metrics.items():
-            if method == trainer or (i == 0 and method not in TRAINERS):
+            derived = any(method == t or method.startswith(f"{t}_") for t in TRAINERS)
+            if method == trainer or method.startswith(f"{trainer}_") or (i == 0 and not derived):
                 methods[method] = values
     return methods
 

@@ -16,6 +16,9 @@ labelled reviews' mean zero-shot margin, in the training penalty and in the eval
     few_shot    an empty rationale after the labelled reviews as demonstrations (X Y, one per line)
     untuned     rationales sampled from the untuned LM (the adapter disabled), same prompt, same sampler
     gfn         rationales sampled from the GFlowNet-fine-tuned policy
+    gfn_m_step  (--m_step_steps N, the CPU default) the GFlowNet's test rationales judged by an M-step model: a new
+                adapter fine-tuned on X Z -> Y with Z sampled from the GFlowNet for the labelled reviews (the
+                paper's "GFlowNet + supervised fine-tuning")
     sft         (--trainer sft) TRL's SFTTrainer on X -> Y with the labelled reviews (the authors' supervised
                 baseline), judged by the fine-tuned model itself: the label whose Y it finds more likely after X
 Writes, under --output_dir: the adapter and tokenizer (the GGUF default's de-quantized base in `base_model/`),
@@ -73,6 +76,23 @@ class SubjectivityArguments:
         metadata={"help": "Seed the replay buffer with this many 'wishful' rationales per training review, sampled "
                   "from the base LM after '... {true label} because it is' (the paper: 20; 0 disables)."},
     )
+    m_step_steps: int = field(
+        default=0,
+        metadata={"help": "M-step (the paper's 'GFlowNet + supervised fine-tuning'): after training, fine-tune a new "
+                  "LoRA adapter this many steps on X Z -> Y, Z sampled from the trained policy for the labelled "
+                  "reviews, and judge the policy's test rationales with it (method '<trainer>_m_step'). 0: no M-step "
+                  "(the authors' notebook: 100)."},
+    )
+    m_step_rationales: int = field(
+        default=100, metadata={"help": "M-step: rationales sampled per labelled review (the authors: 100)."}
+    )
+    m_step_learning_rate: float = field(default=1e-4, metadata={"help": "M-step learning rate (the authors: 1e-4)."})
+    m_step_batch_size: int = field(
+        default=32, metadata={"help": "M-step (review, rationale) pairs per device per micro-batch (the authors: 32)."}
+    )
+    m_step_gradient_accumulation_steps: int = field(
+        default=8, metadata={"help": "M-step micro-batches per optimiser step (the authors: 8)."}
+    )
 
 
 # The offline CPU default: a few minutes on 2 cores. The paper's values are in recipes/configs/subjectivity_gpt-j.yaml.
@@ -87,6 +107,9 @@ CPU_DEFAULTS = dict(
     replay_sim_tolerance=0.1, logging_steps=4, save_strategy="no", report_to="none", seed=0,
     num_eval=32, eval_samples=10, lora_target_modules=["k_proj", "v_proj"], num_labelled=10, wishful_rationales=8,
     calibrate=True,
+    # the M-step trains as the SFT baseline below does (24 steps of 8, lr 1e-3), on 8 GFlowNet rationales per review
+    m_step_steps=24, m_step_rationales=8, m_step_learning_rate=1e-3, m_step_batch_size=8,
+    m_step_gradient_accumulation_steps=1,
 )
 
 
@@ -102,7 +125,8 @@ def main(recipe: runner.RecipeArguments, args, task: SubjectivityArguments | Non
 # `--trainer sft` on the CPU: the authors' supervised baseline (Subj_obj_finetuning: lr 1e-3, warm-up 20, 100 steps of
 # 32 x 8 reviews, LoRA on k and v) scaled to 24 steps of 8 reviews (with 10 reviews its loss is ~0.05 by then); the
 # GFlowNet's other CPU defaults (LoRA, evaluation) still apply.
-SFT_CPU_DEFAULTS = dict(max_steps=24, per_device_train_batch_size=8, learning_rate=1e-3, warmup_steps=5)
+SFT_CPU_DEFAULTS = dict(max_steps=24, per_device_train_batch_size=8, learning_rate=1e-3, warmup_steps=5,
+                        m_step_steps=0)  # SFT samples no rationales to run an M-step on
 
 
 def make_parser(argv=None):

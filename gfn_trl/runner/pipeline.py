@@ -114,8 +114,9 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
         with progress_label(name):
             results[name] = task.evaluate(ctx, name)
     trainer.train()
-    with progress_label(method):
-        results[method] = task.evaluate(ctx, method)
+    for name in task.trained_methods(ctx):  # the trained policy, then what a task derives from it
+        with progress_label(name):
+            results[name] = task.evaluate(ctx, name)
 
     metrics = {name: r.metrics for name, r in results.items()}
     save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())

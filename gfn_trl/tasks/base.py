@@ -210,6 +210,11 @@ class Task:
     def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
         raise NotImplementedError
 
+    def trained_methods(self, ctx: RunContext) -> tuple[str, ...]:
+        """The methods evaluated after training, in order: the trainer itself, then any the task derives from the
+        trained policy (e.g. subjectivity's M-step judge, `gfn_m_step`).  The first is the run's own method."""
+        return (ctx.recipe.trainer,)
+
     def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
         raise NotImplementedError
 

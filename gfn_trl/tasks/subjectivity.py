@@ -47,6 +47,16 @@ every method calls every review subjective.  The calibrated judge calls X Z obje
 (`calibration_threshold`), instead of 0: in the training reward's penalty (each row's `contrast_margin`, read by
 `LikelihoodReward`) and in the evaluation of every method the base LM judges (zero-shot, untuned, GFlowNet).  The
 few-shot baseline keeps threshold 0 (as the authors'), and SFT its own judge.
+
+M-step (`--m_step_steps N`, the paper's "GFlowNet fine-tuning + supervised fine-tuning" row; the authors'
+Subj_obj_GFN_FT_M_step notebook).  After the E-step (the GFlowNet, or any sampling trainer), `m_step_rationales`
+rationales per labelled review are sampled from the trained policy, and a new LoRA adapter (`m_step`, the policy's
+LoRA settings, on the same base weights) is trained with TRL's SFTTrainer on X Z -> Y_true: cross-entropy on the label
+sentence Y only (`m_step_dataset`; the authors restricted it to the two label tokens).  The method `<trainer>_m_step`
+then judges the E-step's own test rationales (the same ones as the `<trainer>` row) with the M-step model: per
+rationale the label whose Y it finds more likely after X Z (threshold 0, as SFT's own judge), majority vote.  Its
+log-likelihood metrics are the base LM's, as the E-step row's.  The adapter is saved with the run
+(`OUTPUT_DIR/m_step/`).
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ import torch
 from datasets import Dataset, load_dataset
 
 from ..data import tokenize_dataset
-from ..evaluation import Scored, score_texts
+from ..evaluation import Scored, sample_and_score, score_texts
 from ..evaluation.text_metrics import majority_vote_accuracy
 from ..models import eval_mode
 from ..rewards import LikelihoodReward
@@ -431,6 +441,60 @@ def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
 # `test_dataset`, `wishful_rationales`, `validation`
 
 
+M_STEP_ADAPTER = "m_step"
+
+
+def m_step_dataset(rows: Sequence[dict], latents: Sequence[Sequence[Sequence[int]]], tokenizer=None) -> Dataset:
+    """The M-step's supervised data: for each tokenized labelled row (X, its true label) and each of its rationales Z
+    (token ids, possibly empty), `input_ids` = X Z Y_true (the reward prompt's tokens, Z, the label sentence's tokens,
+    as the judge scores them) and `completion_mask` = 1 on Y_true only, the pre-tokenized prompt-completion form TRL's
+    SFTTrainer takes.  Rows are in order: row 0's rationales, then row 1's, ...
+
+    Raises:
+        ValueError: `rows` and `latents` of different lengths.
+    """
+    if len(rows) != len(latents):
+        raise ValueError(f"{len(rows)} rows but {len(latents)} lists of rationales.")
+    examples = []
+    for row, zs in zip(rows, latents):
+        y = _label_suffix_ids(row, tokenizer)[row["label"]]
+        for z in zs:
+            context = list(row["reward_prompt_ids"]) + [int(t) for t in z]
+            examples.append({"input_ids": context + list(y), "completion_mask": [0] * len(context) + [1] * len(y)})
+    return Dataset.from_list(examples)
+
+
+def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning_rate: float, batch_size: int,
+                 gradient_accumulation_steps: int = 1) -> dict:
+    """Train a new LoRA adapter `m_step` (a copy of the policy's "default" LoRA settings, freshly initialised) on
+    `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps` optimiser steps of `batch_size` ×
+    `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with 20 % warm-up (the authors' 20 of
+    100 steps), completion-only loss.  The policy's "default" adapter (the E-step) is active again on return, its
+    weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the trainer's final
+    metrics (`train_loss`, ...)."""
+    import tempfile
+
+    from trl import SFTConfig, SFTTrainer
+
+    config = copy.deepcopy(policy.peft_config["default"])
+    config.inference_mode = False
+    policy.add_adapter(M_STEP_ADAPTER, config)
+    policy.set_adapter(M_STEP_ADAPTER)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            sft_args = SFTConfig(
+                output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size,
+                gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+                warmup_steps=round(0.2 * steps), lr_scheduler_type="linear", completion_only_loss=True,
+                save_strategy="no", report_to="none", logging_steps=max(1, steps // 4), seed=args.seed,
+                use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
+                remove_unused_columns=False)
+            result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
+    finally:
+        policy.set_adapter("default")
+    return result.metrics
+
+
 def validation_split(pool: Dataset, train: Dataset, n: int) -> Dataset:
     """`n` reviews of the training pool for choosing settings: the last `n` rows of `pool` that are not in the
     labelled subset `train` (the test reviews are never in the pool)."""
@@ -460,6 +524,19 @@ class SubjectivityTask(Task):
                              "not --num_train.")
         if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0 or ctx.task_args.validation < 0:
             raise ValueError("--num_labelled must be at least 1, --wishful_rationales and --validation at least 0.")
+        t = ctx.task_args
+        if t.m_step_steps < 0:
+            raise ValueError(f"--m_step_steps {t.m_step_steps}: give 0 (no M-step) or a number of steps.")
+        if t.m_step_steps:
+            if ctx.recipe.trainer == "sft":
+                raise ValueError("--m_step_steps: the M-step trains a judge on a sampling trainer's rationales, and "
+                                 "--trainer sft samples none. Pass --m_step_steps 0 with --trainer sft.")
+            if t.m_step_rationales < 1 or t.m_step_batch_size < 1 or t.m_step_gradient_accumulation_steps < 1 \
+                    or not t.m_step_learning_rate > 0:
+                raise ValueError("--m_step_rationales, --m_step_batch_size and --m_step_gradient_accumulation_steps "
+                                 "must be at least 1 and --m_step_learning_rate above 0 (got "
+                                 f"{t.m_step_rationales}, {t.m_step_batch_size}, "
+                                 f"{t.m_step_gradient_accumulation_steps}, {t.m_step_learning_rate}).")
 
     def data_sources(self, ctx: RunContext) -> dict[str, str | None]:
         return {"--dataset": ctx.recipe.dataset, "--test_dataset": ctx.task_args.test_dataset}
@@ -514,13 +591,50 @@ class SubjectivityTask(Task):
         # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
         ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
                                          ctx.model.config, ctx.built.constraints.max_length, "eval"))
+        if ctx.task_args.m_step_steps:  # the labelled reviews, to sample the M-step's rationales for
+            ctx.m_step_rows = list(tokenize_dataset(to_contract(data.train).remove_columns("contrast_suffix"),
+                                                    ctx.tokenizer, ctx.model.config,
+                                                    ctx.built.constraints.max_length, "train"))
         # the few-shot baseline's demonstrations, within the context window (with room for a test query and Y)
         max_pos = getattr(ctx.model.config.get_text_config(), "max_position_embeddings", None)
         need = max(len(r["reward_prompt_ids"]) + len(r["suffix_ids"]) for r in ctx.eval) + 8
         ctx.demonstrations = few_shot_demonstrations(list(data.train), ctx.tokenizer,
                                                      None if max_pos is None else max_pos - need)
 
+    def trained_methods(self, ctx: RunContext) -> tuple[str, ...]:
+        trainer = ctx.recipe.trainer
+        return (trainer, f"{trainer}_m_step") if ctx.task_args.m_step_steps else (trainer,)
+
+    def m_step(self, ctx: RunContext) -> Evaluated:
+        """The M-step (module docstring): rationales of the labelled reviews from the trained policy, a new adapter
+        trained on X Z -> Y, then the E-step's test rationales judged by it."""
+        b, t = ctx.built, ctx.task_args
+        trained = sample_and_score(b.policy, b.reward, ctx.tokenizer, b.constraints, ctx.m_step_rows,
+                                   t.m_step_rationales, ctx.recipe.eval_temperature, seed=ctx.args.seed)
+        dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
+        print(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
+              f"labelled reviews, {t.m_step_steps} steps")
+        fit = train_m_step(b.policy, ctx.tokenizer, dataset, ctx.args, t.m_step_steps, t.m_step_learning_rate,
+                           t.m_step_batch_size, t.m_step_gradient_accumulation_steps)
+        e_step = ctx.e_step  # the E-step's own test rationales and their base-LM metrics
+        b.policy.set_adapter(M_STEP_ADAPTER)
+        try:
+            judge = LikelihoodReward(b.policy, b.policy, b.constraints.stop_token_id, ctx.tokenizer.pad_token_id,
+                                     ctx.args.reward_chunk_size, b.trainer.accelerator.autocast)
+            lls = label_log_likelihoods(judge, [s.row for s in e_step.scored], [s.tokens for s in e_step.scored],
+                                        ctx.tokenizer)
+        finally:
+            b.policy.set_adapter("default")
+        metrics, details = label_metrics(lls, [s.row["label"] for s in e_step.scored], return_details=True)
+        for key in ("log_likelihood/mean", "log_likelihood/max"):  # the rationales' base-LM likelihood
+            metrics[key] = e_step.metrics[key]
+        metrics["m_step/train_loss"] = fit.get("train_loss", float("nan"))
+        details = [{**d, "log_likelihood": e["log_likelihood"]} for d, e in zip(details, e_step.details)]
+        return Evaluated(e_step.scored, metrics, details)
+
     def evaluate(self, ctx: RunContext, method: str) -> Evaluated:
+        if method.endswith("_m_step"):
+            return self.m_step(ctx)
         if method == "few_shot":  # Z = nothing after the labelled reviews as demonstrations
             text, kept = ctx.demonstrations
             lls = few_shot_log_likelihoods(ctx.built.reward, ctx.tokenizer, text, ctx.eval)
@@ -540,6 +654,8 @@ class SubjectivityTask(Task):
         # the base LM's judgements use the run's threshold (calibrated or 0); SFT's own judge is not recalibrated
         threshold = 0.0 if method == "sft" else ctx.threshold
         metrics, details = evaluate(scored, reward, ctx.tokenizer, return_details=True, threshold=threshold)
+        if method == ctx.recipe.trainer:  # what an M-step judges
+            ctx.e_step = Evaluated(scored, metrics, details)
         return Evaluated(scored, metrics, details)
 
     def samples(self, ctx: RunContext, results: dict[str, Evaluated]) -> list[dict]:
