@@ -239,3 +239,17 @@ def test_aggregate_refuses_seeds_whose_methods_differ():
         compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"bleu4": 0.2}, "sft": {"bleu4": 0.3}}})
     with pytest.raises(ValueError, match="Seed 1 has metrics"):  # a metric only a later seed has is not dropped
         compare.aggregate({0: {"gfn": {"bleu4": 0.1}}, 1: {"gfn": {"bleu4": 0.2, "gleu4": 0.3}}})
+
+
+def test_collect_keeps_the_methods_a_trainer_derives_wherever_it_is_listed(tmp_path):
+    """A run's derived methods (`<trainer>_...`, e.g. subjectivity's gfn_m_step) follow their trainer whether it runs
+    first or not; the baselines come from the first run only."""
+    compare = load_recipe("compare")
+    runs = {"sft": {"zero_shot": {"accuracy": 0.5}, "sft": {"accuracy": 0.9}},
+            "gfn": {"zero_shot": {"accuracy": 0.6}, "gfn": {"accuracy": 0.7}, "gfn_m_step": {"accuracy": 0.95}}}
+    for trainer, metrics in runs.items():
+        (tmp_path / trainer).mkdir()
+        (tmp_path / trainer / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    assert compare.collect(tmp_path, ["sft", "gfn"]) == {"zero_shot": {"accuracy": 0.5}, "sft": {"accuracy": 0.9},
+                                                        "gfn": {"accuracy": 0.7}, "gfn_m_step": {"accuracy": 0.95}}
+    assert list(compare.collect(tmp_path, ["gfn", "sft"])) == ["zero_shot", "gfn", "gfn_m_step", "sft"]

@@ -94,3 +94,10 @@ def test_dropout_is_kept_where_the_authors_keep_it(task, arch, kept, monkeypatch
     assert rest == (own if kept else {0.0})
     if task == "infill":
         assert own == {0.1}  # GPT-2's attention, residual and embedding dropout: on in the authors' infilling policy
+
+
+def test_subjectivity_m_step_is_the_authors(monkeypatch):
+    """The M-step notebook: a new LoRA trained 100 steps of 32 x 8 at lr 1e-4 on 100 GFlowNet rationales per review."""
+    _, _, t = parse("subjectivity", monkeypatch)
+    assert (t.m_step_steps, t.m_step_rationales, t.m_step_learning_rate) == (100, 100, 1e-4)
+    assert (t.m_step_batch_size, t.m_step_gradient_accumulation_steps) == (32, 8)

@@ -426,6 +426,115 @@ def test_recipe_sft_and_few_shot_on_a_tiny_gguf(tmp_path):
     assert len(val) == 2 and val.isdisjoint(s["text"] for s in samples)
 
 
+def test_m_step_dataset_is_x_z_y_with_the_loss_on_y(tiny):
+    """The M-step's SFT rows: the reward prompt's tokens, the rationale, the true label's Y; loss mask on Y only."""
+    tok, _, rows, _ = tiny
+    z = [tok.convert_tokens_to_ids(w) for w in ("good", "plot")]
+    ds = S.m_step_dataset(rows[:2], [[z, []], [z]])
+    assert len(ds) == 3
+    for ex, (row, zz) in zip(ds, [(rows[0], z), (rows[0], []), (rows[1], z)]):
+        assert ex["input_ids"] == row["reward_prompt_ids"] + zz + row["suffix_ids"]  # suffix_ids: the true label's Y
+        assert ex["completion_mask"] == [0] * (len(row["reward_prompt_ids"]) + len(zz)) + [1] * len(row["suffix_ids"])
+    with pytest.raises(ValueError, match="2 rows but 1 lists"):
+        S.m_step_dataset(rows[:2], [[z]])
+
+
+def test_m_step_trains_a_new_adapter_that_learns_the_labels_and_leaves_the_e_step_alone(tmp_path):
+    """`train_m_step` fits X Z -> Y in a second adapter: afterwards its judge gets the labelled reviews right
+    (the base LM's judge does not), the "default" adapter is active again and its weights are unchanged."""
+    from types import SimpleNamespace
+
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    contract = S.to_contract(ds)
+    words = sorted({w for r in contract for c in ("prompt", "suffix", "contrast_suffix") for w in r[c].split()})
+    tok = tiny_tokenizer(words + LATENT_WORDS)
+    policy = get_peft_model(tiny_model("llama", len(tok), seed=3), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    rows = list(tokenize_dataset(contract.remove_columns("contrast_suffix"), tok, policy.config, 5, "eval"))
+    z = [[tok.convert_tokens_to_ids("plot")]]
+    before = {k: v.clone() for k, v in policy.state_dict().items() if "lora_" in k}
+    base = LikelihoodReward(policy, None, tok.eos_token_id, tok.pad_token_id)
+    base_preds = S._predictions(S.label_log_likelihoods(base, rows, [z] * len(rows), tok))
+    args = SimpleNamespace(seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True)
+    fit = S.train_m_step(policy, tok, S.m_step_dataset(rows, [z] * len(rows), tok), args, steps=60,
+                         learning_rate=0.1, batch_size=len(rows))
+    assert fit["train_loss"] > 0
+    assert policy.active_adapter == "default" and set(policy.peft_config) == {"default", S.M_STEP_ADAPTER}
+    after = {k: v for k, v in policy.state_dict().items() if "lora_" in k and S.M_STEP_ADAPTER not in k}
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    policy.set_adapter(S.M_STEP_ADAPTER)
+    judge = LikelihoodReward(policy, policy, tok.eos_token_id, tok.pad_token_id)
+    preds = S._predictions(S.label_log_likelihoods(judge, rows, [z] * len(rows), tok))
+    gold = [r["label"] for r in rows]
+    assert majority_vote_accuracy(preds, gold) == 1.0 > majority_vote_accuracy(base_preds, gold)
+
+
+def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path):
+    """The recipe with --m_step_steps on a tiny GGUF: a `gfn_m_step` row judging the GFlowNet's own test rationales,
+    the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run
+    without the M-step."""
+    pytest.importorskip("gguf")
+    from gfn_trl.testing import tiny_gguf
+
+    model = tiny_gguf(tmp_path / "gguf")
+    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(words)])
+    recipe = load_recipe("subjectivity")
+    argv = ["--model_name_or_path", model, "--dataset", data, "--num_eval", "2", "--num_labelled", "2",
+            "--max_steps", "2", "--num_generations", "4", "--eval_samples", "3", "--untuned_baseline", "false",
+            "--wishful_rationales", "1", "--m_step_rationales", "2", "--m_step_batch_size", "2",
+            "--m_step_learning_rate", "0.05", "--use_cpu", "true", "--disable_tqdm", "true"]
+    runs = {}
+    for steps in (3, 0):
+        out = tmp_path / f"m{steps}"
+        r, a, t = recipe.make_parser(argv).parse_args_and_config([*argv, "--m_step_steps", str(steps),
+                                                                  "--output_dir", str(out)])
+        assert t.m_step_steps == steps
+        runs[steps] = (recipe.main(r, a, t), out)
+    (with_m, out), (without, out0) = runs[3], runs[0]
+    assert list(with_m) == ["zero_shot", "few_shot", "gfn", "gfn_m_step"] and list(without) == list(with_m)[:3]
+    assert with_m["gfn"] == without["gfn"]
+    assert (out / "adapter_model.safetensors").read_bytes() == (out0 / "adapter_model.safetensors").read_bytes()
+    assert (out / "m_step" / "adapter_model.safetensors").exists() and not (out0 / "m_step").exists()
+    m = with_m["gfn_m_step"]
+    assert m["m_step/train_loss"] > 0 and 0 <= m["accuracy"] <= 1
+    assert (m["log_likelihood/mean"], m["log_likelihood/max"]) == (with_m["gfn"]["log_likelihood/mean"],
+                                                                   with_m["gfn"]["log_likelihood/max"])
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    by = {(s["method"], s["text"]): s for s in samples}
+    for (method, text), s in by.items():
+        if method == "gfn_m_step":
+            assert s["rationales"] == by[("gfn", text)]["rationales"]
+            assert len(s["predictions"]) == 3 and set(s["predictions"]) <= set(S.LABELS)
+
+
+def test_m_step_settings_are_checked_before_loading(tmp_path):
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext
+
+    def ctx(trainer="gfn", **kw):
+        t = dict(num_labelled=10, wishful_rationales=0, validation=0, m_step_steps=2, m_step_rationales=1,
+                 m_step_learning_rate=1e-3, m_step_batch_size=1, m_step_gradient_accumulation_steps=1)
+        return RunContext(SimpleNamespace(num_train=None, trainer=trainer), None, SimpleNamespace(**{**t, **kw}))
+
+    S.TASK.check(ctx())
+    S.TASK.check(ctx("sft", m_step_steps=0))
+    with pytest.raises(ValueError, match="--trainer sft samples none"):
+        S.TASK.check(ctx("sft"))
+    with pytest.raises(ValueError, match="--m_step_steps -1"):
+        S.TASK.check(ctx(m_step_steps=-1))
+    for bad in (dict(m_step_rationales=0), dict(m_step_learning_rate=0.0), dict(m_step_batch_size=0),
+                dict(m_step_gradient_accumulation_steps=0)):
+        with pytest.raises(ValueError, match="--m_step_rationales, --m_step_batch_size"):
+            S.TASK.check(ctx(**bad))
+    # the CPU defaults run the M-step with gfn and leave it off with sft
+    recipe = load_recipe("subjectivity")
+    for trainer, steps in (("gfn", 24), ("ppo", 24), ("sft", 0)):
+        argv = ["--trainer", trainer]
+        assert recipe.make_parser(argv).parse_args_and_config(argv)[2].m_step_steps == steps
+
+
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
