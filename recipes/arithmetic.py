@@ -24,7 +24,8 @@ untuned SmolLM2-135M reward prefers short partial rationales to the gold one, an
 those (0 % accuracy).  The paper's config has no such stage (GPT-J's reward needs none).  `--dataset` takes the paper's
 data directory or a JSON/JSONL file instead.  The first 10 training problems (the paper's `num_train: 10`; the
 offline default: all, `--num_gold -1`) have their gold rationales put in the replay buffer before training, as the
-paper does.
+paper does; the others are given only with their answer.  `--trainer sft` fine-tunes on those `--num_gold` gold
+rationales alone (the others have none to learn from).
 
 Before and after training it samples `eval_samples` rationales (the paper: 10 at temperature 0.1) for each of the
 `num_eval` problems of each test and reports the majority-vote accuracy of the answers read from the rationales,
@@ -78,8 +79,9 @@ class ArithmeticArguments:
         "help": "The paper's calculator tool: after each '=' the result is appended to the state as forced tokens "
                 "(not policy actions). false: the policy writes the results itself."})
     num_gold: int = field(default=10, metadata={
-        "help": "How many training problems (the first ones) have their gold rationale put in the GFlowNet's replay "
-                "buffer before training; -1: every training problem. The paper: 10."})
+        "help": "How many training problems (the first ones) come with their gold rationale: put in the GFlowNet's "
+                "replay buffer before training, and SFT's training set (--trainer sft); -1: every training problem. "
+                "The paper: 10."})
     rationale_lm_steps: int = field(default=0, metadata={
         "help": "First fine-tune the LM for this many steps (8 texts a step; TRL SFTTrainer, full fine-tuning) on "
                 "held-out problems' 'X Z Y' and 'X Z <stop>' texts (query, gold rationale, solution or the stop "

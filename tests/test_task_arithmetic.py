@@ -352,7 +352,7 @@ def test_gold_weight_repeats_the_seeded_problems(smollm2_tokenizer):
     data = TaskData(splits["train"], {}, {"shots": splits["shots"]})
     sizes = {}
     for weight in (1, 5):
-        ctx = RunContext(SimpleNamespace(), SimpleNamespace(max_completion_length=40),
+        ctx = RunContext(SimpleNamespace(trainer="gfn"), SimpleNamespace(max_completion_length=40),
                          SimpleNamespace(calculator=True, gold_weight=weight, num_gold=A.N_GOLD), tokenizer=tok,
                          tool=A.calculator(tok))
         rows = A.TASK.to_contract(ctx, data)
@@ -363,6 +363,16 @@ def test_gold_weight_repeats_the_seeded_problems(smollm2_tokenizer):
         assert [bool(s) for s in seeds] == [i < A.N_GOLD for i in range(len(rows))]
         sizes[weight] = len(rows)
     assert sizes == {1: 30, 5: 30 + 4 * A.N_GOLD}
+    # SFT fine-tunes on the rationales the run is given, the first --num_gold problems', never the others'
+    ctx.recipe.trainer = "sft"
+    rows = A.TASK.to_contract(ctx, data)
+    assert rows["gold"] == [A.gold_rationale(p) for p in splits["train"][: A.N_GOLD]]
+    ctx.task_args.num_gold = -1
+    assert len(A.TASK.to_contract(ctx, data)) == 30
+    ctx.task_args.num_gold = 0  # refused before any model loads
+    ctx.task_args.rationale_lm_steps = 0
+    with pytest.raises(ValueError, match="--trainer sft with --num_gold 0"):
+        A.TASK.check(ctx)
     with pytest.raises(ValueError, match="--gold_weight must be an integer >= 1"):
         A.TASK.check(RunContext(None, None, SimpleNamespace(calculator=True, gold_weight=0)))
 

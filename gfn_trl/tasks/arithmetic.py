@@ -551,6 +551,10 @@ class ArithmeticTask(Task):
         training_problems([], t.gold_weight)  # raises on a bad --gold_weight
         if isinstance(t.num_gold, bool) or not isinstance(t.num_gold, int) or t.num_gold < -1:
             raise ValueError(f"--num_gold must be -1 (every training problem) or a count >= 0, got {t.num_gold!r}.")
+        if t.num_gold == 0 and getattr(ctx.recipe, "trainer", None) == "sft":
+            raise ValueError("--trainer sft with --num_gold 0: no training problem has a gold rationale to fine-tune "
+                             "on (SFT learns from the first --num_gold problems' rationales). Pass --num_gold N, or -1 "
+                             "for every training problem.")
         if t.rationale_lm_steps < 0:
             raise ValueError("--rationale_lm_steps must be 0 (no rationale-LM stage) or more.")
         if t.rationale_lm_steps and not t.rationale_lm_learning_rate > 0:
@@ -614,8 +618,10 @@ class ArithmeticTask(Task):
         if too_long:
             print(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
                   f"max_completion_length={budget} tokens; the policy cannot write it in full.")
-        return to_contract(training_problems(data.train, ctx.task_args.gold_weight, self._n_gold(ctx, data)),
-                           data.extra["shots"])
+        n_gold = self._n_gold(ctx, data)
+        if ctx.recipe.trainer == "sft":  # SFT learns from rationales: only the problems given one (the paper's 10)
+            return to_contract(list(data.train)[:n_gold], data.extra["shots"])
+        return to_contract(training_problems(data.train, ctx.task_args.gold_weight, n_gold), data.extra["shots"])
 
     @staticmethod
     def _n_gold(ctx: RunContext, data: TaskData) -> int:
