@@ -488,7 +488,10 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
                 warmup_steps=round(0.2 * steps), lr_scheduler_type="linear", completion_only_loss=True,
                 save_strategy="no", report_to="none", logging_steps=max(1, steps // 4), seed=args.seed,
                 use_cpu=args.use_cpu, bf16=args.bf16, fp16=args.fp16, disable_tqdm=args.disable_tqdm,
-                remove_unused_columns=False)
+                remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
+                # the run's activation checkpointing (the new name: TRL's deprecated alias would warn)
+                gradient_checkpointing=None, activation_checkpointing=bool(
+                    getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)))
             result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
     finally:
         policy.set_adapter("default")
