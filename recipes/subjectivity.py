@@ -107,8 +107,9 @@ CPU_DEFAULTS = dict(
     replay_sim_tolerance=0.1, logging_steps=4, save_strategy="no", report_to="none", seed=0,
     num_eval=32, eval_samples=10, lora_target_modules=["k_proj", "v_proj"], num_labelled=10, wishful_rationales=8,
     calibrate=True,
-    # the M-step trains as the SFT baseline below does (24 steps of 8, lr 1e-3), on 8 GFlowNet rationales per review
-    m_step_steps=24, m_step_rationales=8, m_step_learning_rate=1e-3, m_step_batch_size=8,
+    # the M-step: 8 GFlowNet rationales per labelled review, batches of 8 at lr 1e-3 as the SFT baseline below; 72
+    # steps, chosen on the validation reviews (k = 10, seed 0: 24 steps 0.59, 72 steps 0.94; SFT 0.875)
+    m_step_steps=72, m_step_rationales=8, m_step_learning_rate=1e-3, m_step_batch_size=8,
     m_step_gradient_accumulation_steps=1,
 )
 

@@ -530,7 +530,7 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
             S.TASK.check(ctx(**bad))
     # the CPU defaults run the M-step with gfn and leave it off with sft
     recipe = load_recipe("subjectivity")
-    for trainer, steps in (("gfn", 24), ("ppo", 24), ("sft", 0)):
+    for trainer, steps in (("gfn", 72), ("ppo", 72), ("sft", 0)):
         argv = ["--trainer", trainer]
         assert recipe.make_parser(argv).parse_args_and_config(argv)[2].m_step_steps == steps
 
