@@ -16,7 +16,7 @@ import re
 import statistics
 from pathlib import Path
 
-METHODS = ("zero_shot", "few_shot", "untuned", "sft", "gfn")
+METHODS = ("zero_shot", "few_shot", "untuned", "sft", "gfn", "gfn_m_step")
 METRICS = ("accuracy", "accuracy/per_sample")
 
 
