@@ -1,7 +1,7 @@
 """The recipes' one skeleton: `run(task, recipe, args, task_args)`.
 
     check -> load data -> load model -> optional stage (task) -> build trainer -> replay seeds -> baseline evaluation
-    -> train -> evaluation -> save and record -> summary
+    -> train -> evaluation (the trainer, then the methods a task derives from it) -> save and record -> summary
 
 Everything task-specific is a hook of the `gfn_trl.tasks.base.Task` (data, templates, vocabulary, seeds, metrics,
 examples); everything else is here, once.
@@ -67,7 +67,8 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     1. `check` (before anything expensive); 2. the task's data (`load`); 3. the model and tokenizer; 4. the task's
     optional stage (`prepare_model`, e.g. the story LM); 5. the trainer (`build_trainer`: the task's data contract,
     vocabulary mask and tool); 6. GFlowNet only: the task's replay seeds; 7. the baselines on the untuned LM (unless
-    `--skip_baseline`) and the `--decoding` methods; 8. training; 9. the trained policy's evaluation; 10. the output
+    `--skip_baseline`) and the `--decoding` methods; 8. training; 9. the trained policy's evaluation (the task's
+    `trained_methods`: the trainer, then any method derived from it, e.g. subjectivity's M-step); 10. the output
     directory (`save_run`: policy, tokenizer, metrics.json, samples.jsonl, policy_check.json; `log_final_metrics`:
     the metrics through `trainer.log` / `log_metrics` / `save_metrics`, trainer_state.json; `write_run_card`:
     README.md), pushed to the hub under `--push_to_hub`; 11. the summary, on the main process.
