@@ -535,6 +535,33 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
         assert recipe.make_parser(argv).parse_args_and_config(argv)[2].m_step_steps == steps
 
 
+def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path):
+    """--use_peft false / --lora_r 0 under the CPU defaults: the M-step (a second adapter beside the policy's) crashed
+    after the E-step's training (no `peft_config`), the wishful rationales and the untuned baseline (sampled with the
+    adapter disabled) after loading; all are refused by `check`, naming the flags that turn them off, and with those
+    flags the full fine-tuning runs."""
+    pytest.importorskip("gguf")
+    from gfn_trl.tasks.base import RunContext
+    from gfn_trl.testing import tiny_gguf
+
+    recipe = load_recipe("subjectivity")
+    for off in (["--use_peft", "false"], ["--lora_r", "0"]):
+        r, a, t = recipe.make_parser(off).parse_args_and_config(off)
+        with pytest.raises(ValueError, match="--m_step_steps 0 --wishful_rationales 0 --untuned_baseline false"):
+            S.TASK.check(RunContext(r, a, t))
+    argv = ["--trainer", "ppo", "--lora_r", "0", "--skip_baseline", "true"]  # no wishful seeds, no untuned baseline
+    with pytest.raises(ValueError, match=r"LoRA adapter: --m_step_steps 24 trains .*\. Pass --m_step_steps 0, or"):
+        S.TASK.check(RunContext(*recipe.make_parser(argv).parse_args_and_config(argv)))
+    model = tiny_gguf(tmp_path / "gguf")
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(["a plot", "i loved it", "the man", "so dull"])])
+    argv = ["--model_name_or_path", model, "--dataset", data, "--output_dir", str(tmp_path / "o"), "--num_eval", "2",
+            "--num_labelled", "2", "--max_steps", "1", "--num_generations", "2", "--eval_samples", "2",
+            "--use_cpu", "true", "--disable_tqdm", "true", "--use_peft", "false",
+            "--m_step_steps", "0", "--wishful_rationales", "0", "--untuned_baseline", "false"]
+    assert list(recipe.main(*recipe.make_parser(argv).parse_args_and_config(argv))) == ["zero_shot", "few_shot", "gfn"]
+
+
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
