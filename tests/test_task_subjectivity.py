@@ -468,6 +468,28 @@ def test_m_step_trains_a_new_adapter_that_learns_the_labels_and_leaves_the_e_ste
     assert majority_vote_accuracy(preds, gold) == 1.0 > majority_vote_accuracy(base_preds, gold)
 
 
+def test_m_step_copies_and_restores_the_policy_s_own_adapter_whatever_its_name():
+    """`train_m_step` read and re-activated an adapter named "default" (KeyError on a policy whose adapter has another
+    name); it copies the active adapter's settings and makes it active again, and a second M-step on the same policy
+    (which would overwrite the first's adapter) is refused."""
+    from types import SimpleNamespace
+
+    contract = S.to_contract(Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS]))
+    words = sorted({w for r in contract for c in ("prompt", "suffix", "contrast_suffix") for w in r[c].split()})
+    tok = tiny_tokenizer(words + LATENT_WORDS)
+    policy = get_peft_model(tiny_model("llama", len(tok), seed=3), LoraConfig(r=2, target_modules=["v_proj"]),
+                            adapter_name="e_step")
+    rows = list(tokenize_dataset(contract.remove_columns("contrast_suffix"), tok, policy.config, 5, "eval"))
+    data = S.m_step_dataset(rows, [[[tok.convert_tokens_to_ids("plot")]]] * len(rows), tok)
+    args = SimpleNamespace(seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True)
+    S.train_m_step(policy, tok, data, args, steps=1, learning_rate=0.1, batch_size=2)
+    assert policy.active_adapter == "e_step" and set(policy.peft_config) == {"e_step", S.M_STEP_ADAPTER}
+    assert policy.peft_config[S.M_STEP_ADAPTER].r == 2
+    with pytest.raises(ValueError, match="already has an adapter named 'm_step'"):
+        S.train_m_step(policy, tok, data, args, steps=1, learning_rate=0.1, batch_size=2)
+    assert policy.active_adapter == "e_step"
+
+
 def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path):
     """The recipe with --m_step_steps on a tiny GGUF: a `gfn_m_step` row judging the GFlowNet's own test rationales,
     the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run

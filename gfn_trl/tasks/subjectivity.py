@@ -466,17 +466,26 @@ def m_step_dataset(rows: Sequence[dict], latents: Sequence[Sequence[Sequence[int
 
 def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning_rate: float, batch_size: int,
                  gradient_accumulation_steps: int = 1) -> dict:
-    """Train a new LoRA adapter `m_step` (a copy of the policy's "default" LoRA settings, freshly initialised) on
+    """Train a new LoRA adapter `m_step` (a copy of the LoRA settings of the policy's active adapter, the E-step's:
+    the recipes' "default"; freshly initialised) on
     `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps` optimiser steps of `batch_size` ×
     `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with 20 % warm-up (the authors' 20 of
-    100 steps), completion-only loss.  The policy's "default" adapter (the E-step) is active again on return, its
-    weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the trainer's final
-    metrics (`train_loss`, ...)."""
+    100 steps), completion-only loss.  The E-step's adapter is active again on return, its weights untouched.
+    `args`: the run's settings (seed, device, precision, logging).  Returns the trainer's final metrics
+    (`train_loss`, ...).
+
+    Raises:
+        ValueError: the policy already has an adapter named `m_step`.
+    """
     import tempfile
 
     from trl import SFTConfig, SFTTrainer
 
-    config = copy.deepcopy(policy.peft_config["default"])
+    e_step = policy.active_adapter  # the policy's own adapter, whatever its name
+    if M_STEP_ADAPTER in policy.peft_config:
+        raise ValueError(f"The policy already has an adapter named {M_STEP_ADAPTER!r} (adapters: "
+                         f"{sorted(policy.peft_config)}): the M-step would overwrite it.")
+    config = copy.deepcopy(policy.peft_config[e_step])
     config.inference_mode = False
     policy.add_adapter(M_STEP_ADAPTER, config)
     policy.set_adapter(M_STEP_ADAPTER)
@@ -494,7 +503,7 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
                     getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)))
             result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
     finally:
-        policy.set_adapter("default")
+        policy.set_adapter(e_step)
     return result.metrics
 
 
@@ -641,6 +650,7 @@ class SubjectivityTask(Task):
         dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
         print(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
               f"labelled reviews, {t.m_step_steps} steps")
+        own = b.policy.active_adapter  # the E-step's adapter, active again after the judging
         fit = train_m_step(b.policy, ctx.tokenizer, dataset, ctx.args, t.m_step_steps, t.m_step_learning_rate,
                            t.m_step_batch_size, t.m_step_gradient_accumulation_steps)
         e_step = ctx.e_step  # the E-step's own test rationales and their base-LM metrics
@@ -651,7 +661,7 @@ class SubjectivityTask(Task):
             lls = label_log_likelihoods(judge, [s.row for s in e_step.scored], [s.tokens for s in e_step.scored],
                                         ctx.tokenizer)
         finally:
-            b.policy.set_adapter("default")
+            b.policy.set_adapter(own)
         metrics, details = label_metrics(lls, [s.row["label"] for s in e_step.scored], return_details=True)
         for key in ("log_likelihood/mean", "log_likelihood/max"):  # the rationales' base-LM likelihood
             metrics[key] = e_step.metrics[key]
