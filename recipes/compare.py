@@ -104,11 +104,26 @@ def run_header(i: int, labels: list[str], elapsed: float, ran: int | None = None
 RUN_RECORD = "command.json"  # each run's command and wall time, next to its outputs
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def finished_run(out: Path, trainer: str, argv: list[str]) -> bool:
     """Whether OUT/<trainer> holds a finished run (metrics.json) made by compare.py with exactly these recipe
-    arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume skips."""
+    arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume skips.
+    The metrics.json must be the one that run wrote (its sha256 in command.json; in a record without one, from
+    before compare.py kept it: not newer than the record), not one a later run into the same directory, made without
+    compare.py or killed before its record, left there."""
     record = run_record(out, trainer)
-    if record is None or not (out / trainer / "metrics.json").exists():
+    metrics = out / trainer / "metrics.json"
+    if record is None or not metrics.exists():
+        return False
+    if "metrics_sha256" in record:
+        if record["metrics_sha256"] != _sha256(metrics):
+            return False
+    elif metrics.stat().st_mtime > (out / trainer / RUN_RECORD).stat().st_mtime:
         return False
     words = shlex.split(record["command"])
     script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
@@ -125,21 +140,27 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
         return False
     cmd = [*launcher, str(ROOT / f"{task}.py"), *argv]
     print("$", shlex.join(cmd), flush=True)
+    # an earlier run's record goes first: if this run fails or is killed after writing its metrics.json, no record
+    # may vouch for them (--resume would skip the run, --collect cite the other command)
+    (out / trainer / RUN_RECORD).unlink(missing_ok=True)
     start = time.monotonic()
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{trainer} failed (exit {done.returncode}); its command is above. Fix it, or leave it out "
                          "of --trainers and collect the others with --collect.")
-    # the command and its wall time, next to the run's outputs (the comparison's tables cite them)
+    # the command and its wall time, next to the run's outputs (the comparison's tables cite them), and the digest of
+    # the metrics.json it wrote (what --resume checks)
+    metrics = out / trainer / "metrics.json"
     (out / trainer / RUN_RECORD).write_text(json.dumps(
-        {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1)}, indent=2))
+        {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1),
+         "metrics_sha256": _sha256(metrics) if metrics.exists() else None}, indent=2))
     return True
 
 
 
 def run_record(out: Path, trainer: str) -> dict | None:
-    """OUT/<trainer>/command.json ({"command", "wall_seconds"}, written by `run_one`), or None for a run not made by
-    compare.py."""
+    """OUT/<trainer>/command.json ({"command", "wall_seconds", "metrics_sha256"}, written by `run_one`), or None for a
+    run not made by compare.py."""
     path = out / trainer / RUN_RECORD
     return json.loads(path.read_text()) if path.exists() else None
 

@@ -194,6 +194,59 @@ def test_compare_over_seeds_reports_mean_and_sd_of_real_runs(tmp_path, monkeypat
     assert not compare.finished_run(out / "seed_0", "gfn", [*argv[:-1], "1"])
 
 
+def _fake_recipe_launcher(tmp_path):
+    """A launcher (no .py in its name) that ignores the recipe and writes OUTPUT_DIR/metrics.json with the run's
+    arguments, then exits with $FAKE_EXIT (default 0): a recipe run without a model."""
+    launcher = tmp_path / "fake_launcher"
+    launcher.write_text(f"#!{sys.executable}\n"
+                        "import json, os, sys\n"
+                        "argv = sys.argv[2:]\n"
+                        "out = argv[argv.index('--output_dir') + 1]\n"
+                        "os.makedirs(out, exist_ok=True)\n"
+                        "open(os.path.join(out, 'metrics.json'), 'w').write(json.dumps({'metrics': {'gfn': {'args': "
+                        "len(argv)}}}))\n"
+                        "sys.exit(int(os.environ.get('FAKE_EXIT', '0')))\n")
+    launcher.chmod(0o755)
+    return [str(launcher)]
+
+
+def test_resume_skips_only_a_run_whose_metrics_its_record_vouches_for(tmp_path, monkeypatch):
+    """--resume skipped a run whose command.json matched while its metrics.json was another run's: one made by hand
+    into the same directory afterwards, or a compare.py run with other arguments that wrote metrics.json and then
+    failed (or was killed) before its record.  The record now goes before each run and holds the metrics' digest; a
+    record from before the digest vouches for a metrics.json no newer than itself."""
+    import os
+
+    compare = load_recipe("compare")
+    launcher, out = _fake_recipe_launcher(tmp_path), tmp_path / "cmp"
+    x, y = ["--max_steps", "4"], ["--max_steps", "8"]
+    argv = compare.recipe_argv("gfn", out, x, True, [])
+    assert compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)
+    assert compare.finished_run(out, "gfn", argv)
+    assert not compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)  # skipped
+    # a run made by hand into the same directory (other arguments) rewrites metrics.json, not command.json
+    (out / "gfn" / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"args": 99}}}))
+    assert not compare.finished_run(out, "gfn", argv)
+    assert compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)  # made again
+    # a compare.py run with other arguments writes its metrics.json, then fails: no record vouches for them
+    monkeypatch.setenv("FAKE_EXIT", "1")
+    with pytest.raises(SystemExit, match="gfn failed"):
+        compare.run_one("infill", "gfn", out, launcher, y, True, [], resume=True)
+    assert not (out / "gfn" / "command.json").exists() and not compare.finished_run(out, "gfn", argv)
+    monkeypatch.delenv("FAKE_EXIT")
+    compare.run_one("infill", "gfn", out, launcher, x, True, [])
+    # a record from before the digest: the metrics.json must be no newer than the record
+    record = out / "gfn" / "command.json"
+    old = json.loads(record.read_text())
+    del old["metrics_sha256"]
+    record.write_text(json.dumps(old))
+    t = record.stat().st_mtime
+    os.utime(out / "gfn" / "metrics.json", (t - 10, t - 10))
+    assert compare.finished_run(out, "gfn", argv)
+    os.utime(out / "gfn" / "metrics.json", (t + 10, t + 10))
+    assert not compare.finished_run(out, "gfn", argv)
+
+
 def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
     compare = load_recipe("compare")
     with pytest.raises(SystemExit):
