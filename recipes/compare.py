@@ -90,14 +90,16 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def run_header(i: int, labels: list[str], elapsed: float, ran: int | None = None) -> str:
+def run_header(i: int, labels: list[str], elapsed: float, ran: int | None = None, left: int | None = None) -> str:
     """The progress line printed before run i (`labels`: every run's trainer, and seed with --seeds): which run of
     how many, the time so far and, once a run has finished, an estimate of the time left (the mean time of the `ran`
-    runs actually made so far, by default all i before this one, per run left; runs --resume skipped cost nothing)."""
+    runs actually made so far, by default all i before this one, per run still to make from this one on, `left`, by
+    default all len(labels) - i; runs --resume skips cost nothing, before or after this one)."""
     ran = i if ran is None else ran
+    left = len(labels) - i if left is None else left
     line = f"== compare: run {i + 1}/{len(labels)} ({labels[i]}); {_duration(elapsed)} so far"
-    if ran:
-        line += f", about {_duration(elapsed / ran * (len(labels) - i))} left"
+    if ran and left:
+        line += f", about {_duration(elapsed / ran * left)} left"
     return line + " =="
 
 
@@ -365,9 +367,13 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.monotonic()
         labels = [t if seed is None else f"{t}, seed {seed}" for seed, _, _ in runs for t in a.trainers]
         ran = 0
+        todo = [not (a.resume and finished_run(run_out, trainer, recipe_argv(trainer, run_out, run_extra, i == 0,
+                                                                              a.decoding)))
+                for _, run_out, run_extra in runs for i, trainer in enumerate(a.trainers)]  # what --resume leaves
         for k, (_, run_out, run_extra) in enumerate(runs):
             for i, trainer in enumerate(a.trainers):
-                print(run_header(k * len(a.trainers) + i, labels, time.monotonic() - start, ran), flush=True)
+                n = k * len(a.trainers) + i
+                print(run_header(n, labels, time.monotonic() - start, ran, sum(todo[n:])), flush=True)
                 ran += run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding,
                                resume=a.resume)
         print(f"== compare: {len(labels)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)

@@ -203,7 +203,8 @@ def _fake_recipe_launcher(tmp_path):
                         "argv = sys.argv[2:]\n"
                         "out = argv[argv.index('--output_dir') + 1]\n"
                         "os.makedirs(out, exist_ok=True)\n"
-                        "open(os.path.join(out, 'metrics.json'), 'w').write(json.dumps({'metrics': {'gfn': {'args': "
+                        "trainer = argv[argv.index('--trainer') + 1]\n"
+                        "open(os.path.join(out, 'metrics.json'), 'w').write(json.dumps({'metrics': {trainer: {'args': "
                         "len(argv)}}}))\n"
                         "sys.exit(int(os.environ.get('FAKE_EXIT', '0')))\n")
     launcher.chmod(0o755)
@@ -245,6 +246,27 @@ def test_resume_skips_only_a_run_whose_metrics_its_record_vouches_for(tmp_path, 
     assert compare.finished_run(out, "gfn", argv)
     os.utime(out / "gfn" / "metrics.json", (t + 10, t + 10))
     assert not compare.finished_run(out, "gfn", argv)
+
+
+def test_time_left_counts_only_the_runs_resume_will_make(tmp_path, monkeypatch):
+    """The estimate of the time left multiplied the mean time of the runs made by every run left, those --resume
+    would skip too: with a trainer added to a finished --seeds comparison, twice the time left after the first seed's
+    new run.  It counts the runs still to make."""
+    compare = load_recipe("compare")
+    labels = ["gfn, seed 0", "ppo, seed 0", "gfn, seed 1", "ppo, seed 1"]
+    assert compare.run_header(2, labels, 60, ran=1, left=1) == ("== compare: run 3/4 (gfn, seed 1); 1m00s so far, "
+                                                                "about 1m00s left ==")
+    assert compare.run_header(2, labels, 60, ran=1, left=0).endswith("1m00s so far ==")  # nothing left to make
+    assert compare.run_header(2, labels, 60) == "== compare: run 3/4 (gfn, seed 1); 1m00s so far, about 1m00s left =="
+    launcher, out = _fake_recipe_launcher(tmp_path), tmp_path / "cmp"
+    monkeypatch.setattr(compare, "check_runs", lambda *a: None)
+    args = ["--task", "infill", "--output_dir", str(out), "--launcher", launcher[0], "--seeds", "0", "1"]
+    compare.main([*args, "--trainers", "gfn"])
+    headers = []
+    monkeypatch.setattr(compare, "run_header", lambda i, labels, elapsed, ran=None, left=None:
+                        headers.append((i, ran, left)) or "")
+    compare.main([*args, "--trainers", "gfn", "ppo", "--resume"])  # the gfn runs are skipped
+    assert headers == [(0, 0, 2), (1, 0, 2), (2, 1, 1), (3, 1, 1)]
 
 
 def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
