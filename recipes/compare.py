@@ -345,6 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.decoding and a.task != "continuation":
         p.error("--decoding applies to --task continuation only")
+    if a.resume and a.collect:
+        p.error("--resume runs the runs that are missing or stale, --collect runs none (it reads the finished ones): "
+                "pass one of them")
     if a.seeds is not None:
         if any(x == "--seed" or x.startswith("--seed=") for x in extra):
             p.error("--seeds sets every run's --seed: leave --seed out of the arguments after --")

@@ -277,6 +277,9 @@ def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--task", "infill", "--trainers", "gfn", "--seeds", "0", "0"])
     assert "repeats a seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --collect runs nothing: --resume would do nothing, silently
+        compare.main(["--task", "infill", "--trainers", "gfn", "--collect", "--resume"])
+    assert "--resume runs the runs that are missing or stale, --collect runs none" in capsys.readouterr().err
     for seeds, message in ((["3"], "one seed has no spread"), (["0", "-1"], "0 .. 2**32 - 1"),
                            (["0", str(2**32)], "0 .. 2**32 - 1")):
         with pytest.raises(SystemExit):  # refused before any run, not a NaN sd or a crash at the last seed's start
