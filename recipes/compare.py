@@ -127,9 +127,7 @@ def finished_run(out: Path, trainer: str, argv: list[str]) -> bool:
             return False
     elif metrics.stat().st_mtime > (out / trainer / RUN_RECORD).stat().st_mtime:
         return False
-    words = shlex.split(record["command"])
-    script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
-    return words[script + 1:] == argv
+    return recipe_args(record["command"]) == argv
 
 
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
@@ -237,12 +235,21 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> tuple[dict, d
     return mean, sd
 
 
-def _normalised_command(command: str) -> list[str]:
-    """A run's recipe arguments (after the recipe's .py: the launcher and the checkout's path may be spelt otherwise)
-    with their --output_dir and --seed values blanked: what must be equal across seeds."""
+def recipe_args(command: str) -> list[str]:
+    """A recorded command's recipe arguments (`recipe_argv`: from its first --trainer on), whatever the launcher
+    (even one with a .py of its own, e.g. "python wrap.py") and the checkout's path; a command without --trainer:
+    after its first .py."""
     words = shlex.split(command)
+    if "--trainer" in words:
+        return words[words.index("--trainer"):]
     script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
-    words = words[script + 1:]
+    return words[script + 1:]
+
+
+def _normalised_command(command: str) -> list[str]:
+    """A run's recipe arguments (`recipe_args`: the launcher and the checkout's path may be spelt otherwise) with
+    their --output_dir and --seed values blanked: what must be equal across seeds."""
+    words = recipe_args(command)
     for i, word in enumerate(words[:-1]):
         if word in ("--output_dir", "--seed"):
             words[i + 1] = "<" + word[2:] + ">"

@@ -248,6 +248,23 @@ def test_resume_skips_only_a_run_whose_metrics_its_record_vouches_for(tmp_path, 
     assert not compare.finished_run(out, "gfn", argv)
 
 
+def test_a_launcher_with_a_py_of_its_own_is_not_taken_for_the_recipe(tmp_path):
+    """The recipe's arguments were read after the command's first .py: a launcher such as "python wrap.py" made
+    --resume rerun every finished run (the recipe's path counted as an argument) and --collect refuse seeds run from
+    two checkouts as different commands."""
+    compare = load_recipe("compare")
+    out = tmp_path / "cmp"
+    argv = compare.recipe_argv("gfn", out, ["--max_steps", "4"], True, [])
+    (out / "gfn").mkdir(parents=True)
+    (out / "gfn" / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1}}}))
+    command = f"python /opt/wrap.py /a/recipes/infill.py {' '.join(argv)}"
+    (out / "gfn" / "command.json").write_text(json.dumps({"command": command, "wall_seconds": 1.0}))
+    assert compare.recipe_args(command) == argv and compare.finished_run(out, "gfn", argv)
+    elsewhere = command.replace("/a/recipes", "/b/recipes").replace("--max_steps 4", "--max_steps 4 --seed 1")
+    assert compare._normalised_command(elsewhere) == compare._normalised_command(f"{command} --seed 0")
+    assert compare.recipe_args("python infill.py --x 1") == ["--x", "1"]  # no --trainer: after the .py
+
+
 def test_time_left_counts_only_the_runs_resume_will_make(tmp_path, monkeypatch):
     """The estimate of the time left multiplied the mean time of the runs made by every run left, those --resume
     would skip too: with a trainer added to a finished --seeds comparison, twice the time left after the first seed's
