@@ -123,7 +123,7 @@ def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeyp
     argv = ["--trainer", trainer, "--output_dir", str(tmp_path), "--skip_baseline", "true", *SMALL]
     if task == "subjectivity":  # draws its training set with --num_labelled
         i = argv.index("--num_train")
-        argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0"]
+        argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0", "--m_step_steps", "0"]
     if task == "arithmetic":  # and a short rationale-LM stage
         argv += ["--max_completion_length", "31", "--eval_samples", "1", "--rationale_lm_steps", "1",
                  "--num_rationale", "4", "--rationale_lm_cache", str(tmp_path / "cache")]

@@ -592,17 +592,20 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     recipe = load_recipe("subjectivity")
     monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--output_dir", str(tmp_path), "--max_steps", "2",
                                       "--num_eval", "2", "--eval_samples", "3", "--num_labelled", "2",
-                                      "--num_generations", "4", "--wishful_rationales", "2", "--use_cpu", "true"])
+                                      "--num_generations", "4", "--wishful_rationales", "2", "--use_cpu", "true",
+                                      "--m_step_steps", "2"])
     r, a, t = recipe.make_parser().parse_args_and_config()
     recipe.main(r, a, t)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"zero_shot", "few_shot", "untuned", "gfn"}
+    # the CPU default runs the M-step (its gfn_m_step row judges the GFlowNet's own test rationales)
+    assert set(metrics) == {"zero_shot", "few_shot", "untuned", "gfn", "gfn_m_step"}
     assert metrics["few_shot"].pop("demonstrations") == 2
+    assert metrics["gfn_m_step"].pop("m_step/train_loss") > 0
     for m in metrics.values():
         assert set(m) == {"accuracy", "accuracy/per_sample", "log_likelihood/mean", "log_likelihood/max"}
         assert m["accuracy"] in (0.0, 0.5, 1.0) and m["log_likelihood/mean"] < 0
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 8
+    assert len(samples) == 10
     for s in samples:
         n = 1 if s["method"] in ("zero_shot", "few_shot") else 3
         assert len(s["rationales"]) == len(s["predictions"]) == len(s["log_likelihood"]) == n
