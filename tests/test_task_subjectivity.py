@@ -584,6 +584,25 @@ def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path
     assert list(recipe.main(*recipe.make_parser(argv).parse_args_and_config(argv))) == ["zero_shot", "few_shot", "gfn"]
 
 
+def test_results_summary_keeps_every_method_it_finds(tmp_path):
+    """docs/results/subjectivity/summarize.py tabulated a fixed list of methods: the M-step's gfn_m_step row (and any
+    other trainer's) was collected into results.json but left out of the printed tables without a word."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "subjectivity" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("subj_summarize", path)
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    for s in (0, 1):
+        run = tmp_path / "subj_k10" / f"seed_{s}" / "gfn"
+        run.mkdir(parents=True)
+        metrics = {m: {"accuracy": 0.5 + 0.1 * s, "accuracy/per_sample": 0.5} for m in ("zero_shot", "gfn",
+                                                                                          "gfn_m_step", "ppo")}
+        (run / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    results = summarize.collect(tmp_path)
+    assert summarize.methods(results) == ["zero_shot", "gfn", "gfn_m_step", "ppo"]
+    for table in (summarize.table(results), summarize.per_seed_table(results)):
+        assert all(f"| {m} |" in table for m in ("zero_shot", "gfn", "gfn_m_step", "ppo"))
+
+
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
