@@ -542,8 +542,7 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
 
     S.TASK.check(ctx())
     S.TASK.check(ctx("sft", m_step_steps=0))
-    with pytest.raises(ValueError, match="--trainer sft samples none"):
-        S.TASK.check(ctx("sft"))
+    S.TASK.check(ctx("sft", m_step_rationales=0))  # the M-step does not apply to sft (test below): nor its settings
     with pytest.raises(ValueError, match="--m_step_steps -1"):
         S.TASK.check(ctx(m_step_steps=-1))
     for bad in (dict(m_step_rationales=0), dict(m_step_learning_rate=0.0), dict(m_step_batch_size=0),
@@ -555,6 +554,43 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
     for trainer, steps in (("gfn", 24), ("ppo", 24), ("sft", 0)):
         argv = ["--trainer", trainer]
         assert recipe.make_parser(argv).parse_args_and_config(argv)[2].m_step_steps == steps
+
+
+def test_m_step_flags_given_to_every_run_do_not_stop_sft(tmp_path, capsys):
+    """--trainer sft with --m_step_steps was refused, so the paper's comparison of the GFlowNet + M-step with SFT could
+    not be run: compare.py gives every run the same flags (`-- --m_step_steps N`), and the paper's config file sets
+    m_step_steps 100 for every trainer.  The M-step does not apply to sft (it samples no rationales): the run says so
+    and makes its own rows only."""
+    pytest.importorskip("gguf")
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext
+    from gfn_trl.testing import tiny_gguf
+
+    def ctx(trainer):
+        t = dict(num_labelled=2, wishful_rationales=0, validation=0, m_step_steps=5, m_step_rationales=1,
+                 m_step_learning_rate=1e-3, m_step_batch_size=1, m_step_gradient_accumulation_steps=1)
+        return RunContext(SimpleNamespace(num_train=None, trainer=trainer), None, SimpleNamespace(**t))
+
+    assert S.TASK.trained_methods(ctx("sft")) == ("sft",) and S.TASK.trained_methods(ctx("gfn"))[1] == "gfn_m_step"
+    recipe = load_recipe("subjectivity")
+    paper = ["--config", str(Path(recipe.__file__).parent / "configs" / "subjectivity_gpt-j.yaml"), "--trainer", "sft"]
+    r, a, t = recipe.make_parser(paper).parse_args_and_config(paper)
+    assert t.m_step_steps == 100
+    S.TASK.check(RunContext(r, a, t))
+    model = tiny_gguf(tmp_path / "gguf")
+    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun"]
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(words)])
+    shared = ["--model_name_or_path", model, "--dataset", data, "--num_eval", "2", "--num_labelled", "2",
+              "--eval_samples", "2", "--untuned_baseline", "false", "--use_cpu", "true", "--disable_tqdm", "true",
+              "--m_step_steps", "2"]
+    load_recipe("compare").check_runs("subjectivity", ["gfn", "sft"], tmp_path / "cmp", [sys.executable], shared, [])
+    argv = ["--trainer", "sft", "--output_dir", str(tmp_path / "o"), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", *shared]
+    assert list(recipe.main(*recipe.make_parser(argv).parse_args_and_config(argv))) == ["zero_shot", "few_shot", "sft"]
+    assert "--m_step_steps 2 does not apply to --trainer sft" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "m_step").exists()
 
 
 def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path):

@@ -539,10 +539,7 @@ class SubjectivityTask(Task):
         t = ctx.task_args
         if t.m_step_steps < 0:
             raise ValueError(f"--m_step_steps {t.m_step_steps}: give 0 (no M-step) or a number of steps.")
-        if t.m_step_steps:
-            if ctx.recipe.trainer == "sft":
-                raise ValueError("--m_step_steps: the M-step trains a judge on a sampling trainer's rationales, and "
-                                 "--trainer sft samples none. Pass --m_step_steps 0 with --trainer sft.")
+        if self._m_step(ctx):
             if t.m_step_rationales < 1 or t.m_step_batch_size < 1 or t.m_step_gradient_accumulation_steps < 1 \
                     or not t.m_step_learning_rate > 0:
                 raise ValueError("--m_step_rationales, --m_step_batch_size and --m_step_gradient_accumulation_steps "
@@ -565,7 +562,7 @@ class SubjectivityTask(Task):
         replay seeds) and the untuned baseline sample with the adapter disabled."""
         t, recipe = ctx.task_args, ctx.recipe
         needs = []
-        if t.m_step_steps:
+        if SubjectivityTask._m_step(ctx):
             needs.append(("--m_step_steps 0", f"--m_step_steps {t.m_step_steps} trains a second adapter beside it"))
         if t.wishful_rationales and getattr(recipe, "trainer", None) == "gfn":
             needs.append(("--wishful_rationales 0",
@@ -627,7 +624,10 @@ class SubjectivityTask(Task):
         # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
         ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
                                          ctx.model.config, ctx.built.constraints.max_length, "eval"))
-        if ctx.task_args.m_step_steps:  # the labelled reviews, to sample the M-step's rationales for
+        if ctx.task_args.m_step_steps and not self._m_step(ctx):
+            print(f"Note: --m_step_steps {ctx.task_args.m_step_steps} does not apply to --trainer sft, which samples "
+                  "no rationales to train the M-step's judge on: no sft_m_step row.")
+        if self._m_step(ctx):  # the labelled reviews, to sample the M-step's rationales for
             ctx.m_step_rows = list(tokenize_dataset(to_contract(data.train).remove_columns("contrast_suffix"),
                                                     ctx.tokenizer, ctx.model.config,
                                                     ctx.built.constraints.max_length, "train"))
@@ -637,9 +637,17 @@ class SubjectivityTask(Task):
         ctx.demonstrations = few_shot_demonstrations(list(data.train), ctx.tokenizer,
                                                      None if max_pos is None else max_pos - need)
 
+    @staticmethod
+    def _m_step(ctx: RunContext) -> bool:
+        """Whether the run makes an M-step: --m_step_steps > 0 and a trainer that samples rationales.  With
+        --trainer sft the flag does not apply (said at the run, not refused: `compare.py --trainers gfn sft --
+        --m_step_steps N`, the paper's GFlowNet + M-step against SFT, gives every run the same flags, as the paper's
+        config file does)."""
+        return bool(ctx.task_args.m_step_steps) and getattr(ctx.recipe, "trainer", None) != "sft"
+
     def trained_methods(self, ctx: RunContext) -> tuple[str, ...]:
         trainer = ctx.recipe.trainer
-        return (trainer, f"{trainer}_m_step") if ctx.task_args.m_step_steps else (trainer,)
+        return (trainer, f"{trainer}_m_step") if self._m_step(ctx) else (trainer,)
 
     def m_step(self, ctx: RunContext) -> Evaluated:
         """The M-step (module docstring): rationales of the labelled reviews from the trained policy, a new adapter
