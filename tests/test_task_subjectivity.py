@@ -599,17 +599,18 @@ def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path
     adapter disabled) after loading; all are refused by `check`, naming the flags that turn them off, and with those
     flags the full fine-tuning runs."""
     pytest.importorskip("gguf")
+    from gfn_trl.runner.pipeline import check_full_fine_tuning
     from gfn_trl.tasks.base import RunContext
     from gfn_trl.testing import tiny_gguf
 
     recipe = load_recipe("subjectivity")
     for off in (["--use_peft", "false"], ["--lora_r", "0"]):
         r, a, t = recipe.make_parser(off).parse_args_and_config(off)
-        with pytest.raises(ValueError, match="--m_step_steps 0 --wishful_rationales 0 --untuned_baseline false"):
-            S.TASK.check(RunContext(r, a, t))
+        with pytest.raises(ValueError, match="--m_step_steps 0, --wishful_rationales 0, --untuned_baseline false"):
+            check_full_fine_tuning(S.TASK, RunContext(r, a, t))
     argv = ["--trainer", "ppo", "--lora_r", "0", "--skip_baseline", "true"]  # no wishful seeds, no untuned baseline
     with pytest.raises(ValueError, match=r"LoRA adapter: --m_step_steps 24 trains .*\. Pass --m_step_steps 0, or"):
-        S.TASK.check(RunContext(*recipe.make_parser(argv).parse_args_and_config(argv)))
+        check_full_fine_tuning(S.TASK, RunContext(*recipe.make_parser(argv).parse_args_and_config(argv)))
     model = tiny_gguf(tmp_path / "gguf")
     data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
                                                for i, w in enumerate(["a plot", "i loved it", "the man", "so dull"])])

@@ -546,23 +546,14 @@ class SubjectivityTask(Task):
                                  "must be at least 1 and --m_step_learning_rate above 0 (got "
                                  f"{t.m_step_rationales}, {t.m_step_batch_size}, "
                                  f"{t.m_step_gradient_accumulation_steps}, {t.m_step_learning_rate}).")
-        if not getattr(ctx.recipe, "use_peft", True) or getattr(ctx.recipe, "lora_r", 1) <= 0:
-            needs = self._adapter_features(ctx)
-            if needs:
-                raise ValueError("This run fully fine-tunes (--use_peft false or --lora_r 0), and these need the "
-                                 f"policy's LoRA adapter: {'; '.join(why for _, why in needs)}. Pass "
-                                 f"{' '.join(off for off, _ in needs)}, or keep LoRA on (--use_peft true, --lora_r "
-                                 "> 0).")
 
-    @staticmethod
-    def _adapter_features(ctx: RunContext) -> list[tuple[str, str]]:
-        """What this run does with the policy's LoRA adapter, as (the flag that turns it off, why it needs one):
-        `check` refuses them without LoRA, before any model loads (they failed after loading, the M-step after
-        training).  The M-step adds a second adapter beside the policy's; the wishful rationales (the GFlowNet's
-        replay seeds) and the untuned baseline sample with the adapter disabled."""
+    def adapter_uses(self, ctx: RunContext) -> list[tuple[str, str]]:
+        """`Task.adapter_uses`: the M-step adds a second adapter beside the policy's; the wishful rationales (the
+        GFlowNet's replay seeds) and the untuned baseline sample with the adapter disabled (the zero-shot and
+        few-shot baselines score with the reward LM, which full fine-tuning keeps as a frozen copy)."""
         t, recipe = ctx.task_args, ctx.recipe
         needs = []
-        if SubjectivityTask._m_step(ctx):
+        if self._m_step(ctx):
             needs.append(("--m_step_steps 0", f"--m_step_steps {t.m_step_steps} trains a second adapter beside it"))
         if t.wishful_rationales and getattr(recipe, "trainer", None) == "gfn":
             needs.append(("--wishful_rationales 0",
