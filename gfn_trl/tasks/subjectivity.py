@@ -467,12 +467,11 @@ def m_step_dataset(rows: Sequence[dict], latents: Sequence[Sequence[Sequence[int
 def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning_rate: float, batch_size: int,
                  gradient_accumulation_steps: int = 1) -> dict:
     """Train a new LoRA adapter `m_step` (a copy of the LoRA settings of the policy's active adapter, the E-step's:
-    the recipes' "default"; freshly initialised) on
-    `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps` optimiser steps of `batch_size` ×
-    `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with 20 % warm-up (the authors' 20 of
-    100 steps), completion-only loss.  The E-step's adapter is active again on return, its weights untouched.
-    `args`: the run's settings (seed, device, precision, logging).  Returns the trainer's final metrics
-    (`train_loss`, ...).
+    the recipes' "default"; freshly initialised) on `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps`
+    optimiser steps of `batch_size` × `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with
+    20 % warm-up (the authors' 20 of 100 steps), completion-only loss.  The E-step's adapter is active again on
+    return, its weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the
+    trainer's final metrics (`train_loss`, ...).
 
     Raises:
         ValueError: the policy already has an adapter named `m_step`.
