@@ -90,29 +90,44 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def run_header(i: int, labels: list[str], elapsed: float, ran: int | None = None) -> str:
+def run_header(i: int, labels: list[str], elapsed: float, ran: int | None = None, left: int | None = None) -> str:
     """The progress line printed before run i (`labels`: every run's trainer, and seed with --seeds): which run of
     how many, the time so far and, once a run has finished, an estimate of the time left (the mean time of the `ran`
-    runs actually made so far, by default all i before this one, per run left; runs --resume skipped cost nothing)."""
+    runs actually made so far, by default all i before this one, per run still to make from this one on, `left`, by
+    default all len(labels) - i; runs --resume skips cost nothing, before or after this one)."""
     ran = i if ran is None else ran
+    left = len(labels) - i if left is None else left
     line = f"== compare: run {i + 1}/{len(labels)} ({labels[i]}); {_duration(elapsed)} so far"
-    if ran:
-        line += f", about {_duration(elapsed / ran * (len(labels) - i))} left"
+    if ran and left:
+        line += f", about {_duration(elapsed / ran * left)} left"
     return line + " =="
 
 
 RUN_RECORD = "command.json"  # each run's command and wall time, next to its outputs
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def finished_run(out: Path, trainer: str, argv: list[str]) -> bool:
     """Whether OUT/<trainer> holds a finished run (metrics.json) made by compare.py with exactly these recipe
-    arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume skips."""
+    arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume skips.
+    The metrics.json must be the one that run wrote (its sha256 in command.json; in a record without one, from
+    before compare.py kept it: not newer than the record), not one a later run into the same directory, made without
+    compare.py or killed before its record, left there."""
     record = run_record(out, trainer)
-    if record is None or not (out / trainer / "metrics.json").exists():
+    metrics = out / trainer / "metrics.json"
+    if record is None or not metrics.exists():
         return False
-    words = shlex.split(record["command"])
-    script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
-    return words[script + 1:] == argv
+    if "metrics_sha256" in record:
+        if record["metrics_sha256"] != _sha256(metrics):
+            return False
+    elif metrics.stat().st_mtime > (out / trainer / RUN_RECORD).stat().st_mtime:
+        return False
+    return recipe_args(record["command"]) == argv
 
 
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
@@ -125,21 +140,27 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
         return False
     cmd = [*launcher, str(ROOT / f"{task}.py"), *argv]
     print("$", shlex.join(cmd), flush=True)
+    # an earlier run's record goes first: if this run fails or is killed after writing its metrics.json, no record
+    # may vouch for them (--resume would skip the run, --collect cite the other command)
+    (out / trainer / RUN_RECORD).unlink(missing_ok=True)
     start = time.monotonic()
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{trainer} failed (exit {done.returncode}); its command is above. Fix it, or leave it out "
                          "of --trainers and collect the others with --collect.")
-    # the command and its wall time, next to the run's outputs (the comparison's tables cite them)
+    # the command and its wall time, next to the run's outputs (the comparison's tables cite them), and the digest of
+    # the metrics.json it wrote (what --resume checks)
+    metrics = out / trainer / "metrics.json"
     (out / trainer / RUN_RECORD).write_text(json.dumps(
-        {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1)}, indent=2))
+        {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1),
+         "metrics_sha256": _sha256(metrics) if metrics.exists() else None}, indent=2))
     return True
 
 
 
 def run_record(out: Path, trainer: str) -> dict | None:
-    """OUT/<trainer>/command.json ({"command", "wall_seconds"}, written by `run_one`), or None for a run not made by
-    compare.py."""
+    """OUT/<trainer>/command.json ({"command", "wall_seconds", "metrics_sha256"}, written by `run_one`), or None for a
+    run not made by compare.py."""
     path = out / trainer / RUN_RECORD
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -214,12 +235,21 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> tuple[dict, d
     return mean, sd
 
 
-def _normalised_command(command: str) -> list[str]:
-    """A run's recipe arguments (after the recipe's .py: the launcher and the checkout's path may be spelt otherwise)
-    with their --output_dir and --seed values blanked: what must be equal across seeds."""
+def recipe_args(command: str) -> list[str]:
+    """A recorded command's recipe arguments (`recipe_argv`: from its first --trainer on), whatever the launcher
+    (even one with a .py of its own, e.g. "python wrap.py") and the checkout's path; a command without --trainer:
+    after its first .py."""
     words = shlex.split(command)
+    if "--trainer" in words:
+        return words[words.index("--trainer"):]
     script = next((i for i, word in enumerate(words) if word.endswith(".py")), -1)
-    words = words[script + 1:]
+    return words[script + 1:]
+
+
+def _normalised_command(command: str) -> list[str]:
+    """A run's recipe arguments (`recipe_args`: the launcher and the checkout's path may be spelt otherwise) with
+    their --output_dir and --seed values blanked: what must be equal across seeds."""
+    words = recipe_args(command)
     for i, word in enumerate(words[:-1]):
         if word in ("--output_dir", "--seed"):
             words[i + 1] = "<" + word[2:] + ">"
@@ -322,6 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.decoding and a.task != "continuation":
         p.error("--decoding applies to --task continuation only")
+    if a.resume and a.collect:
+        p.error("--resume runs the runs that are missing or stale, --collect runs none (it reads the finished ones): "
+                "pass one of them")
     if a.seeds is not None:
         if any(x == "--seed" or x.startswith("--seed=") for x in extra):
             p.error("--seeds sets every run's --seed: leave --seed out of the arguments after --")
@@ -344,9 +377,13 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.monotonic()
         labels = [t if seed is None else f"{t}, seed {seed}" for seed, _, _ in runs for t in a.trainers]
         ran = 0
+        todo = [not (a.resume and finished_run(run_out, trainer, recipe_argv(trainer, run_out, run_extra, i == 0,
+                                                                              a.decoding)))
+                for _, run_out, run_extra in runs for i, trainer in enumerate(a.trainers)]  # what --resume leaves
         for k, (_, run_out, run_extra) in enumerate(runs):
             for i, trainer in enumerate(a.trainers):
-                print(run_header(k * len(a.trainers) + i, labels, time.monotonic() - start, ran), flush=True)
+                n = k * len(a.trainers) + i
+                print(run_header(n, labels, time.monotonic() - start, ran, sum(todo[n:])), flush=True)
                 ran += run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding,
                                resume=a.resume)
         print(f"== compare: {len(labels)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)

@@ -81,7 +81,7 @@ class SubjectivityArguments:
         metadata={"help": "M-step (the paper's 'GFlowNet + supervised fine-tuning'): after training, fine-tune a new "
                   "LoRA adapter this many steps on X Z -> Y, Z sampled from the trained policy for the labelled "
                   "reviews, and judge the policy's test rationales with it (method '<trainer>_m_step'). 0: no M-step "
-                  "(the authors' notebook: 100)."},
+                  "(the authors' notebook: 100). Does not apply to --trainer sft (said at the run)."},
     )
     m_step_rationales: int = field(
         default=100, metadata={"help": "M-step: rationales sampled per labelled review (the authors: 100)."}

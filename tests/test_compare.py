@@ -123,7 +123,7 @@ def test_baseline_trainers_run_the_task_recipes(task, trainer, tmp_path, monkeyp
     argv = ["--trainer", trainer, "--output_dir", str(tmp_path), "--skip_baseline", "true", *SMALL]
     if task == "subjectivity":  # draws its training set with --num_labelled
         i = argv.index("--num_train")
-        argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0"]
+        argv = argv[:i] + argv[i + 2 :] + ["--num_labelled", "2", "--wishful_rationales", "0", "--m_step_steps", "0"]
     if task == "arithmetic":  # and a short rationale-LM stage
         argv += ["--max_completion_length", "31", "--eval_samples", "1", "--rationale_lm_steps", "1",
                  "--num_rationale", "4", "--rationale_lm_cache", str(tmp_path / "cache")]
@@ -194,6 +194,98 @@ def test_compare_over_seeds_reports_mean_and_sd_of_real_runs(tmp_path, monkeypat
     assert not compare.finished_run(out / "seed_0", "gfn", [*argv[:-1], "1"])
 
 
+def _fake_recipe_launcher(tmp_path):
+    """A launcher (no .py in its name) that ignores the recipe and writes OUTPUT_DIR/metrics.json with the run's
+    arguments, then exits with $FAKE_EXIT (default 0): a recipe run without a model."""
+    launcher = tmp_path / "fake_launcher"
+    launcher.write_text(f"#!{sys.executable}\n"
+                        "import json, os, sys\n"
+                        "argv = sys.argv[2:]\n"
+                        "out = argv[argv.index('--output_dir') + 1]\n"
+                        "os.makedirs(out, exist_ok=True)\n"
+                        "trainer = argv[argv.index('--trainer') + 1]\n"
+                        "open(os.path.join(out, 'metrics.json'), 'w').write(json.dumps({'metrics': {trainer: {'args': "
+                        "len(argv)}}}))\n"
+                        "sys.exit(int(os.environ.get('FAKE_EXIT', '0')))\n")
+    launcher.chmod(0o755)
+    return [str(launcher)]
+
+
+def test_resume_skips_only_a_run_whose_metrics_its_record_vouches_for(tmp_path, monkeypatch):
+    """--resume skipped a run whose command.json matched while its metrics.json was another run's: one made by hand
+    into the same directory afterwards, or a compare.py run with other arguments that wrote metrics.json and then
+    failed (or was killed) before its record.  The record now goes before each run and holds the metrics' digest; a
+    record from before the digest vouches for a metrics.json no newer than itself."""
+    import os
+
+    compare = load_recipe("compare")
+    launcher, out = _fake_recipe_launcher(tmp_path), tmp_path / "cmp"
+    x, y = ["--max_steps", "4"], ["--max_steps", "8"]
+    argv = compare.recipe_argv("gfn", out, x, True, [])
+    assert compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)
+    assert compare.finished_run(out, "gfn", argv)
+    assert not compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)  # skipped
+    # a run made by hand into the same directory (other arguments) rewrites metrics.json, not command.json
+    (out / "gfn" / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"args": 99}}}))
+    assert not compare.finished_run(out, "gfn", argv)
+    assert compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)  # made again
+    # a compare.py run with other arguments writes its metrics.json, then fails: no record vouches for them
+    monkeypatch.setenv("FAKE_EXIT", "1")
+    with pytest.raises(SystemExit, match="gfn failed"):
+        compare.run_one("infill", "gfn", out, launcher, y, True, [], resume=True)
+    assert not (out / "gfn" / "command.json").exists() and not compare.finished_run(out, "gfn", argv)
+    monkeypatch.delenv("FAKE_EXIT")
+    compare.run_one("infill", "gfn", out, launcher, x, True, [])
+    # a record from before the digest: the metrics.json must be no newer than the record
+    record = out / "gfn" / "command.json"
+    old = json.loads(record.read_text())
+    del old["metrics_sha256"]
+    record.write_text(json.dumps(old))
+    t = record.stat().st_mtime
+    os.utime(out / "gfn" / "metrics.json", (t - 10, t - 10))
+    assert compare.finished_run(out, "gfn", argv)
+    os.utime(out / "gfn" / "metrics.json", (t + 10, t + 10))
+    assert not compare.finished_run(out, "gfn", argv)
+
+
+def test_a_launcher_with_a_py_of_its_own_is_not_taken_for_the_recipe(tmp_path):
+    """The recipe's arguments were read after the command's first .py: a launcher such as "python wrap.py" made
+    --resume rerun every finished run (the recipe's path counted as an argument) and --collect refuse seeds run from
+    two checkouts as different commands."""
+    compare = load_recipe("compare")
+    out = tmp_path / "cmp"
+    argv = compare.recipe_argv("gfn", out, ["--max_steps", "4"], True, [])
+    (out / "gfn").mkdir(parents=True)
+    (out / "gfn" / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1}}}))
+    command = f"python /opt/wrap.py /a/recipes/infill.py {' '.join(argv)}"
+    (out / "gfn" / "command.json").write_text(json.dumps({"command": command, "wall_seconds": 1.0}))
+    assert compare.recipe_args(command) == argv and compare.finished_run(out, "gfn", argv)
+    elsewhere = command.replace("/a/recipes", "/b/recipes").replace("--max_steps 4", "--max_steps 4 --seed 1")
+    assert compare._normalised_command(elsewhere) == compare._normalised_command(f"{command} --seed 0")
+    assert compare.recipe_args("python infill.py --x 1") == ["--x", "1"]  # no --trainer: after the .py
+
+
+def test_time_left_counts_only_the_runs_resume_will_make(tmp_path, monkeypatch):
+    """The estimate of the time left multiplied the mean time of the runs made by every run left, those --resume
+    would skip too: with a trainer added to a finished --seeds comparison, twice the time left after the first seed's
+    new run.  It counts the runs still to make."""
+    compare = load_recipe("compare")
+    labels = ["gfn, seed 0", "ppo, seed 0", "gfn, seed 1", "ppo, seed 1"]
+    assert compare.run_header(2, labels, 60, ran=1, left=1) == ("== compare: run 3/4 (gfn, seed 1); 1m00s so far, "
+                                                                "about 1m00s left ==")
+    assert compare.run_header(2, labels, 60, ran=1, left=0).endswith("1m00s so far ==")  # nothing left to make
+    assert compare.run_header(2, labels, 60) == "== compare: run 3/4 (gfn, seed 1); 1m00s so far, about 1m00s left =="
+    launcher, out = _fake_recipe_launcher(tmp_path), tmp_path / "cmp"
+    monkeypatch.setattr(compare, "check_runs", lambda *a: None)
+    args = ["--task", "infill", "--output_dir", str(out), "--launcher", launcher[0], "--seeds", "0", "1"]
+    compare.main([*args, "--trainers", "gfn"])
+    headers = []
+    monkeypatch.setattr(compare, "run_header", lambda i, labels, elapsed, ran=None, left=None:
+                        headers.append((i, ran, left)) or "")
+    compare.main([*args, "--trainers", "gfn", "ppo", "--resume"])  # the gfn runs are skipped
+    assert headers == [(0, 0, 2), (1, 0, 2), (2, 1, 1), (3, 1, 1)]
+
+
 def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
     compare = load_recipe("compare")
     with pytest.raises(SystemExit):
@@ -202,6 +294,9 @@ def test_compare_seeds_refuses_a_seed_in_the_run_arguments(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--task", "infill", "--trainers", "gfn", "--seeds", "0", "0"])
     assert "repeats a seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --collect runs nothing: --resume would do nothing, silently
+        compare.main(["--task", "infill", "--trainers", "gfn", "--collect", "--resume"])
+    assert "--resume runs the runs that are missing or stale, --collect runs none" in capsys.readouterr().err
     for seeds, message in ((["3"], "one seed has no spread"), (["0", "-1"], "0 .. 2**32 - 1"),
                            (["0", str(2**32)], "0 .. 2**32 - 1")):
         with pytest.raises(SystemExit):  # refused before any run, not a NaN sd or a crash at the last seed's start

@@ -223,11 +223,15 @@ def test_stage_cache_refuses_a_corrupt_entry_and_keys_the_dtype(tiny, tmp_path):
 
 
 def test_num_gold_beyond_the_training_problems_is_said(capsys):
-    """--num_gold larger than the training set was capped without a word: now a warning names both counts."""
+    """--num_gold larger than the training set was capped without a word: now a warning names both counts, and says
+    what the gold rationales are for under every trainer (it said 'seed the replay buffer' to --trainer sft too, which
+    trains on them)."""
     recipe = SimpleNamespace(dataset=None, num_train=8, num_eval=2)
     task = dict(calculator=True, gold_weight=1, rationale_lm_steps=0, num_rationale=64, eval_split="test",
                 rationale_lm_learning_rate=1e-4, rationale_lm_cache=None)
     for n, warned in ((9, True), (8, False), (-1, False)):
         data = A.TASK.load(RunContext(recipe, SimpleNamespace(seed=0), SimpleNamespace(num_gold=n, **task)))
         assert len(data.train) == 8
-        assert ("Warning: --num_gold 9 exceeds the 8 training problems" in capsys.readouterr().out) == warned
+        out = capsys.readouterr().out
+        assert ("Warning: --num_gold 9 exceeds the 8 training problems" in out) == warned
+        assert ("the GFlowNet's replay seeds, SFT's training set" in out) == warned

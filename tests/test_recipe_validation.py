@@ -196,6 +196,17 @@ def test_root_cause_of_a_library_failure_is_named():
     ("arithmetic", ["--num_eval", "0"], ValueError, "--num_eval must be at least 1"),
     ("infill", ["--story_lm_steps", "-1"], ValueError, "--story_lm_steps must be 0"),
     ("subjectivity", ["--num_train", "5"], ValueError, "--num_labelled"),
+    # full fine-tuning has no adapter to disable: the untuned baselines and --decoding failed after loading
+    ("continuation", ["--lora_r", "0"], ValueError,
+     r"fully fine-tunes .*the baselines \(lm\) sample .*Pass --skip_baseline true, or keep LoRA on"),
+    ("continuation", ["--use_peft", "false", "--skip_baseline", "true", "--decoding", "greedy"], ValueError,
+     r"the --decoding methods decode the untuned LM .*Pass no --decoding, or"),
+    ("infill", ["--lora_r", "0", "--story_lm_steps", "0"], ValueError,
+     r"baselines \(prompting\).*--skip_baseline true"),
+    ("arithmetic", ["--lora_r", "0"], ValueError, r"baselines \(prompting, 3-shot\).*--skip_baseline true"),
+    ("diverse_reasoning", ["--lora_r", "0"], ValueError, r"baselines \(prompting\).*--skip_baseline true"),
+    ("subjectivity", ["--use_peft", "false"], ValueError,
+     "Pass --m_step_steps 0, --wishful_rationales 0, --untuned_baseline false, or keep LoRA on"),
 ])
 def test_argument_combinations_the_run_cannot_use(task, argv, error, match, trap, tmp_path, monkeypatch):
     with pytest.raises(error, match=match):

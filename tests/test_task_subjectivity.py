@@ -468,6 +468,28 @@ def test_m_step_trains_a_new_adapter_that_learns_the_labels_and_leaves_the_e_ste
     assert majority_vote_accuracy(preds, gold) == 1.0 > majority_vote_accuracy(base_preds, gold)
 
 
+def test_m_step_copies_and_restores_the_policy_s_own_adapter_whatever_its_name():
+    """`train_m_step` read and re-activated an adapter named "default" (KeyError on a policy whose adapter has another
+    name); it copies the active adapter's settings and makes it active again, and a second M-step on the same policy
+    (which would overwrite the first's adapter) is refused."""
+    from types import SimpleNamespace
+
+    contract = S.to_contract(Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS]))
+    words = sorted({w for r in contract for c in ("prompt", "suffix", "contrast_suffix") for w in r[c].split()})
+    tok = tiny_tokenizer(words + LATENT_WORDS)
+    policy = get_peft_model(tiny_model("llama", len(tok), seed=3), LoraConfig(r=2, target_modules=["v_proj"]),
+                            adapter_name="e_step")
+    rows = list(tokenize_dataset(contract.remove_columns("contrast_suffix"), tok, policy.config, 5, "eval"))
+    data = S.m_step_dataset(rows, [[[tok.convert_tokens_to_ids("plot")]]] * len(rows), tok)
+    args = SimpleNamespace(seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True)
+    S.train_m_step(policy, tok, data, args, steps=1, learning_rate=0.1, batch_size=2)
+    assert policy.active_adapter == "e_step" and set(policy.peft_config) == {"e_step", S.M_STEP_ADAPTER}
+    assert policy.peft_config[S.M_STEP_ADAPTER].r == 2
+    with pytest.raises(ValueError, match="already has an adapter named 'm_step'"):
+        S.train_m_step(policy, tok, data, args, steps=1, learning_rate=0.1, batch_size=2)
+    assert policy.active_adapter == "e_step"
+
+
 def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path):
     """The recipe with --m_step_steps on a tiny GGUF: a `gfn_m_step` row judging the GFlowNet's own test rationales,
     the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run
@@ -520,8 +542,7 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
 
     S.TASK.check(ctx())
     S.TASK.check(ctx("sft", m_step_steps=0))
-    with pytest.raises(ValueError, match="--trainer sft samples none"):
-        S.TASK.check(ctx("sft"))
+    S.TASK.check(ctx("sft", m_step_rationales=0))  # the M-step does not apply to sft (test below): nor its settings
     with pytest.raises(ValueError, match="--m_step_steps -1"):
         S.TASK.check(ctx(m_step_steps=-1))
     for bad in (dict(m_step_rationales=0), dict(m_step_learning_rate=0.0), dict(m_step_batch_size=0),
@@ -535,6 +556,90 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
         assert recipe.make_parser(argv).parse_args_and_config(argv)[2].m_step_steps == steps
 
 
+def test_m_step_flags_given_to_every_run_do_not_stop_sft(tmp_path, capsys):
+    """--trainer sft with --m_step_steps was refused, so the paper's comparison of the GFlowNet + M-step with SFT could
+    not be run: compare.py gives every run the same flags (`-- --m_step_steps N`), and the paper's config file sets
+    m_step_steps 100 for every trainer.  The M-step does not apply to sft (it samples no rationales): the run says so
+    and makes its own rows only."""
+    pytest.importorskip("gguf")
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext
+    from gfn_trl.testing import tiny_gguf
+
+    def ctx(trainer):
+        t = dict(num_labelled=2, wishful_rationales=0, validation=0, m_step_steps=5, m_step_rationales=1,
+                 m_step_learning_rate=1e-3, m_step_batch_size=1, m_step_gradient_accumulation_steps=1)
+        return RunContext(SimpleNamespace(num_train=None, trainer=trainer), None, SimpleNamespace(**t))
+
+    assert S.TASK.trained_methods(ctx("sft")) == ("sft",) and S.TASK.trained_methods(ctx("gfn"))[1] == "gfn_m_step"
+    recipe = load_recipe("subjectivity")
+    paper = ["--config", str(Path(recipe.__file__).parent / "configs" / "subjectivity_gpt-j.yaml"), "--trainer", "sft"]
+    r, a, t = recipe.make_parser(paper).parse_args_and_config(paper)
+    assert t.m_step_steps == 100
+    S.TASK.check(RunContext(r, a, t))
+    model = tiny_gguf(tmp_path / "gguf")
+    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun"]
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(words)])
+    shared = ["--model_name_or_path", model, "--dataset", data, "--num_eval", "2", "--num_labelled", "2",
+              "--eval_samples", "2", "--untuned_baseline", "false", "--use_cpu", "true", "--disable_tqdm", "true",
+              "--m_step_steps", "2"]
+    load_recipe("compare").check_runs("subjectivity", ["gfn", "sft"], tmp_path / "cmp", [sys.executable], shared, [])
+    argv = ["--trainer", "sft", "--output_dir", str(tmp_path / "o"), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", *shared]
+    assert list(recipe.main(*recipe.make_parser(argv).parse_args_and_config(argv))) == ["zero_shot", "few_shot", "sft"]
+    assert "--m_step_steps 2 does not apply to --trainer sft" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "m_step").exists()
+
+
+def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path):
+    """--use_peft false / --lora_r 0 under the CPU defaults: the M-step (a second adapter beside the policy's) crashed
+    after the E-step's training (no `peft_config`), the wishful rationales and the untuned baseline (sampled with the
+    adapter disabled) after loading; all are refused by `check`, naming the flags that turn them off, and with those
+    flags the full fine-tuning runs."""
+    pytest.importorskip("gguf")
+    from gfn_trl.runner.pipeline import check_full_fine_tuning
+    from gfn_trl.tasks.base import RunContext
+    from gfn_trl.testing import tiny_gguf
+
+    recipe = load_recipe("subjectivity")
+    for off in (["--use_peft", "false"], ["--lora_r", "0"]):
+        r, a, t = recipe.make_parser(off).parse_args_and_config(off)
+        with pytest.raises(ValueError, match="--m_step_steps 0, --wishful_rationales 0, --untuned_baseline false"):
+            check_full_fine_tuning(S.TASK, RunContext(r, a, t))
+    argv = ["--trainer", "ppo", "--lora_r", "0", "--skip_baseline", "true"]  # no wishful seeds, no untuned baseline
+    with pytest.raises(ValueError, match=r"LoRA adapter: --m_step_steps 72 trains .*\. Pass --m_step_steps 0, or"):
+        check_full_fine_tuning(S.TASK, RunContext(*recipe.make_parser(argv).parse_args_and_config(argv)))
+    model = tiny_gguf(tmp_path / "gguf")
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(["a plot", "i loved it", "the man", "so dull"])])
+    argv = ["--model_name_or_path", model, "--dataset", data, "--output_dir", str(tmp_path / "o"), "--num_eval", "2",
+            "--num_labelled", "2", "--max_steps", "1", "--num_generations", "2", "--eval_samples", "2",
+            "--use_cpu", "true", "--disable_tqdm", "true", "--use_peft", "false",
+            "--m_step_steps", "0", "--wishful_rationales", "0", "--untuned_baseline", "false"]
+    assert list(recipe.main(*recipe.make_parser(argv).parse_args_and_config(argv))) == ["zero_shot", "few_shot", "gfn"]
+
+
+def test_results_summary_keeps_every_method_it_finds(tmp_path):
+    """docs/results/subjectivity/summarize.py tabulated a fixed list of methods: the M-step's gfn_m_step row (and any
+    other trainer's) was collected into results.json but left out of the printed tables without a word."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "subjectivity" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("subj_summarize", path)
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    for s in (0, 1):
+        run = tmp_path / "subj_k10" / f"seed_{s}" / "gfn"
+        run.mkdir(parents=True)
+        metrics = {m: {"accuracy": 0.5 + 0.1 * s, "accuracy/per_sample": 0.5} for m in ("zero_shot", "gfn",
+                                                                                          "gfn_m_step", "ppo")}
+        (run / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    results = summarize.collect(tmp_path)
+    assert summarize.methods(results) == ["zero_shot", "gfn", "gfn_m_step", "ppo"]
+    for table in (summarize.table(results), summarize.per_seed_table(results)):
+        assert all(f"| {m} |" in table for m in ("zero_shot", "gfn", "gfn_m_step", "ppo"))
+
+
 @pytest.mark.slow
 def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
@@ -543,17 +648,20 @@ def test_offline_default_runs_end_to_end(tmp_path, monkeypatch):
     recipe = load_recipe("subjectivity")
     monkeypatch.setattr(sys, "argv", ["subjectivity.py", "--output_dir", str(tmp_path), "--max_steps", "2",
                                       "--num_eval", "2", "--eval_samples", "3", "--num_labelled", "2",
-                                      "--num_generations", "4", "--wishful_rationales", "2", "--use_cpu", "true"])
+                                      "--num_generations", "4", "--wishful_rationales", "2", "--use_cpu", "true",
+                                      "--m_step_steps", "2"])
     r, a, t = recipe.make_parser().parse_args_and_config()
     recipe.main(r, a, t)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"zero_shot", "few_shot", "untuned", "gfn"}
+    # the CPU default runs the M-step (its gfn_m_step row judges the GFlowNet's own test rationales)
+    assert set(metrics) == {"zero_shot", "few_shot", "untuned", "gfn", "gfn_m_step"}
     assert metrics["few_shot"].pop("demonstrations") == 2
+    assert metrics["gfn_m_step"].pop("m_step/train_loss") > 0
     for m in metrics.values():
         assert set(m) == {"accuracy", "accuracy/per_sample", "log_likelihood/mean", "log_likelihood/max"}
         assert m["accuracy"] in (0.0, 0.5, 1.0) and m["log_likelihood/mean"] < 0
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 8
+    assert len(samples) == 10
     for s in samples:
         n = 1 if s["method"] in ("zero_shot", "few_shot") else 3
         assert len(s["rationales"]) == len(s["predictions"]) == len(s["log_likelihood"]) == n

@@ -61,7 +61,8 @@ class RecipeArguments(ModelConfig):
     use_peft: bool = field(
         default=True,
         metadata={"help": "Train a LoRA adapter (the untuned baseline and the base-LM scoring are the policy with its "
-                  "adapter disabled). false (or --lora_r 0): full fine-tuning, --trainer gfn and ppo only."},
+                  "adapter disabled). false (or --lora_r 0): full fine-tuning, --trainer gfn and ppo only, without "
+                  "the untuned baselines (--skip_baseline true)."},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (the paper: 64). 0 means --use_peft false."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the paper: 16)."})

@@ -49,7 +49,8 @@ def get_task(task: Task | str) -> Task:
 
 def check(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> None:
     """Every argument, file and package a run of `task` needs, checked before any model loads: the task's own
-    checks, then `validate` with its `spec`, data flags and tool.
+    checks, `validate` with its `spec`, data flags and tool, then what full fine-tuning cannot do
+    (`check_full_fine_tuning`).
 
     Raises:
         ValueError / FileNotFoundError / ModuleNotFoundError: naming the flag, file or package and the fix.
@@ -58,6 +59,24 @@ def check(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> No
     ctx = RunContext(recipe, args, task_args)
     task.check(ctx)
     validate(recipe, args, task.spec, tool=task.uses_tool(ctx), data=task.data_sources(ctx))
+    check_full_fine_tuning(task, ctx)  # after validate's trainer choice: GRPO, RLOO and SFT need LoRA anyway
+
+
+def check_full_fine_tuning(task: Task, ctx: RunContext) -> None:
+    """A run without LoRA (--use_peft false or --lora_r 0: the policy is the model itself) refuses, before any model
+    loads, what needs the policy's adapter (`Task.adapter_uses`: the untuned baselines, --decoding, a task's own
+    uses), naming the flags that turn them off; they failed with an AttributeError after loading (or training).
+
+    Raises:
+        ValueError: full fine-tuning with any such use.
+    """
+    if ctx.recipe.use_peft and ctx.recipe.lora_r > 0:
+        return
+    uses = task.adapter_uses(ctx)
+    if uses:
+        raise ValueError("This run fully fine-tunes (--use_peft false or --lora_r 0), and these need the policy's "
+                         f"LoRA adapter: {'; '.join(why for _, why in uses)}. Pass "
+                         f"{', '.join(off for off, _ in uses)}, or keep LoRA on (--use_peft true, --lora_r > 0).")
 
 
 def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict[str, dict[str, float]]:

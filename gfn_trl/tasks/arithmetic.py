@@ -582,7 +582,8 @@ class ArithmeticTask(Task):
                            n_rationale=t.num_rationale if t.rationale_lm_steps else 0)
         if t.num_gold > len(splits["train"]):  # not refused: the paper's 10 with a small --num_train is a use
             print(f"Warning: --num_gold {t.num_gold} exceeds the {len(splits['train'])} training problems: all "
-                  f"{len(splits['train'])} gold rationales seed the replay buffer (-1 says so).")
+                  f"{len(splits['train'])} come with their gold rationale (the GFlowNet's replay seeds, SFT's "
+                  "training set; -1 says so).")
         held_out = {key: splits[key] for key in (*SPLITS.values(), *VALIDATION_SPLITS.values()) if splits.get(key)}
         names = VALIDATION_SPLITS if validation else SPLITS
         evaluated = {name: splits[key] for name, key in names.items() if splits.get(key)}

@@ -203,6 +203,20 @@ class Task:
         """The baselines this run evaluates before training (unless --skip_baseline): by default all `baselines`."""
         return self.baselines
 
+    def adapter_uses(self, ctx: RunContext) -> list[tuple[str, str]]:
+        """What this run does with the policy's LoRA adapter, as (the flag that turns it off, why it needs the
+        adapter); a run without LoRA (--use_peft false / --lora_r 0) refuses them before any model loads
+        (`gfn_trl.runner.pipeline.check_full_fine_tuning`).  By default: the baselines, unless --skip_baseline, and
+        the --decoding methods, which sample or decode with the adapter disabled (the untuned LM)."""
+        uses = []
+        baselines = [] if ctx.recipe.skip_baseline else list(self.baseline_methods(ctx))
+        if baselines:
+            uses.append(("--skip_baseline true", f"the baselines ({', '.join(baselines)}) sample the untuned LM with "
+                                                 "the adapter disabled"))
+        if getattr(ctx.recipe, "decoding", None):
+            uses.append(("no --decoding", "the --decoding methods decode the untuned LM with the adapter disabled"))
+        return uses
+
     def replay_seeds(self, ctx: RunContext, data: TaskData) -> ReplaySeeds | None:
         """Latents to put in a GFlowNet's replay buffer before training (called for GFlowNet trainers only)."""
         return None

@@ -466,17 +466,25 @@ def m_step_dataset(rows: Sequence[dict], latents: Sequence[Sequence[Sequence[int
 
 def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning_rate: float, batch_size: int,
                  gradient_accumulation_steps: int = 1) -> dict:
-    """Train a new LoRA adapter `m_step` (a copy of the policy's "default" LoRA settings, freshly initialised) on
-    `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps` optimiser steps of `batch_size` ×
-    `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with 20 % warm-up (the authors' 20 of
-    100 steps), completion-only loss.  The policy's "default" adapter (the E-step) is active again on return, its
-    weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the trainer's final
-    metrics (`train_loss`, ...)."""
+    """Train a new LoRA adapter `m_step` (a copy of the LoRA settings of the policy's active adapter, the E-step's:
+    the recipes' "default"; freshly initialised) on `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps`
+    optimiser steps of `batch_size` × `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with
+    20 % warm-up (the authors' 20 of 100 steps), completion-only loss.  The E-step's adapter is active again on
+    return, its weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the
+    trainer's final metrics (`train_loss`, ...).
+
+    Raises:
+        ValueError: the policy already has an adapter named `m_step`.
+    """
     import tempfile
 
     from trl import SFTConfig, SFTTrainer
 
-    config = copy.deepcopy(policy.peft_config["default"])
+    e_step = policy.active_adapter  # the policy's own adapter, whatever its name
+    if M_STEP_ADAPTER in policy.peft_config:
+        raise ValueError(f"The policy already has an adapter named {M_STEP_ADAPTER!r} (adapters: "
+                         f"{sorted(policy.peft_config)}): the M-step would overwrite it.")
+    config = copy.deepcopy(policy.peft_config[e_step])
     config.inference_mode = False
     policy.add_adapter(M_STEP_ADAPTER, config)
     policy.set_adapter(M_STEP_ADAPTER)
@@ -494,7 +502,7 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
                     getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)))
             result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
     finally:
-        policy.set_adapter("default")
+        policy.set_adapter(e_step)
     return result.metrics
 
 
@@ -530,16 +538,28 @@ class SubjectivityTask(Task):
         t = ctx.task_args
         if t.m_step_steps < 0:
             raise ValueError(f"--m_step_steps {t.m_step_steps}: give 0 (no M-step) or a number of steps.")
-        if t.m_step_steps:
-            if ctx.recipe.trainer == "sft":
-                raise ValueError("--m_step_steps: the M-step trains a judge on a sampling trainer's rationales, and "
-                                 "--trainer sft samples none. Pass --m_step_steps 0 with --trainer sft.")
+        if self._m_step(ctx):
             if t.m_step_rationales < 1 or t.m_step_batch_size < 1 or t.m_step_gradient_accumulation_steps < 1 \
                     or not t.m_step_learning_rate > 0:
                 raise ValueError("--m_step_rationales, --m_step_batch_size and --m_step_gradient_accumulation_steps "
                                  "must be at least 1 and --m_step_learning_rate above 0 (got "
                                  f"{t.m_step_rationales}, {t.m_step_batch_size}, "
                                  f"{t.m_step_gradient_accumulation_steps}, {t.m_step_learning_rate}).")
+
+    def adapter_uses(self, ctx: RunContext) -> list[tuple[str, str]]:
+        """`Task.adapter_uses`: the M-step adds a second adapter beside the policy's; the wishful rationales (the
+        GFlowNet's replay seeds) and the untuned baseline sample with the adapter disabled (the zero-shot and
+        few-shot baselines score with the reward LM, which full fine-tuning keeps as a frozen copy)."""
+        t, recipe = ctx.task_args, ctx.recipe
+        needs = []
+        if self._m_step(ctx):
+            needs.append(("--m_step_steps 0", f"--m_step_steps {t.m_step_steps} trains a second adapter beside it"))
+        if t.wishful_rationales and getattr(recipe, "trainer", None) == "gfn":
+            needs.append(("--wishful_rationales 0",
+                          f"--wishful_rationales {t.wishful_rationales} samples with the adapter disabled"))
+        if getattr(t, "untuned_baseline", False) and not getattr(recipe, "skip_baseline", False):
+            needs.append(("--untuned_baseline false", "the untuned baseline samples with the adapter disabled"))
+        return needs
 
     def data_sources(self, ctx: RunContext) -> dict[str, str | None]:
         return {"--dataset": ctx.recipe.dataset, "--test_dataset": ctx.task_args.test_dataset}
@@ -594,7 +614,10 @@ class SubjectivityTask(Task):
         # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
         ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
                                          ctx.model.config, ctx.built.constraints.max_length, "eval"))
-        if ctx.task_args.m_step_steps:  # the labelled reviews, to sample the M-step's rationales for
+        if ctx.task_args.m_step_steps and not self._m_step(ctx):
+            print(f"Note: --m_step_steps {ctx.task_args.m_step_steps} does not apply to --trainer sft, which samples "
+                  "no rationales to train the M-step's judge on: no sft_m_step row.")
+        if self._m_step(ctx):  # the labelled reviews, to sample the M-step's rationales for
             ctx.m_step_rows = list(tokenize_dataset(to_contract(data.train).remove_columns("contrast_suffix"),
                                                     ctx.tokenizer, ctx.model.config,
                                                     ctx.built.constraints.max_length, "train"))
@@ -604,9 +627,17 @@ class SubjectivityTask(Task):
         ctx.demonstrations = few_shot_demonstrations(list(data.train), ctx.tokenizer,
                                                      None if max_pos is None else max_pos - need)
 
+    @staticmethod
+    def _m_step(ctx: RunContext) -> bool:
+        """Whether the run makes an M-step: --m_step_steps > 0 and a trainer that samples rationales.  With
+        --trainer sft the flag does not apply (said at the run, not refused: `compare.py --trainers gfn sft --
+        --m_step_steps N`, the paper's GFlowNet + M-step against SFT, gives every run the same flags, as the paper's
+        config file does)."""
+        return bool(ctx.task_args.m_step_steps) and getattr(ctx.recipe, "trainer", None) != "sft"
+
     def trained_methods(self, ctx: RunContext) -> tuple[str, ...]:
         trainer = ctx.recipe.trainer
-        return (trainer, f"{trainer}_m_step") if ctx.task_args.m_step_steps else (trainer,)
+        return (trainer, f"{trainer}_m_step") if self._m_step(ctx) else (trainer,)
 
     def m_step(self, ctx: RunContext) -> Evaluated:
         """The M-step (module docstring): rationales of the labelled reviews from the trained policy, a new adapter
@@ -617,6 +648,7 @@ class SubjectivityTask(Task):
         dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
         print(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
               f"labelled reviews, {t.m_step_steps} steps")
+        own = b.policy.active_adapter  # the E-step's adapter, active again after the judging
         fit = train_m_step(b.policy, ctx.tokenizer, dataset, ctx.args, t.m_step_steps, t.m_step_learning_rate,
                            t.m_step_batch_size, t.m_step_gradient_accumulation_steps)
         e_step = ctx.e_step  # the E-step's own test rationales and their base-LM metrics
@@ -627,7 +659,7 @@ class SubjectivityTask(Task):
             lls = label_log_likelihoods(judge, [s.row for s in e_step.scored], [s.tokens for s in e_step.scored],
                                         ctx.tokenizer)
         finally:
-            b.policy.set_adapter("default")
+            b.policy.set_adapter(own)
         metrics, details = label_metrics(lls, [s.row["label"] for s in e_step.scored], return_details=True)
         for key in ("log_likelihood/mean", "log_likelihood/max"):  # the rationales' base-LM likelihood
             metrics[key] = e_step.metrics[key]

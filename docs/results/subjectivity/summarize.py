@@ -16,7 +16,15 @@ import re
 import statistics
 from pathlib import Path
 
-METHODS = ("zero_shot", "few_shot", "untuned", "sft", "gfn", "gfn_m_step")
+METHODS = ("zero_shot", "few_shot", "untuned", "sft", "gfn", "gfn_m_step")  # the tables' order; any other after
+
+
+def methods(results: dict) -> list[str]:
+    """Every method of `results`: METHODS' first, then the others (e.g. ppo, ppo_m_step), none left out."""
+    found = {m for k in results.values() for m in k}
+    return [m for m in METHODS if m in found] + sorted(found - set(METHODS))
+
+
 METRICS = ("accuracy", "accuracy/per_sample")
 
 
@@ -43,9 +51,7 @@ def mean_sd(values: list[float]) -> str:
 def table(results: dict, metric: str = "accuracy") -> str:
     ks = sorted(results, key=int)
     lines = ["| method | " + " | ".join(f"k = {k}" for k in ks) + " |", "| --- |" + " --- |" * len(ks)]
-    for method in METHODS:
-        if not any(method in results[k] for k in ks):
-            continue
+    for method in methods(results):
         cells = []
         for k in ks:
             per_seed = results[k].get(method, {})
@@ -59,7 +65,7 @@ def per_seed_table(results: dict, metric: str = "accuracy") -> str:
     ks = sorted(results, key=int)
     seeds = sorted({s for k in ks for m in results[k].values() for s in m}, key=int)
     lines = ["| method | k | " + " | ".join(f"seed {s}" for s in seeds) + " |", "| --- | --- |" + " --- |" * len(seeds)]
-    for method in METHODS:
+    for method in methods(results):
         for k in ks:
             if method not in results[k]:
                 continue
