@@ -151,9 +151,12 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
     # the command and its wall time, next to the run's outputs (the comparison's tables cite them), and the digest of
     # the metrics.json it wrote (what --resume checks)
     metrics = out / trainer / "metrics.json"
-    (out / trainer / RUN_RECORD).write_text(json.dumps(
+    record = out / trainer / RUN_RECORD
+    partial = record.with_name(RUN_RECORD + ".partial")  # written whole, then renamed: a kill leaves no broken record
+    partial.write_text(json.dumps(
         {"command": shlex.join(cmd), "wall_seconds": round(time.monotonic() - start, 1),
          "metrics_sha256": _sha256(metrics) if metrics.exists() else None}, indent=2))
+    os.replace(partial, record)
     return True
 
 

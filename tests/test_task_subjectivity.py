@@ -490,7 +490,7 @@ def test_m_step_copies_and_restores_the_policy_s_own_adapter_whatever_its_name()
     assert policy.active_adapter == "e_step"
 
 
-def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path):
+def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     """The recipe with --m_step_steps on a tiny GGUF: a `gfn_m_step` row judging the GFlowNet's own test rationales,
     the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run
     without the M-step."""
@@ -528,6 +528,21 @@ def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path):
         if method == "gfn_m_step":
             assert s["rationales"] == by[("gfn", text)]["rationales"]
             assert len(s["predictions"]) == 3 and set(s["predictions"]) <= set(S.LABELS)
+    # the M-step failing after training (an out-of-memory error, injected) loses nothing already made: the E-step's
+    # adapter, metrics and samples are saved, the half-trained judge is not, and the error reaches the caller
+    import trl
+
+    def out_of_memory(self, *a, **k):
+        raise MemoryError("injected: the M-step ran out of memory")
+
+    monkeypatch.setattr(trl.SFTTrainer, "train", out_of_memory)
+    out = tmp_path / "failed"
+    r, a, t = recipe.make_parser(argv).parse_args_and_config([*argv, "--m_step_steps", "3", "--output_dir", str(out)])
+    with pytest.raises(MemoryError, match="injected"):
+        recipe.main(r, a, t)
+    assert (out / "adapter_model.safetensors").read_bytes() == (out0 / "adapter_model.safetensors").read_bytes()
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == json.loads(json.dumps(without))
+    assert (out / "samples.jsonl").exists() and not (out / "m_step").exists()
 
 
 def test_m_step_settings_are_checked_before_loading(tmp_path):

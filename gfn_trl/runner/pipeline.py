@@ -134,9 +134,17 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
         with progress_label(name):
             results[name] = task.evaluate(ctx, name)
     trainer.train()
-    for name in task.trained_methods(ctx):  # the trained policy, then what a task derives from it
+    for i, name in enumerate(task.trained_methods(ctx)):  # the trained policy, then what a task derives from it
         with progress_label(name):
-            results[name] = task.evaluate(ctx, name)
+            try:
+                results[name] = task.evaluate(ctx, name)
+            except BaseException:
+                if i:  # a derived method failed (e.g. out of memory): keep the trained policy and what was evaluated
+                    save_run(trainer, recipe, args, {n: r.metrics for n, r in results.items()},
+                             task.samples(ctx, results), ctx.built, results[method].first_rows())
+                    print(f"{name} failed after training; the trained policy and the results of "
+                          f"{', '.join(results)} are saved in {args.output_dir}.")
+                raise
 
     metrics = {name: r.metrics for name, r in results.items()}
     save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())

@@ -501,6 +501,10 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
                 gradient_checkpointing=None, activation_checkpointing=bool(
                     getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)))
             result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
+    except BaseException:
+        policy.set_adapter(e_step)
+        policy.delete_adapter(M_STEP_ADAPTER)  # a half-trained judge is not saved with the run
+        raise
     finally:
         policy.set_adapter(e_step)
     return result.metrics
