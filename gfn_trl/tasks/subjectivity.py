@@ -647,8 +647,12 @@ class SubjectivityTask(Task):
         """The M-step (module docstring): rationales of the labelled reviews from the trained policy, a new adapter
         trained on X Z -> Y, then the E-step's test rationales judged by it."""
         b, t = ctx.built, ctx.task_args
+        # no more sequences per pass than the evaluation samples (4 reviews x eval_samples): the paper's 100 rationales
+        # a review would otherwise make each pass 10 times as large
+        per_pass = max(1, 4 * ctx.recipe.eval_samples // t.m_step_rationales)
         trained = sample_and_score(b.policy, b.reward, ctx.tokenizer, b.constraints, ctx.m_step_rows,
-                                   t.m_step_rationales, ctx.recipe.eval_temperature, seed=ctx.args.seed)
+                                   t.m_step_rationales, ctx.recipe.eval_temperature, seed=ctx.args.seed,
+                                   prompts_per_batch=per_pass)
         dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
         print(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
               f"labelled reviews, {t.m_step_steps} steps")
