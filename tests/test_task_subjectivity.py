@@ -518,6 +518,7 @@ def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     assert with_m["gfn"] == without["gfn"]
     assert (out / "adapter_model.safetensors").read_bytes() == (out0 / "adapter_model.safetensors").read_bytes()
     assert (out / "m_step" / "adapter_model.safetensors").exists() and not (out0 / "m_step").exists()
+    assert "`m_step/`" in (out / "README.md").read_text() and "`m_step/`" not in (out0 / "README.md").read_text()
     m = with_m["gfn_m_step"]
     assert m["m_step/train_loss"] > 0 and 0 <= m["accuracy"] <= 1
     assert (m["log_likelihood/mean"], m["log_likelihood/max"]) == (with_m["gfn"]["log_likelihood/mean"],

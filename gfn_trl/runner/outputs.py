@@ -200,6 +200,13 @@ def write_run_card(trainer, recipe_args, train_args, task: str, metrics: dict, b
     elif _is_gguf(name):
         note = (f"The base was loaded from a GGUF file of {base} (de-quantized) and is saved in `{BASE_DIR}/`, the "
                 "base the adapter was trained on.")
+    policy = built.policy if built is not None else None
+    extra = [n for n in getattr(policy, "peft_config", {}) if n != getattr(policy, "active_adapter", None)]
+    if extra:  # e.g. subjectivity's M-step judge, saved by PEFT in a subfolder of its name
+        more = ", ".join(f"`{n}/`" for n in extra)
+        note = ((note + " ") if note else "") + (
+            f"The directory also holds the adapter{'s' if len(extra) > 1 else ''} {more} (subjectivity's M-step "
+            "judge is `m_step/`): load it with `PeftModel.load_adapter(<this directory>/<name>, adapter_name=<name>)`.")
     set_card_info(trainer, base_model=base, base_note=note, task=task, task_summary=TASK_SUMMARIES.get(task),
                   metrics=metrics, example_prompt=example_prompt,
                   stop_token_id=built.constraints.stop_token_id if built is not None else None)
