@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -135,8 +136,7 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
     """Run one trainer's recipe (or, with `resume`, skip a finished identical run); whether it ran."""
     argv = recipe_argv(trainer, out, extra, first, decoding)
     if resume and finished_run(out, trainer, argv):
-        print(f"== compare: --resume: {out / trainer} already holds this run's metrics.json; not run again ==",
-              flush=True)
+        _say_skipped(out, trainer)
         return False
     cmd = [*launcher, str(ROOT / f"{task}.py"), *argv]
     print("$", shlex.join(cmd), flush=True)
@@ -159,6 +159,9 @@ def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list
     os.replace(partial, record)
     return True
 
+
+def _say_skipped(out: Path, trainer: str) -> None:
+    print(f"== compare: --resume: {out / trainer} already holds this run's metrics.json; not run again ==", flush=True)
 
 
 def run_record(out: Path, trainer: str) -> dict | None:
@@ -223,10 +226,8 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> tuple[dict, d
                     raise ValueError(f"Seed {s} has no value of {key} for {method}: the seeds' runs differ "
                                      "(different --trainers or arguments?). Rerun that seed.")
                 xs.append(float(x))
-            m = sum(xs) / len(xs)
-            mean[method][key] = m
-            sd[method][key] = (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1
-                               else float("nan"))
+            mean[method][key] = statistics.fmean(xs)
+            sd[method][key] = statistics.stdev(xs) if len(xs) > 1 else float("nan")
     for s in seeds[1:]:
         if set(per_seed[s]) != set(first):
             raise ValueError(f"Seed {s} has methods {sorted(per_seed[s])}, seed {seeds[0]} {sorted(first)}.")
@@ -387,8 +388,10 @@ def main(argv: list[str] | None = None) -> dict:
             for i, trainer in enumerate(a.trainers):
                 n = k * len(a.trainers) + i
                 print(run_header(n, labels, time.monotonic() - start, ran, sum(todo[n:])), flush=True)
-                ran += run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding,
-                               resume=a.resume)
+                if not todo[n]:  # finished_run was asked once, above
+                    _say_skipped(run_out, trainer)
+                    continue
+                ran += run_one(a.task, trainer, run_out, launcher, run_extra, first=i == 0, decoding=a.decoding)
         print(f"== compare: {len(labels)} runs done in {_duration(time.monotonic() - start)} ==", flush=True)
     if a.seeds is not None:
         check_same_commands([(seed, run_out) for seed, run_out, _ in runs], a.trainers)
