@@ -133,6 +133,11 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     for name in [*before, *(recipe.decoding or [])]:  # the untuned LM, same prompts, same sampler and scoring
         with progress_label(name):
             results[name] = task.evaluate(ctx, name)
+    def save() -> dict[str, dict[str, float]]:  # the policy, metrics.json and samples of what was evaluated so far
+        metrics = {name: r.metrics for name, r in results.items()}
+        save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())
+        return metrics
+
     trainer.train()
     for i, name in enumerate(task.trained_methods(ctx)):  # the trained policy, then what a task derives from it
         with progress_label(name):
@@ -140,14 +145,12 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
                 results[name] = task.evaluate(ctx, name)
             except BaseException:
                 if i:  # a derived method failed (e.g. out of memory): keep the trained policy and what was evaluated
-                    save_run(trainer, recipe, args, {n: r.metrics for n, r in results.items()},
-                             task.samples(ctx, results), ctx.built, results[method].first_rows())
+                    save()
                     print(f"{name} failed after training; the trained policy and the results of "
                           f"{', '.join(results)} are saved in {args.output_dir}.")
                 raise
 
-    metrics = {name: r.metrics for name, r in results.items()}
-    save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())
+    metrics = save()
     log_final_metrics(trainer, metrics)
     prompt = contract["prompt"][0] if len(contract) and isinstance(contract["prompt"][0], str) else None
     write_run_card(trainer, recipe, args, task.spec.name, metrics, ctx.built, prompt, modified)
