@@ -61,10 +61,9 @@ class SubjectivityArguments:
     calibrate: bool = field(
         default=False,
         metadata={"help": "Calibrated judge: a rationale counts as choosing 'objective' when the base LM's "
-                          "log p(Y_obj) "
-                  "- log p(Y_subj) after it exceeds the labelled reviews' mean zero-shot margin, instead of 0, in the "
-                  "training reward's wrong-label penalty and in the evaluation of every base-LM-judged method (the "
-                  "authors: false)."},
+                  "log p(Y_obj) - log p(Y_subj) after it exceeds the labelled reviews' mean zero-shot margin, instead "
+                  "of 0, in the training reward's wrong-label penalty and in the evaluation of every base-LM-judged "
+                  "method (the authors: false)."},
     )
     untuned_baseline: bool = field(
         default=True,

@@ -505,8 +505,7 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
         policy.set_adapter(e_step)
         policy.delete_adapter(M_STEP_ADAPTER)  # a half-trained judge is not saved with the run
         raise
-    finally:
-        policy.set_adapter(e_step)
+    policy.set_adapter(e_step)
     return result.metrics
 
 
@@ -542,7 +541,7 @@ class SubjectivityTask(Task):
         t = ctx.task_args
         if t.m_step_steps < 0:
             raise ValueError(f"--m_step_steps {t.m_step_steps}: give 0 (no M-step) or a number of steps.")
-        if self._m_step(ctx):
+        if self._runs_m_step(ctx):
             if t.m_step_rationales < 1 or t.m_step_batch_size < 1 or t.m_step_gradient_accumulation_steps < 1 \
                     or not t.m_step_learning_rate > 0:
                 raise ValueError("--m_step_rationales, --m_step_batch_size and --m_step_gradient_accumulation_steps "
@@ -556,7 +555,7 @@ class SubjectivityTask(Task):
         few-shot baselines score with the reward LM, which full fine-tuning keeps as a frozen copy)."""
         t, recipe = ctx.task_args, ctx.recipe
         needs = []
-        if self._m_step(ctx):
+        if self._runs_m_step(ctx):
             needs.append(("--m_step_steps 0", f"--m_step_steps {t.m_step_steps} trains a second adapter beside it"))
         if t.wishful_rationales and getattr(recipe, "trainer", None) == "gfn":
             needs.append(("--wishful_rationales 0",
@@ -618,10 +617,10 @@ class SubjectivityTask(Task):
         # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
         ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
                                          ctx.model.config, ctx.built.constraints.max_length, "eval"))
-        if ctx.task_args.m_step_steps and not self._m_step(ctx):
+        if ctx.task_args.m_step_steps and not self._runs_m_step(ctx):
             print(f"Note: --m_step_steps {ctx.task_args.m_step_steps} does not apply to --trainer sft, which samples "
                   "no rationales to train the M-step's judge on: no sft_m_step row.")
-        if self._m_step(ctx):  # the labelled reviews, to sample the M-step's rationales for
+        if self._runs_m_step(ctx):  # the labelled reviews, to sample the M-step's rationales for
             ctx.m_step_rows = list(tokenize_dataset(to_contract(data.train).remove_columns("contrast_suffix"),
                                                     ctx.tokenizer, ctx.model.config,
                                                     ctx.built.constraints.max_length, "train"))
@@ -632,7 +631,14 @@ class SubjectivityTask(Task):
                                                      None if max_pos is None else max_pos - need)
 
     @staticmethod
-    def _m_step(ctx: RunContext) -> bool:
+    def _own_judge(ctx: RunContext) -> LikelihoodReward:
+        """The policy scoring with its active adapter on (SFT's, or the M-step's while active), not the base LM."""
+        b = ctx.built
+        return LikelihoodReward(b.policy, b.policy, b.constraints.stop_token_id, ctx.tokenizer.pad_token_id,
+                                ctx.args.reward_chunk_size, b.trainer.accelerator.autocast)
+
+    @staticmethod
+    def _runs_m_step(ctx: RunContext) -> bool:
         """Whether the run makes an M-step: --m_step_steps > 0 and a trainer that samples rationales.  With
         --trainer sft the flag does not apply (said at the run, not refused: `compare.py --trainers gfn sft --
         --m_step_steps N`, the paper's GFlowNet + M-step against SFT, gives every run the same flags, as the paper's
@@ -641,7 +647,7 @@ class SubjectivityTask(Task):
 
     def trained_methods(self, ctx: RunContext) -> tuple[str, ...]:
         trainer = ctx.recipe.trainer
-        return (trainer, f"{trainer}_m_step") if self._m_step(ctx) else (trainer,)
+        return (trainer, f"{trainer}_m_step") if self._runs_m_step(ctx) else (trainer,)
 
     def m_step(self, ctx: RunContext) -> Evaluated:
         """The M-step (module docstring): rationales of the labelled reviews from the trained policy, a new adapter
@@ -662,10 +668,8 @@ class SubjectivityTask(Task):
         e_step = ctx.e_step  # the E-step's own test rationales and their base-LM metrics
         b.policy.set_adapter(M_STEP_ADAPTER)
         try:
-            judge = LikelihoodReward(b.policy, b.policy, b.constraints.stop_token_id, ctx.tokenizer.pad_token_id,
-                                     ctx.args.reward_chunk_size, b.trainer.accelerator.autocast)
-            lls = label_log_likelihoods(judge, [s.row for s in e_step.scored], [s.tokens for s in e_step.scored],
-                                        ctx.tokenizer)
+            lls = label_log_likelihoods(self._own_judge(ctx), [s.row for s in e_step.scored],
+                                        [s.tokens for s in e_step.scored], ctx.tokenizer)
         finally:
             b.policy.set_adapter(own)
         metrics, details = label_metrics(lls, [s.row["label"] for s in e_step.scored], return_details=True)
@@ -687,9 +691,7 @@ class SubjectivityTask(Task):
             return Evaluated(scored, metrics, details)
         reward = ctx.built.reward
         if method == "sft":  # the fine-tuned model's own choice of Y after X (the adapter on), Z = nothing
-            b = ctx.built
-            reward = LikelihoodReward(b.policy, b.policy, b.constraints.stop_token_id, ctx.tokenizer.pad_token_id,
-                                      ctx.args.reward_chunk_size, b.trainer.accelerator.autocast)
+            reward = self._own_judge(ctx)
         if method in ("zero_shot", "sft"):
             scored = zero_shot(reward, ctx.tokenizer, ctx.eval)  # Z = nothing
         else:  # the untuned LM's rationales (same prompt, same sampler), or the trained policy's
