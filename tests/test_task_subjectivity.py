@@ -29,6 +29,19 @@ def _write_jsonl(path, rows):
     return str(path)
 
 
+REVIEWS = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
+
+
+def _tiny_gguf_and_reviews(tmp_path, n: int = len(REVIEWS)) -> tuple[str, str]:
+    """A tiny GGUF model and a JSONL file of the first `n` REVIEWS, labels alternating objective / subjective."""
+    from gfn_trl.testing import tiny_gguf
+
+    model = tiny_gguf(tmp_path / "gguf")
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
+                                               for i, w in enumerate(REVIEWS[:n])])
+    return model, data
+
+
 def _pool(n_obj=30, n_subj=30, long_every=4):
     """Rows with distinct texts; every `long_every`-th row of each label is 25+ words long."""
     rows = []
@@ -398,12 +411,7 @@ def test_recipe_sft_and_few_shot_on_a_tiny_gguf(tmp_path):
     """The recipe end to end with --trainer sft on a tiny GGUF model: the zero-shot and few-shot baselines, then SFT
     judged by the fine-tuned model itself (its scores are not the base LM's zero-shot ones), and --validation."""
     pytest.importorskip("gguf")
-    from gfn_trl.testing import tiny_gguf
-
-    model = tiny_gguf(tmp_path / "gguf")
-    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
-                                               for i, w in enumerate(words)])
+    model, data = _tiny_gguf_and_reviews(tmp_path)
     recipe = load_recipe("subjectivity")
     argv = ["--trainer", "sft", "--model_name_or_path", model, "--dataset", data, "--output_dir", str(tmp_path / "o"),
             "--num_eval", "2", "--num_labelled", "2", "--max_steps", "3", "--learning_rate", "0.05",
@@ -495,12 +503,7 @@ def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run
     without the M-step."""
     pytest.importorskip("gguf")
-    from gfn_trl.testing import tiny_gguf
-
-    model = tiny_gguf(tmp_path / "gguf")
-    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
-                                               for i, w in enumerate(words)])
+    model, data = _tiny_gguf_and_reviews(tmp_path)
     recipe = load_recipe("subjectivity")
     argv = ["--model_name_or_path", model, "--dataset", data, "--num_eval", "2", "--num_labelled", "2",
             "--max_steps", "2", "--num_generations", "4", "--eval_samples", "3", "--untuned_baseline", "false",
@@ -581,7 +584,6 @@ def test_m_step_flags_given_to_every_run_do_not_stop_sft(tmp_path, capsys):
     from types import SimpleNamespace
 
     from gfn_trl.tasks.base import RunContext
-    from gfn_trl.testing import tiny_gguf
 
     def ctx(trainer):
         t = dict(num_labelled=2, wishful_rationales=0, validation=0, m_step_steps=5, m_step_rationales=1,
@@ -594,10 +596,7 @@ def test_m_step_flags_given_to_every_run_do_not_stop_sft(tmp_path, capsys):
     r, a, t = recipe.make_parser(paper).parse_args_and_config(paper)
     assert t.m_step_steps == 100
     S.TASK.check(RunContext(r, a, t))
-    model = tiny_gguf(tmp_path / "gguf")
-    words = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun"]
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
-                                               for i, w in enumerate(words)])
+    model, data = _tiny_gguf_and_reviews(tmp_path, 6)
     shared = ["--model_name_or_path", model, "--dataset", data, "--num_eval", "2", "--num_labelled", "2",
               "--eval_samples", "2", "--untuned_baseline", "false", "--use_cpu", "true", "--disable_tqdm", "true",
               "--m_step_steps", "2"]
@@ -617,7 +616,6 @@ def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path
     pytest.importorskip("gguf")
     from gfn_trl.runner.pipeline import check_full_fine_tuning
     from gfn_trl.tasks.base import RunContext
-    from gfn_trl.testing import tiny_gguf
 
     recipe = load_recipe("subjectivity")
     for off in (["--use_peft", "false"], ["--lora_r", "0"]):
@@ -627,9 +625,7 @@ def test_full_fine_tuning_refuses_what_needs_the_adapter_before_loading(tmp_path
     argv = ["--trainer", "ppo", "--lora_r", "0", "--skip_baseline", "true"]  # no wishful seeds, no untuned baseline
     with pytest.raises(ValueError, match=r"LoRA adapter: --m_step_steps 72 trains .*\. Pass --m_step_steps 0, or"):
         check_full_fine_tuning(S.TASK, RunContext(*recipe.make_parser(argv).parse_args_and_config(argv)))
-    model = tiny_gguf(tmp_path / "gguf")
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": w, "label": ("objective", "subjective")[i % 2]}
-                                               for i, w in enumerate(["a plot", "i loved it", "the man", "so dull"])])
+    model, data = _tiny_gguf_and_reviews(tmp_path, 4)
     argv = ["--model_name_or_path", model, "--dataset", data, "--output_dir", str(tmp_path / "o"), "--num_eval", "2",
             "--num_labelled", "2", "--max_steps", "1", "--num_generations", "2", "--eval_samples", "2",
             "--use_cpu", "true", "--disable_tqdm", "true", "--use_peft", "false",
