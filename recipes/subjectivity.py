@@ -65,6 +65,13 @@ class SubjectivityArguments:
                   "of 0, in the training reward's wrong-label penalty and in the evaluation of every base-LM-judged "
                   "method (the authors: false)."},
     )
+    calibration_rationales: int = field(
+        default=0,
+        metadata={"help": "With --calibrate: measure the threshold for sampled rationales (the training penalty's, the "
+                  "untuned and trained policies' judgements) on this many rationales per labelled review sampled "
+                  "from the untuned LM, instead of on the empty rationale (which zero-shot keeps). 0: the empty "
+                  "rationale's threshold everywhere."},
+    )
     untuned_baseline: bool = field(
         default=True,
         metadata={"help": "Also evaluate the untuned LM's own rationales (eval_samples per review, the slowest "

@@ -308,6 +308,62 @@ def test_contrast_margin_moves_the_wrong_label_penalty(tiny):
         assert S._predictions(lls, t) == [["objective" if m > t else "subjective"] for m in margins]
 
 
+def test_rationale_calibration_threshold_is_the_mean_margin_of_untuned_rationales(tiny):
+    """`--calibration_rationales N`'s threshold: the mean, over the labelled reviews and N rationales each sampled
+    from the untuned policy (the same counter-based seeds as `sample_and_score`), of the base LM's margin
+    log p(Y_obj | X Z) - log p(Y_subj | X Z), each computed here through the reward's ordinary (latent, suffix) path.
+    It differs from the empty rationale's threshold (a rationale moves the margin), and depends on the seed."""
+    from gfn_trl.evaluation import sample_and_score
+    from gfn_trl.sampling import LatentConstraints, counter_seed
+
+    tok, model, rows, reward = tiny
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    allowed[tok.convert_tokens_to_ids(LATENT_WORDS) + [tok.eos_token_id]] = True
+    constraints = LatentConstraints(tok.eos_token_id, 3, 1, allowed)
+    with model.disable_adapter():
+        got = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=7)
+        again = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=7)
+        other = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=8)
+        empty = S.calibration_threshold(model, tok, ds)
+        scored = sample_and_score(model, reward, tok, constraints, rows, 4, 1.0, seed=counter_seed("calibration", 7))
+    ids = {lab: tok(S.SUFFIX.format(label=lab), add_special_tokens=False)["input_ids"] for lab in S.LABELS}
+    margins = [_direct(reward, row, ids["objective"], z) - _direct(reward, row, ids["subjective"], z)
+               for row, s in zip(rows, scored) for z in s.tokens]
+    assert len(margins) == 12 and all(1 <= len(z) <= 3 for s in scored for z in s.tokens)
+    assert got == again == pytest.approx(sum(margins) / len(margins), abs=1e-4)
+    assert got != pytest.approx(empty, abs=1e-3) and other != pytest.approx(got, abs=1e-6)
+    with pytest.raises(ValueError, match="n_per_review 0"):
+        S.rationale_calibration_threshold(model, tok, ds, constraints, 0)
+
+
+def test_recipe_calibration_rationales_moves_the_sampled_rationales_threshold_only(tmp_path, capsys):
+    """On a tiny GGUF: --calibration_rationales N prints both thresholds, keeps the zero-shot row (an empty rationale,
+    judged at the empty rationale's threshold) exactly as without it, and trains the GFlowNet under the other
+    threshold (its adapter differs); without --calibrate it is refused before any model loads."""
+    pytest.importorskip("gguf")
+    model, data = _tiny_gguf_and_reviews(tmp_path)
+    recipe = load_recipe("subjectivity")
+    argv = ["--model_name_or_path", model, "--dataset", data, "--num_eval", "2", "--num_labelled", "2",
+            "--max_steps", "2", "--num_generations", "4", "--eval_samples", "3", "--untuned_baseline", "false",
+            "--wishful_rationales", "0", "--m_step_steps", "0", "--use_cpu", "true", "--disable_tqdm", "true"]
+    runs = {}
+    for n in (0, 3):
+        out = tmp_path / f"c{n}"
+        r, a, t = recipe.make_parser(argv).parse_args_and_config(
+            [*argv, "--calibration_rationales", str(n), "--output_dir", str(out)])
+        runs[n] = recipe.main(r, a, t), (out / "adapter_model.safetensors").read_bytes(), capsys.readouterr().out
+    (plain, plain_adapter, plain_out), (rat, rat_adapter, rat_out) = runs[0], runs[3]
+    assert "after a sampled rationale" in rat_out and "after a sampled rationale" not in plain_out
+    assert rat["zero_shot"] == plain["zero_shot"] and rat["few_shot"] == plain["few_shot"]
+    assert rat_adapter != plain_adapter
+    r, a, t = recipe.make_parser(argv).parse_args_and_config(
+        [*argv, "--calibration_rationales", "3", "--calibrate", "false", "--output_dir", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="--calibration_rationales 3: .*--calibrate true"):
+        recipe.main(r, a, t)
+    assert not (tmp_path / "x" / "adapter_model.safetensors").exists()
+
+
 def test_every_trainer_reward_reads_the_calibrated_margin(tiny):
     """The margin is a data-contract column: TRL's GRPO / RLOO reward (`LatentLogReward`) reads it as the GFlowNet's
     and PPO's `LikelihoodReward` does, so `--calibrate` trains every trainer on the same reward."""
@@ -556,7 +612,8 @@ def test_m_step_settings_are_checked_before_loading(tmp_path):
 
     def ctx(trainer="gfn", **kw):
         t = dict(num_labelled=10, wishful_rationales=0, validation=0, m_step_steps=2, m_step_rationales=1,
-                 m_step_learning_rate=1e-3, m_step_batch_size=1, m_step_gradient_accumulation_steps=1)
+                 m_step_learning_rate=1e-3, m_step_batch_size=1, m_step_gradient_accumulation_steps=1,
+                 calibrate=True, calibration_rationales=0)
         return RunContext(SimpleNamespace(num_train=None, trainer=trainer), None, SimpleNamespace(**{**t, **kw}))
 
     S.TASK.check(ctx())

@@ -46,7 +46,10 @@ every method calls every review subjective.  The calibrated judge calls X Z obje
 - log p(Y_subjective | X Z) exceeds b, the mean of that margin over the labelled reviews with an empty rationale
 (`calibration_threshold`), instead of 0: in the training reward's penalty (each row's `contrast_margin`, read by
 `LikelihoodReward`) and in the evaluation of every method the base LM judges (zero-shot, untuned, GFlowNet).  The
-few-shot baseline keeps threshold 0 (as the authors'), and SFT its own judge.
+few-shot baseline keeps threshold 0 (as the authors'), and SFT its own judge.  With `--calibration_rationales N` the
+threshold for sampled rationales (the training penalty's, the untuned and trained policies' judgements) is measured
+on N untuned rationales per labelled review instead (`rationale_calibration_threshold`); zero-shot keeps the empty
+rationale's.  On the validation reviews it did not help the M-step (docs/results/subjectivity/results.md, `v5`).
 
 M-step (`--m_step_steps N`, the paper's "GFlowNet fine-tuning + supervised fine-tuning" row; the authors'
 Subj_obj_GFN_FT_M_step notebook).  After the E-step (the GFlowNet, or any sampling trainer), `m_step_rationales`
@@ -281,6 +284,32 @@ def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16
                                  "train"))
     lls = label_log_likelihoods(scorer, rows, [[[]] for _ in rows], tokenizer)
     return sum(ll["objective"][0] - ll["subjective"][0] for ll in lls) / len(lls)
+
+
+@torch.no_grad()
+def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraints: LatentConstraints, n_per_review: int,
+                                    seed: int = 0, temperature: float = 1.0, batch_size: int = 16) -> float:
+    """The calibrated judge's threshold for sampled rationales (`--calibration_rationales N`): the mean over the
+    labelled training reviews and `n_per_review` rationales each, sampled from `model` (the untuned policy: the base
+    LM, no adapter) at `temperature` in the latent space `constraints`, of the base LM's margin log p(Y_objective | X
+    Z) - log p(Y_subjective | X Z) (log-space, nats; the labels are not used).
+
+    Why: a non-empty rationale moves the margin on its own.  With SmolLM2-135M and the empty rationale's threshold
+    (`calibration_threshold`) 273 of 320 sampled test rationales were judged objective, so the training penalty hit
+    nearly every rationale of a subjective review alike (no signal) and the GFlowNet predicted one label.  This
+    threshold is the same calibration (the mean margin, both labels balanced) measured on the kind of input the judge
+    then sees: rationales.  Deterministic given `seed` (`sample_and_score`'s counter-based seeds)."""
+    if n_per_review < 1:
+        raise ValueError(f"n_per_review {n_per_review}: sample at least 1 rationale per review.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
+    rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config,
+                                 constraints.max_length, "train"))
+    scored = sample_and_score(model, scorer, tokenizer, constraints, rows, n_per_review, temperature,
+                              seed=counter_seed("calibration", seed))
+    lls = label_log_likelihoods(scorer, rows, [s.tokens for s in scored], tokenizer)
+    margins = [o - s for ll in lls for o, s in zip(ll["objective"], ll["subjective"])]
+    return sum(margins) / len(margins)
 
 
 def predict(reward, rows: Sequence[dict], scored: Sequence[Scored], tokenizer=None,
@@ -539,6 +568,10 @@ class SubjectivityTask(Task):
         if ctx.task_args.num_labelled < 1 or ctx.task_args.wishful_rationales < 0 or ctx.task_args.validation < 0:
             raise ValueError("--num_labelled must be at least 1, --wishful_rationales and --validation at least 0.")
         t = ctx.task_args
+        if t.calibration_rationales < 0 or (t.calibration_rationales and not t.calibrate):
+            raise ValueError(f"--calibration_rationales {t.calibration_rationales}: give 0, or a number of rationales "
+                             "per labelled review together with --calibrate true (it measures the calibrated "
+                             "judge's threshold).")
         if t.m_step_steps < 0:
             raise ValueError(f"--m_step_steps {t.m_step_steps}: give 0 (no M-step) or a number of steps.")
         if self._runs_m_step(ctx):
@@ -596,11 +629,28 @@ class SubjectivityTask(Task):
         return TaskData(train, test)
 
     def to_contract(self, ctx: RunContext, data: TaskData) -> Dataset:
-        contract = to_contract(data.train)
-        ctx.threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train) if ctx.task_args.calibrate else 0.0
-        if ctx.task_args.calibrate:  # the training reward's wrong-label test is the calibrated judge's
-            print(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > {ctx.threshold:.3f} "
-                  f"(the mean zero-shot margin of the {len(data.train)} labelled reviews)")
+        contract, t = to_contract(data.train), ctx.task_args
+        # the judge's threshold for an empty rationale (zero-shot) and for sampled rationales (training, untuned, the
+        # trained policy): the same unless --calibration_rationales measures the latter on rationales
+        ctx.zero_shot_threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train) if t.calibrate else 0.0
+        ctx.threshold = ctx.zero_shot_threshold
+        if t.calibrate:
+            print(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > "
+                  f"{ctx.zero_shot_threshold:.3f} after an empty rationale (the mean zero-shot margin of the "
+                  f"{len(data.train)} labelled reviews)")
+        if t.calibrate and t.calibration_rationales:
+            from ..trainers.setup import ensure_pad_token, latent_space
+
+            args = ctx.args
+            ensure_pad_token(ctx.tokenizer)  # as the trainer's build does next: the sampler pads with it
+            constraints = latent_space(ctx.tokenizer, args.max_completion_length, args.min_completion_length,
+                                       args.stop_token, self.vocab_mask(ctx), None, ctx.model)
+            ctx.threshold = rationale_calibration_threshold(ctx.model, ctx.tokenizer, data.train, constraints,
+                                                            t.calibration_rationales, seed=args.seed)
+            print(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
+                  f"{t.calibration_rationales} untuned rationales per labelled review): the training penalty's and "
+                  "the sampled rationales' threshold")
+        if t.calibrate:  # the training reward's wrong-label test is the calibrated judge's
             margins = [ctx.threshold if lab == "objective" else -ctx.threshold for lab in contract["label"]]
             contract = contract.add_column("contrast_margin", margins)
         if ctx.recipe.trainer == "sft":  # SFT's target: the label sentence Y itself, right after X
@@ -696,8 +746,9 @@ class SubjectivityTask(Task):
             scored = zero_shot(reward, ctx.tokenizer, ctx.eval)  # Z = nothing
         else:  # the untuned LM's rationales (same prompt, same sampler), or the trained policy's
             scored = ctx.sample(ctx.eval, disable_adapter=method in self.baselines)
-        # the base LM's judgements use the run's threshold (calibrated or 0); SFT's own judge is not recalibrated
-        threshold = 0.0 if method == "sft" else ctx.threshold
+        # the base LM's judgements use the run's threshold (calibrated or 0; an empty rationale's for zero-shot); SFT's
+        # own judge is not recalibrated
+        threshold = {"sft": 0.0, "zero_shot": ctx.zero_shot_threshold}.get(method, ctx.threshold)
         metrics, details = evaluate(scored, reward, ctx.tokenizer, return_details=True, threshold=threshold)
         if method == ctx.recipe.trainer:  # what an M-step judges
             ctx.e_step = Evaluated(scored, metrics, details)
