@@ -1,0 +1,76 @@
+"""A recipe under `accelerate launch` with two processes (gloo on CPU) gives what one process gives.
+
+The recipes are meant to be run as `accelerate launch recipes/<task>.py`; here the subjectivity recipe, whose run has
+the most phases (the zero-/few-shot baselines, the GFlowNet's training and evaluation, then the M-step: a second
+adapter trained with TRL's SFTTrainer inside the same run, and its judgement), runs on a tiny GGUF once in one
+process and once in two with the same global batches (per-device batches halved), with TB (its loss is a mean over
+trajectories, so the two runs' gradients agree; SubTB normalises by each process's windows, see the README).  Every
+method's metrics must be the one-process ones (the M-step's training loss to float rounding), both adapters the same
+weights, and the output directory written once, as one process writes it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REVIEWS = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
+
+
+def _run(out: Path, processes: int, per_device: int, model: str, data: str) -> str:
+    argv = ["--model_name_or_path", model, "--dataset", data, "--output_dir", str(out), "--num_eval", "2",
+            "--num_labelled", "2", "--max_steps", "2", "--num_generations", "4", "--eval_samples", "3",
+            "--untuned_baseline", "false", "--wishful_rationales", "1", "--m_step_rationales", "2",
+            "--m_step_steps", "3", "--m_step_learning_rate", "0.05", "--use_cpu", "true", "--disable_tqdm", "true",
+            "--per_device_train_batch_size", str(per_device), "--m_step_batch_size", str(per_device),
+            "--loss_type", "tb"]
+    script = str(ROOT / "recipes" / "subjectivity.py")
+    cmd = [sys.executable, script, *argv]
+    if processes == 2:
+        accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+        cmd = [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), script,
+               *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_subjectivity_with_its_m_step_under_two_processes_matches_one_process(tmp_path):
+    pytest.importorskip("gguf")
+    from gfn_trl.testing import tiny_gguf
+
+    model = str(tiny_gguf(tmp_path / "gguf"))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": w, "label": ("objective", "subjective")[i % 2]}) + "\n"
+                            for i, w in enumerate(REVIEWS)))
+    one_out = _run(tmp_path / "one", 1, 2, model, str(data))
+    two_out = _run(tmp_path / "two", 2, 1, model, str(data))  # the same global batches
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())["metrics"]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())["metrics"]
+    assert list(one) == list(two) == ["zero_shot", "few_shot", "gfn", "gfn_m_step"]
+    loss = "m_step/train_loss"
+    for method in one:
+        assert {k: v for k, v in two[method].items() if k != loss} == {k: v for k, v in one[method].items()
+                                                                       if k != loss}, method
+    assert two["gfn_m_step"][loss] == pytest.approx(one["gfn_m_step"][loss], rel=1e-5)
+    for adapter in ("adapter_model.safetensors", "m_step/adapter_model.safetensors"):
+        a, b = _weights(tmp_path / "one" / adapter), _weights(tmp_path / "two" / adapter)
+        assert a.keys() == b.keys() and a
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6, msg=f"{adapter}: {name}")
+    # written once: the same samples, one summary printed
+    assert (tmp_path / "two" / "samples.jsonl").read_text() == (tmp_path / "one" / "samples.jsonl").read_text()
+    assert one_out.count("review: a plot") == two_out.count("review: a plot") == 1
