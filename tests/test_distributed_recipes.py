@@ -1,4 +1,4 @@
-"""A recipe under `accelerate launch` with two processes (gloo on CPU) gives what one process gives.
+"""The recipes under `accelerate launch` with two processes (gloo on CPU) give what one process gives.
 
 The recipes are meant to be run as `accelerate launch recipes/<task>.py`; here the subjectivity recipe, whose run has
 the most phases (the zero-/few-shot baselines, the GFlowNet's training and evaluation, then the M-step: a second
@@ -23,14 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
 
 
-def _run(out: Path, processes: int, per_device: int, model: str, data: str) -> str:
-    argv = ["--model_name_or_path", model, "--dataset", data, "--output_dir", str(out), "--num_eval", "2",
-            "--num_labelled", "2", "--max_steps", "2", "--num_generations", "4", "--eval_samples", "3",
-            "--untuned_baseline", "false", "--wishful_rationales", "1", "--m_step_rationales", "2",
-            "--m_step_steps", "3", "--m_step_learning_rate", "0.05", "--use_cpu", "true", "--disable_tqdm", "true",
-            "--per_device_train_batch_size", str(per_device), "--m_step_batch_size", str(per_device),
-            "--loss_type", "tb"]
-    script = str(ROOT / "recipes" / "subjectivity.py")
+def _launch(task: str, processes: int, argv: list[str]) -> str:
+    script = str(ROOT / "recipes" / f"{task}.py")
     cmd = [sys.executable, script, *argv]
     if processes == 2:
         accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
@@ -46,6 +40,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def _run(out: Path, processes: int, per_device: int, model: str, data: str) -> str:
+    argv = ["--model_name_or_path", model, "--dataset", data, "--output_dir", str(out), "--num_eval", "2",
+            "--num_labelled", "2", "--max_steps", "2", "--num_generations", "4", "--eval_samples", "3",
+            "--untuned_baseline", "false", "--wishful_rationales", "1", "--m_step_rationales", "2",
+            "--m_step_steps", "3", "--m_step_learning_rate", "0.05", "--use_cpu", "true", "--disable_tqdm", "true",
+            "--per_device_train_batch_size", str(per_device), "--m_step_batch_size", str(per_device),
+            "--loss_type", "tb"]
+    return _launch("subjectivity", processes, argv)
 
 
 def test_subjectivity_with_its_m_step_under_two_processes_matches_one_process(tmp_path):
@@ -74,3 +78,59 @@ def test_subjectivity_with_its_m_step_under_two_processes_matches_one_process(tm
     # written once: the same samples, one summary printed
     assert (tmp_path / "two" / "samples.jsonl").read_text() == (tmp_path / "one" / "samples.jsonl").read_text()
     assert one_out.count("review: a plot") == two_out.count("review: a plot") == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from test_recipe_outputs import tiny_checkpoint  # a sibling test module: a tiny Llama with a byte-level BPE
+
+    return str(tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "lm"))
+
+
+RUN = ["--max_steps", "2", "--num_eval", "1", "--eval_samples", "1", "--use_cpu", "true", "--learning_rate", "0.02",
+       "--warmup_steps", "0", "--report_to", "none", "--seed", "1", "--disable_tqdm", "true", "--num_generations",
+       "2", "--loss_type", "tb"]
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+def _assert_same_run(one: Path, two: Path, rel: float = 1e-5) -> None:
+    """Same methods and metrics (to float rounding), same LM stage weights (the adapter's saved base)."""
+    a, b = _metrics(one), _metrics(two)
+    assert list(a) == list(b)
+    for method in a:
+        assert b[method] == pytest.approx(a[method], rel=rel), method
+    wa, wb = _weights(one / "base_model" / "model.safetensors"), _weights(two / "base_model" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_infill_story_lm_stage_under_two_processes_trains_on_the_one_process_batches(tiny_lm, tmp_path):
+    """The story-LM stage (a full fine-tuning with TRL's SFTTrainer before the GFlowNet) joins the launch and trains
+    data-parallel: it took 8 stories per process, so two processes trained on batches of 16 and the stage's LM (the
+    reward, the policy's start and the evaluation likelihood) differed from one process's (0.013 nats in every
+    log-likelihood here); it now takes 4 each."""
+    argv = ["--model_name_or_path", tiny_lm, *RUN, "--story_lm_steps", "2", "--max_completion_length", "6"]
+    _launch("infill", 1, [*argv, "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "one")])
+    _launch("infill", 2, [*argv, "--per_device_train_batch_size", "1", "--output_dir", str(tmp_path / "two")])
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_arithmetic_rationale_lm_cache_under_two_processes(tiny_lm, tmp_path):
+    """The rationale-LM stage under two processes trains on the one-process batches, its cache entry is written once
+    (by the main process: no `.partial` left, one entry), and a second two-process run loads it and gives the same
+    run."""
+    cache = tmp_path / "cache"
+    argv = ["--model_name_or_path", tiny_lm, *RUN, "--rationale_lm_steps", "2", "--num_rationale", "16",
+            "--max_completion_length", "8", "--num_train", "4"]
+    _launch("arithmetic", 1, [*argv, "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "one")])
+    two = [*argv, "--per_device_train_batch_size", "1", "--rationale_lm_cache", str(cache)]
+    _launch("arithmetic", 2, [*two, "--output_dir", str(tmp_path / "two")])
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert [p.suffix for p in cache.iterdir()] == [".safetensors"]
+    out = _launch("arithmetic", 2, [*two, "--output_dir", str(tmp_path / "again")])
+    assert out.count("stage: loaded from") == 2  # each process loads the entry instead of training
+    _assert_same_run(tmp_path / "two", tmp_path / "again", rel=0)

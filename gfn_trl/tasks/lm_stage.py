@@ -44,6 +44,11 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
     (CPU training is deterministic), but the global random state after the call is not: a caller that caches must
     reseed after the stage, whichever path was taken.
 
+    Under `accelerate launch` with N processes the stage trains data-parallel (TRL's SFTTrainer joins the launch) on
+    the same global batches: `batch_size / N` texts per process, so that its weights are the one-process ones (to
+    float rounding); a `batch_size` that N does not divide gets ceil(batch_size / N) per process, which is said.
+    Only the main process writes the cache entry; the others wait for it.
+
     Raises:
         ValueError: `max_steps` < 0, `learning_rate` <= 0, no texts to train on, or a cache entry that cannot be
             loaded (truncated, not safetensors, or other weights' names or shapes): the error names the file to delete.
@@ -86,9 +91,16 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
             return model.eval()
     if cached is not None:  # an unusable cache folder fails now, not after the training
         cached.parent.mkdir(parents=True, exist_ok=True)
+    from accelerate import PartialState
+
+    processes = PartialState().num_processes  # > 1 under `accelerate launch`: SFTTrainer then trains data-parallel
+    per_device = -(-batch_size // processes)
+    if per_device * processes != batch_size:
+        print(f"The {name} stage: {batch_size} texts a step do not divide among {processes} processes; each takes "
+              f"{per_device}, so its batches ({per_device * processes} texts) differ from a one-process run's.")
     args = SFTConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix=f"{name}_"), max_steps=max_steps,
-        per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
+        per_device_train_batch_size=per_device, learning_rate=learning_rate, lr_scheduler_type="constant",
         warmup_steps=0, logging_steps=max(1, max_steps // 4), save_strategy="no", report_to="none", seed=seed,
         dataset_text_field="text", max_length=max_length, activation_checkpointing=False, bf16=False,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
@@ -96,11 +108,14 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
                          processing_class=tokenizer)
     trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if cached is not None:
         from safetensors.torch import save_model
 
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial")
-        save_model(trainer.model, str(partial))
-        partial.replace(cached)  # a killed run leaves no half-written cache entry
-    return trainer.model.eval()
+        if trainer.accelerator.is_main_process:  # one writer: ranks writing the same .partial would interleave
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".partial")
+            save_model(model, str(partial))
+            partial.replace(cached)  # a killed run leaves no half-written cache entry
+        trainer.accelerator.wait_for_everyone()
+    return model.eval()
