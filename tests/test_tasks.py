@@ -53,3 +53,13 @@ def test_malformed_story_files_give_clear_errors(tmp_path):
     _write_stories(tiny, [["A.", "B.", "C.", "D.", "E."]] * 3)
     with pytest.raises(ValueError, match="cannot give 8 evaluation stories"):
         infill.split(infill.load_stories(str(tiny)), num_eval=8)
+
+
+def test_every_recipe_task_declares_its_run_card_summary():
+    """The run card's one-line description of the task lives with the task (`TaskSpec.summary`), not in the runner:
+    every recipe's task has one that names its paper section or says it goes beyond the paper."""
+    from gfn_trl.runner.pipeline import get_task
+
+    for name in ("infill", "continuation", "subjectivity", "arithmetic", "diverse_reasoning"):
+        summary = get_task(name).spec.summary
+        assert summary and ("Hu et al. 2024, §4" in summary or "beyond the paper" in summary), name

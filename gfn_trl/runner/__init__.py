@@ -26,7 +26,7 @@ _EXPORTS = {
     "DTYPES": ".checks", "check_data_source": ".checks", "check_model_source": ".checks",
     "check_output_dir": ".checks", "check_train_rows": ".checks", "check_trainer_choice": ".checks",
     "looks_like_path": ".checks", "validate": ".checks",
-    "BASE_DIR": ".outputs", "TASK_SUMMARIES": ".outputs", "final_metric_logs": ".outputs",
+    "BASE_DIR": ".outputs", "final_metric_logs": ".outputs",
     "write_run_card": ".outputs", "log_final_metrics": ".outputs", "policy_check": ".outputs",
     "print_summary": ".outputs",
     "save_base_model": ".outputs", "save_run": ".outputs", "sequence_log_prob": ".outputs", "write_outputs": ".outputs",
@@ -76,7 +76,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from .outputs import (  # noqa: F401
         BASE_DIR,
-        TASK_SUMMARIES,
         final_metric_logs,
         log_final_metrics,
         policy_check,

@@ -167,25 +167,9 @@ def log_final_metrics(trainer, metrics: dict[str, dict[str, float]]) -> None:
 
 
 # One line per task for the model card (the recipes' docstrings say more)
-TASK_SUMMARIES = {
-    "infill": "story infilling (Hu et al. 2024, §4.2): given sentences 1-3 (X) and 5 (Y) of a five-sentence story, "
-              "sample sentence 4 (Z) from the posterior p(Z | X, Y) ∝ p_LM(X Z Y).",
-    "continuation": "sentence continuation (Hu et al. 2024, §4.1): sample the next sentence Z of a prompt X with "
-                    "probability ∝ p_LM(Z \".\" | X)^(1/T): likely and diverse continuations.",
-    "subjectivity": "subjectivity classification with a latent rationale (Hu et al. 2024, §4.3): sample a short "
-                    "rationale Z for a movie-review sentence X with probability ∝ p_LM(Z Y | X), Y the label's "
-                    "words; the label is read from the frozen LM after X Z.",
-    "arithmetic": "integer arithmetic with a latent rationale and a calculator (Hu et al. 2024, §4.4): sample the "
-                  "chain of intermediate results Z of a problem X with probability ∝ p_LM(Z Y | demonstrations, X), Y "
-                  "the answer.",
-    "diverse_reasoning": "diverse correct reasoning (beyond the paper: a verifier reward with the LM as prior): sample "
-                         "arithmetic rationales Z with probability ∝ p_LM(Z | demonstrations, X) · (ε + 1[Z's answer "
-                         "is right]), many distinct right rationales per problem rather than one.",
-}
-
-
 def write_run_card(trainer, recipe_args, train_args, task: str, metrics: dict, built: Built | None = None,
-                   example_prompt: str | None = None, base_modified: bool = False) -> None:
+                   example_prompt: str | None = None, base_modified: bool = False,
+                   task_summary: str | None = None) -> None:
     """README.md of the output directory (main process): the model card of `gfn_trl.trainers.model_card` with the
     real base model (SmolLM2-135M-Instruct for the embedded GGUF default), what `base_model/` holds, the task, the
     run's metrics, a usage snippet for this directory and the settings.  Later cards of `trainer` (a push) keep it."""
@@ -207,7 +191,7 @@ def write_run_card(trainer, recipe_args, train_args, task: str, metrics: dict, b
         note = ((note + " ") if note else "") + (
             f"The directory also holds the adapter{'s' if len(extra) > 1 else ''} {more} (subjectivity's M-step "
             "judge is `m_step/`): load it with `PeftModel.load_adapter(<this directory>/<name>, adapter_name=<name>)`.")
-    set_card_info(trainer, base_model=base, base_note=note, task=task, task_summary=TASK_SUMMARIES.get(task),
+    set_card_info(trainer, base_model=base, base_note=note, task=task, task_summary=task_summary,
                   metrics=metrics, example_prompt=example_prompt,
                   stop_token_id=built.constraints.stop_token_id if built is not None else None)
     if trainer.accelerator.is_main_process:

@@ -153,7 +153,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     metrics = save()
     log_final_metrics(trainer, metrics)
     prompt = contract["prompt"][0] if len(contract) and isinstance(contract["prompt"][0], str) else None
-    write_run_card(trainer, recipe, args, task.spec.name, metrics, ctx.built, prompt, modified)
+    write_run_card(trainer, recipe, args, task.spec.name, metrics, ctx.built, prompt, modified, task.spec.summary)
     if args.push_to_hub:
         from ..trainers.model_card import push_output_dir
 

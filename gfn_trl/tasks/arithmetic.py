@@ -543,7 +543,14 @@ class ArithmeticTask(Task):
     split) with a latent budget that holds its longest gold rationale."""
 
     # JSON / JSON Lines problems or the paper's data directory, gold rationales (--trainer sft), no encoder
-    spec = TaskSpec("arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True)
+    spec = TaskSpec(
+        "arithmetic", data_formats=(".json", ".jsonl"), data_dir=True, gold=True,
+        summary=(
+            "integer arithmetic with a latent rationale and a calculator (Hu et al. 2024, §4.4): sample the chain "
+            "of intermediate results Z of a problem X with probability ∝ p_LM(Z Y | demonstrations, X), Y the "
+            "answer."
+        ),
+    )
     baselines = ("prompting", "3-shot")
 
     def check(self, ctx: RunContext) -> None:

