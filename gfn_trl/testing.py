@@ -343,3 +343,20 @@ def tiny_gguf(folder, seed: int = 0) -> str:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def accelerate_launch(config, *command: str, python: str | None = None) -> list[str]:
+    """The command line of `accelerate launch --config_file config ... command` with a free rendezvous port, so
+    that launches running at the same time on one machine (two test sessions, a test beside a user's run) do not
+    collide on torch's default port 29500."""
+    import os
+    import shutil
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    python = python or sys.executable
+    accelerate = shutil.which("accelerate", path=os.path.dirname(python)) or "accelerate"
+    return [accelerate, "launch", "--config_file", str(config), "--main_process_port", str(port), *command]

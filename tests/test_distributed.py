@@ -20,12 +20,13 @@ mismatch in your code?"; NCCL would hang).
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from gfn_trl.testing import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_train.py"
@@ -45,8 +46,7 @@ def _launch(out, per_device, loss, *extra, processes=2, config=DDP):
     if processes == 1:
         cmd = [sys.executable, str(SCRIPT), str(out), str(per_device), loss, *extra]
     else:
-        accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-        cmd = [accelerate, "launch", "--config_file", str(config), str(SCRIPT), str(out), str(per_device), loss, *extra]
+        cmd = accelerate_launch(config, str(SCRIPT), str(out), str(per_device), loss, *extra)
     # a run takes ~1 min on 2 busy cores; a deadlocked one (ranks waiting on different collectives) fails after 5
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

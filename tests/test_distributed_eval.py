@@ -7,10 +7,11 @@ evaluation's seeds depend on the prompt only), and the `log_completions` table i
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from gfn_trl.testing import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_eval.py"
@@ -20,8 +21,7 @@ def _launch(out, processes, per_device):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(SCRIPT), str(out), str(per_device)]
     if processes == 2:
-        accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-        cmd = [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), *cmd[1:]]
+        cmd = accelerate_launch(ROOT / "accelerate_configs" / "cpu_2proc.yaml", *cmd[1:])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((Path(out) / "result.json").read_text()), proc.stdout

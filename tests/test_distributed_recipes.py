@@ -11,13 +11,14 @@ weights, and the output directory written once, as one process writes it.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from gfn_trl.testing import accelerate_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ["a plot", "i loved it", "the man", "so dull", "it rains", "what fun", "a town", "too sad"]
@@ -27,9 +28,7 @@ def _launch(task: str, processes: int, argv: list[str]) -> str:
     script = str(ROOT / "recipes" / f"{task}.py")
     cmd = [sys.executable, script, *argv]
     if processes == 2:
-        accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-        cmd = [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), script,
-               *argv]
+        cmd = accelerate_launch(ROOT / "accelerate_configs" / "cpu_2proc.yaml", script, *argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

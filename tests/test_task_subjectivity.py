@@ -327,6 +327,10 @@ def test_rationale_calibration_threshold_is_the_mean_margin_of_untuned_rationale
         other = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=8)
         empty = S.calibration_threshold(model, tok, ds)
         scored = sample_and_score(model, reward, tok, constraints, rows, 4, 1.0, seed=counter_seed("calibration", 7))
+        unscored = sample_and_score(model, None, tok, constraints, rows, 4, 1.0, seed=counter_seed("calibration", 7))
+    # without a reward the same latents are drawn, and nothing is scored
+    assert [(u.tokens, u.texts) for u in unscored] == [(s.tokens, s.texts) for s in scored]
+    assert all(u.log_likelihood == [] and len(s.log_likelihood) == 4 for u, s in zip(unscored, scored))
     ids = {lab: tok(S.SUFFIX.format(label=lab), add_special_tokens=False)["input_ids"] for lab in S.LABELS}
     margins = [_direct(reward, row, ids["objective"], z) - _direct(reward, row, ids["subjective"], z)
                for row, s in zip(rows, scored) for z in s.tokens]

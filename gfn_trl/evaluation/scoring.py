@@ -26,7 +26,7 @@ class Scored:
     row: dict
     tokens: list[list[int]]  # latents, without the stop token
     texts: list[str]  # decoded latents
-    log_likelihood: list[float]  # untempered log R(Z⊤) under the base LM
+    log_likelihood: list[float]  # untempered log R(Z⊤) under the base LM (empty: sampled without scoring)
 
 
 def _seed(seed: int, i: int, j: int) -> int:
@@ -36,7 +36,7 @@ def _seed(seed: int, i: int, j: int) -> int:
 @torch.no_grad()
 def sample_and_score(
     policy,
-    reward: LikelihoodReward,
+    reward: LikelihoodReward | None,
     tokenizer,
     constraints: LatentConstraints,
     rows: list[dict],
@@ -55,6 +55,8 @@ def sample_and_score(
         rows: rows of `gfn_trl.data.tokenize_dataset` (`prompt_ids`, and what the reward reads).
         constraints: the latent space; `temperature`: the sampling temperature (1: the policy itself).
         prompts_per_batch: rows sampled at once (`prompts_per_batch` × `n_samples` latents per pass).
+        reward: the base-LM scorer; None: sample only (each `Scored.log_likelihood` is then empty), for a caller
+            that scores the latents its own way (subjectivity's M-step and calibration compare two labels).
 
     Returns:
         one `Scored` per row, its `n_samples` latents in sampling order with their untempered log R(Z⊤).
@@ -71,11 +73,13 @@ def sample_and_score(
             with ctx:
                 z, lengths = sample_latents(policy, ids, mask, constraints, temperature, tokenizer.pad_token_id,
                                             seeds)
-            final = reward.final(expanded, z, lengths).tolist()  # log R(Z⊤), one suffix copy per row
+            # log R(Z⊤), one suffix copy per row
+            final = reward.final(expanded, z, lengths).tolist() if reward is not None else None
             for i, r in enumerate(chunk):
                 sl = slice(i * n_samples, (i + 1) * n_samples)
                 toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
-                out.append(Scored(r, toks, [tokenizer.decode(t, skip_special_tokens=True) for t in toks], final[sl]))
+                texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
+                out.append(Scored(r, toks, texts, final[sl] if final is not None else []))
             bar.update(len(chunk))
     return out
 

@@ -305,8 +305,8 @@ def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraint
     scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
     rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config,
                                  constraints.max_length, "train"))
-    scored = sample_and_score(model, scorer, tokenizer, constraints, rows, n_per_review, temperature,
-                              seed=counter_seed("calibration", seed))
+    scored = sample_and_score(model, None, tokenizer, constraints, rows, n_per_review, temperature,
+                              seed=counter_seed("calibration", seed))  # scored below, both labels
     lls = label_log_likelihoods(scorer, rows, [s.tokens for s in scored], tokenizer)
     margins = [o - s for ll in lls for o, s in zip(ll["objective"], ll["subjective"])]
     return sum(margins) / len(margins)
@@ -713,7 +713,7 @@ class SubjectivityTask(Task):
         # no more sequences per pass than the evaluation samples (4 reviews x eval_samples): the paper's 100 rationales
         # a review would otherwise make each pass 10 times as large
         per_pass = max(1, 4 * ctx.recipe.eval_samples // t.m_step_rationales)
-        trained = sample_and_score(b.policy, b.reward, ctx.tokenizer, b.constraints, ctx.m_step_rows,
+        trained = sample_and_score(b.policy, None, ctx.tokenizer, b.constraints, ctx.m_step_rows,  # not scored
                                    t.m_step_rationales, ctx.recipe.eval_temperature, seed=ctx.args.seed,
                                    prompts_per_batch=per_pass)
         dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
