@@ -10,7 +10,10 @@ are compared from the same LM.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+
+_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # what TRL's trainers align to the tokenizer
 
 
 def stage_key(model, texts: Sequence[str], **settings) -> str:
@@ -35,7 +38,8 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
                 name: str = "lm_stage", cache_dir: str | None = None):
     """Full fine-tuning of `model` on `texts` (language modelling on the whole text; TRL's `SFTTrainer`, which ends
     each text with the tokenizer's EOS unless it already ends with it) for `max_steps` steps of `batch_size` texts,
-    constant learning rate, no warm-up, seeded by `seed`.  Returns the fine-tuned model in eval mode; `max_steps` 0
+    constant learning rate, no warm-up, seeded by `seed`.  Returns the fine-tuned model in eval mode, its config's and
+    generation config's BOS / EOS / PAD ids as they were (the trainer aligns them to the tokenizer's); `max_steps` 0
     returns `model` as it is.
 
     `cache_dir`: the fine-tuned weights are saved there under a fingerprint of the starting weights, the texts and
@@ -93,9 +97,19 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         dataset_text_field="text", max_length=max_length, activation_checkpointing=False, bf16=False,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
     )
+    # SFTTrainer rewrites the config's and generation config's BOS / EOS / PAD ids to the tokenizer's where they
+    # differ; the stage changes the weights only, so that the trained, the cached and the stage-less model generate
+    # alike (a cached stage's model never saw the trainer)
+    special = [(obj, {k: copy.deepcopy(getattr(obj, k, None)) for k in _SPECIAL_IDS})
+               for obj in (model.config, getattr(model, "generation_config", None)) if obj is not None]
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
                          processing_class=tokenizer)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        for obj, ids in special:
+            for k, v in ids.items():
+                setattr(obj, k, v)
     if cached is not None:
         from safetensors.torch import save_model
 
