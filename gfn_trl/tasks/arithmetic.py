@@ -470,8 +470,12 @@ def load_splits(
 
 def vocab_mask(tokenizer) -> torch.Tensor:
     """(V,) bool: tokens whose text is made only of digits, space, ',', '.', '=', '+', '-' (the paper's
-    `▁Ġ,.1234567890=+-`), plus EOS; special tokens are excluded."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+    `▁Ġ,.1234567890=+-`), plus EOS; special tokens are excluded.  A token's text is its text in the middle of a
+    sequence (`gfn_trl.tokenization.token_texts`): SentencePiece's lone "▁", the space Llama writes before each digit,
+    decodes to "" alone and was banned."""
+    from ..tokenization import token_texts
+
+    texts = token_texts(tokenizer)
     allowed = torch.tensor([bool(t) and set(t) <= ALLOWED_CHARS for t in texts], dtype=torch.bool)
     allowed[list(tokenizer.all_special_ids)] = False
     if tokenizer.eos_token_id is not None:
