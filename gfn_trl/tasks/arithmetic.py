@@ -625,7 +625,12 @@ class ArithmeticTask(Task):
                   f"max_completion_length={budget} tokens; the policy cannot write it in full.")
         n_gold = self._n_gold(ctx, data)
         if ctx.recipe.trainer == "sft":  # SFT learns from rationales: only the problems given one (the paper's 10)
-            return to_contract(list(data.train)[:n_gold], data.extra["shots"])
+            gold = list(data.train)[:n_gold]
+            # as token ids the sampler writes (with the calculator, its outputs tokenized apart from the policy's
+            # pieces), not the text: tokenized whole, a SentencePiece tokenizer merges a result with the comma after
+            # it ("▁6,"), a latent the calculator never lets the policy write
+            contract = to_contract(gold, data.extra["shots"]).remove_columns("gold")
+            return contract.add_column("gold", [gold_latent(ctx.tokenizer, p, ctx.tool) for p in gold])
         return to_contract(training_problems(data.train, ctx.task_args.gold_weight, n_gold), data.extra["shots"])
 
     @staticmethod
