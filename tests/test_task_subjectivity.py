@@ -337,6 +337,59 @@ def test_rationale_calibration_threshold_is_the_mean_margin_of_untuned_rationale
         S.rationale_calibration_threshold(model, tok, ds, constraints, 0)
 
 
+def test_rationale_calibration_samples_in_passes_no_larger_than_the_evaluations(tiny, monkeypatch):
+    """`--calibration_rationales N` sampled 4 reviews x N rationales per pass whatever N (the M-step was given passes
+    no larger than the evaluation's for the paper's 100 rationales a review; the calibration was not): its passes now
+    hold `prompts_per_batch` reviews, and the threshold is the same (the samples are seeded per review and sample)."""
+    from gfn_trl.sampling import LatentConstraints
+
+    tok, model, rows, reward = tiny
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    allowed[tok.convert_tokens_to_ids(LATENT_WORDS) + [tok.eos_token_id]] = True
+    constraints = LatentConstraints(tok.eos_token_id, 3, 1, allowed)
+    sizes = []  # (batch, length) of each forward; the sampler's decoding steps are those of length 1
+
+    def record(module, args, kwargs):
+        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        if x.shape[1] == 1:
+            sizes.append(x.shape[0])
+
+    hook = model.get_base_model().model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with model.disable_adapter():
+            whole = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=7)
+            big = max(sizes)
+            sizes.clear()
+            passes = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=7, prompts_per_batch=1)
+    finally:
+        hook.remove()
+    assert big == 4 * len(ds) and max(sizes) == 4  # the sampler's passes: every review's 4 rationales, then one's
+    assert passes == pytest.approx(whole, abs=1e-5)
+    # the task sizes the passes to 4 x eval_samples sequences at most (at least one review; at most 4, as before)
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext, TaskData
+
+    asked = []
+    real = S.rationale_calibration_threshold
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["prompts_per_batch"])
+        return real(*args, **kwargs)
+
+    args = SimpleNamespace(max_completion_length=3, min_completion_length=1, stop_token=None, seed=0)
+    task_args = SimpleNamespace(calibrate=True, calibration_rationales=None)
+    monkeypatch.setattr(S, "rationale_calibration_threshold", spy)
+    for n, eval_samples in ((4, 1), (4, 10), (40, 1)):
+        task_args.calibration_rationales = n
+        ctx = RunContext(SimpleNamespace(trainer="gfn", eval_samples=eval_samples, ban_newlines=False), args, task_args,
+                         model=model.get_base_model(), tokenizer=tok)
+        with model.disable_adapter():
+            S.TASK.to_contract(ctx, TaskData(ds, ds))
+    assert asked == [1, 4, 1]
+
+
 def test_recipe_calibration_rationales_moves_the_sampled_rationales_threshold_only(tmp_path, capsys):
     """On a tiny GGUF: --calibration_rationales N prints both thresholds, keeps the zero-shot row (an empty rationale,
     judged at the empty rationale's threshold) exactly as without it, and trains the GFlowNet under the other

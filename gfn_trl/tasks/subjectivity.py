@@ -288,7 +288,8 @@ def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16
 
 @torch.no_grad()
 def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraints: LatentConstraints, n_per_review: int,
-                                    seed: int = 0, temperature: float = 1.0, batch_size: int = 16) -> float:
+                                    seed: int = 0, temperature: float = 1.0, batch_size: int = 16,
+                                    prompts_per_batch: int = 4) -> float:
     """The calibrated judge's threshold for sampled rationales (`--calibration_rationales N`): the mean over the
     labelled training reviews and `n_per_review` rationales each, sampled from `model` (the untuned policy: the base
     LM, no adapter) at `temperature` in the latent space `constraints`, of the base LM's margin log p(Y_objective | X
@@ -298,7 +299,8 @@ def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraint
     (`calibration_threshold`) 273 of 320 sampled test rationales were judged objective, so the training penalty hit
     nearly every rationale of a subjective review alike (no signal) and the GFlowNet predicted one label.  This
     threshold is the same calibration (the mean margin, both labels balanced) measured on the kind of input the judge
-    then sees: rationales.  Deterministic given `seed` (`sample_and_score`'s counter-based seeds)."""
+    then sees: rationales.  Deterministic given `seed` (`sample_and_score`'s counter-based seeds).
+    `prompts_per_batch`: reviews sampled at once (`prompts_per_batch` × `n_per_review` sequences per pass)."""
     if n_per_review < 1:
         raise ValueError(f"n_per_review {n_per_review}: sample at least 1 rationale per review.")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -306,7 +308,7 @@ def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraint
     rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config,
                                  constraints.max_length, "train"))
     scored = sample_and_score(model, scorer, tokenizer, constraints, rows, n_per_review, temperature,
-                              seed=counter_seed("calibration", seed))
+                              seed=counter_seed("calibration", seed), prompts_per_batch=prompts_per_batch)
     lls = label_log_likelihoods(scorer, rows, [s.tokens for s in scored], tokenizer)
     margins = [o - s for ll in lls for o, s in zip(ll["objective"], ll["subjective"])]
     return sum(margins) / len(margins)
@@ -645,8 +647,12 @@ class SubjectivityTask(Task):
             ensure_pad_token(ctx.tokenizer)  # as the trainer's build does next: the sampler pads with it
             constraints = latent_space(ctx.tokenizer, args.max_completion_length, args.min_completion_length,
                                        args.stop_token, self.vocab_mask(ctx), None, ctx.model)
+            # passes no larger than the evaluation's (4 reviews x eval_samples), as the M-step's: 100 rationales a
+            # review would otherwise make each pass 400 sequences
+            per_pass = max(1, min(4, 4 * ctx.recipe.eval_samples // t.calibration_rationales))
             ctx.threshold = rationale_calibration_threshold(ctx.model, ctx.tokenizer, data.train, constraints,
-                                                            t.calibration_rationales, seed=args.seed)
+                                                            t.calibration_rationales, seed=args.seed,
+                                                            prompts_per_batch=per_pass)
             print(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
                   f"{t.calibration_rationales} untuned rationales per labelled review): the training penalty's and "
                   "the sampled rationales' threshold")
