@@ -242,7 +242,8 @@ def test_stage_leaves_the_special_token_ids_of_the_config_as_loaded(tmp_path):
     they differed (a Llama-style tokenizer, BOS 1 and EOS 2, on a model configured with 0): the trained stage's model
     then stopped generating at other tokens (generation_config.eos_token_id [2, 0]) than the same stage loaded from
     --rationale_lm_cache (0) or no stage at all, so the runs of one comparison (the first trains, the others load)
-    differed by more than their trainer, and the saved base_model/ did too.  The stage changes the weights only."""
+    differed by more than their trainer, and the saved base_model/ did too; the trained stage also left use_cache
+    off.  The stage changes the weights only."""
     from gfn_trl.tasks import lm_stage
     from gfn_trl.testing import tiny_model, tokenizer_kind
     from gfn_trl.trainers.setup import ensure_pad_token
@@ -253,7 +254,7 @@ def test_stage_leaves_the_special_token_ids_of_the_config_as_loaded(tmp_path):
     texts = A.rationale_texts(A.make_splits(0, 2, 1, n_rationale=4)["rationale"], tok.eos_token)
 
     def ids(model):
-        return ([getattr(model.config, f"{k}_token_id") for k in ("bos", "eos", "pad")],
+        return ([getattr(model.config, f"{k}_token_id") for k in ("bos", "eos", "pad")] + [model.config.use_cache],
                 [getattr(model.generation_config, f"{k}_token_id") for k in ("bos", "eos", "pad")])
 
     loaded = ids(tiny_model("llama", len(tok)))

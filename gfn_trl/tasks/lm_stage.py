@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # what TRL's trainers align to the tokenizer
+# what TRL's SFTTrainer changes in the model's (generation) config: the special ids it aligns to the tokenizer's, and
+# use_cache, which it turns off for training
+_TRAINER_SET = ("bos_token_id", "eos_token_id", "pad_token_id", "use_cache")
 
 
 def stage_key(model, texts: Sequence[str], **settings) -> str:
@@ -39,8 +41,8 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
     """Full fine-tuning of `model` on `texts` (language modelling on the whole text; TRL's `SFTTrainer`, which ends
     each text with the tokenizer's EOS unless it already ends with it) for `max_steps` steps of `batch_size` texts,
     constant learning rate, no warm-up, seeded by `seed`.  Returns the fine-tuned model in eval mode, its config's and
-    generation config's BOS / EOS / PAD ids as they were (the trainer aligns them to the tokenizer's); `max_steps` 0
-    returns `model` as it is.
+    generation config's BOS / EOS / PAD ids and `use_cache` as they were (the trainer aligns the ids to the
+    tokenizer's and turns the cache off); `max_steps` 0 returns `model` as it is.
 
     `cache_dir`: the fine-tuned weights are saved there under a fingerprint of the starting weights, the texts and
     the settings (`stage_key`), and a later call with the same fingerprint loads them instead of training (the runs of
@@ -98,9 +100,9 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
     )
     # SFTTrainer rewrites the config's and generation config's BOS / EOS / PAD ids to the tokenizer's where they
-    # differ; the stage changes the weights only, so that the trained, the cached and the stage-less model generate
-    # alike (a cached stage's model never saw the trainer)
-    special = [(obj, {k: copy.deepcopy(getattr(obj, k, None)) for k in _SPECIAL_IDS})
+    # differ, and turns use_cache off; the stage changes the weights only, so that the trained, the cached and the
+    # stage-less model are configured alike (a cached stage's model never saw the trainer)
+    special = [(obj, {k: copy.deepcopy(getattr(obj, k, None)) for k in _TRAINER_SET if hasattr(obj, k)})
                for obj in (model.config, getattr(model, "generation_config", None)) if obj is not None]
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
                          processing_class=tokenizer)
