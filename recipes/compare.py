@@ -225,8 +225,8 @@ def run_times(out: Path, trainers: list[str]) -> str:
 def collect(out: Path, trainers: list[str], task: str | None = None) -> dict[str, dict[str, float]]:
     """Every method's metrics, in order: the baselines of the first run, then each trainer with the methods its run
     derives from the trained policy (`<trainer>_...`, e.g. subjectivity's `gfn_m_step`).  With `task`, a run whose
-    command.json names another task's recipe is refused (`check_task`).  A missing or unreadable metrics.json (a run
-    killed while saving it) is refused, naming the file."""
+    command.json names another task's recipe (`check_task`), or whose metrics.json names another task, is refused.
+    A missing or unreadable metrics.json (a run killed while saving it) is refused, naming the file."""
     methods: dict[str, dict[str, float]] = {}
     for i, trainer in enumerate(trainers):
         if task is not None:
@@ -235,13 +235,18 @@ def collect(out: Path, trainers: list[str], task: str | None = None) -> dict[str
         if not path.exists():
             raise SystemExit(f"{path} is missing: run `{trainer}` first (without --collect).")
         try:
-            metrics = json.loads(path.read_text())["metrics"]
+            record = json.loads(path.read_text())
+            metrics = record["metrics"]
             if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
                 raise TypeError("its metrics are not {method: {metric: value}}")
         except (ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"{path} cannot be read ({type(e).__name__}: {e}): the {trainer} run did not finish "
                              "writing it (killed while saving?) or it is not a recipe's metrics.json. Make that run "
                              "again: rerun it (compare.py --resume makes it anew).") from e
+        if task is not None and record.get("task", task) != task:  # a run made without compare.py: no command.json
+            raise SystemExit(f"{path} holds a {record['task']} run's metrics, not {task}'s (--task {task}): its "
+                             "metrics are not this comparison's. Pass another --output_dir (the default, "
+                             f"runs/compare/{task}, is the task's own), or move that run away.")
         if trainer not in metrics:
             raise SystemExit(f"{path} holds no `{trainer}` results (methods: {sorted(metrics)}).")
         for method, values in metrics.items():

@@ -405,3 +405,24 @@ def test_an_unreadable_record_or_metrics_file_is_named_not_a_traceback(tmp_path,
     metrics.write_text("[]")
     with pytest.raises(SystemExit, match=r"metrics\.json cannot be read"):
         compare.collect(out, ["gfn"])
+
+
+def test_collect_refuses_a_run_made_without_compare_whose_metrics_name_another_task(tmp_path):
+    """A run made by hand into OUT/<trainer> has no command.json to name its recipe: --collect put another task's
+    metrics into this task's table.  metrics.json now names its task (the recipes write it), and --collect refuses
+    another task's; a metrics.json from before (no task) is collected as before."""
+    from transformers import TrainingArguments
+
+    from gfn_trl.runner import RecipeArguments
+    from gfn_trl.runner.outputs import write_outputs
+
+    compare = load_recipe("compare")
+    run = tmp_path / "gfn"
+    write_outputs(str(run), {"gfn": {"diversity": 0.5}}, [], RecipeArguments(),
+                  TrainingArguments(str(run), report_to="none"), task="continuation")
+    assert json.loads((run / "metrics.json").read_text())["task"] == "continuation"
+    assert compare.collect(tmp_path, ["gfn"], "continuation") == {"gfn": {"diversity": 0.5}}
+    with pytest.raises(SystemExit, match=r"holds a continuation run's metrics, not infill's \(--task infill\)"):
+        compare.collect(tmp_path, ["gfn"], "infill")
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1}}}))
+    assert compare.collect(tmp_path, ["gfn"], "infill") == {"gfn": {"bleu4": 0.1}}

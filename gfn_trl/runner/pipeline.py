@@ -135,7 +135,8 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
             results[name] = task.evaluate(ctx, name)
     def save() -> dict[str, dict[str, float]]:  # the policy, metrics.json and samples of what was evaluated so far
         metrics = {name: r.metrics for name, r in results.items()}
-        save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())
+        save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows(),
+                 task.spec.name)
         return metrics
 
     trainer.train()
