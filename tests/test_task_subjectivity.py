@@ -607,6 +607,34 @@ def test_m_step_copies_and_restores_the_policy_s_own_adapter_whatever_its_name()
     assert policy.active_adapter == "e_step"
 
 
+def test_m_step_leaves_the_policy_config_as_it_was():
+    """TRL's SFTTrainer, built on the policy for the M-step, aligned the policy's config and generation config to a
+    Llama-style tokenizer's BOS / EOS / PAD ids (generation_config.eos_token_id became [2, 0]) and turned use_cache
+    off: the E-step's policy came back from the M-step configured otherwise.  The M-step changes its own adapter only
+    (as the rationale-LM stage its weights only: `gfn_trl.models.config_kept`)."""
+    from types import SimpleNamespace
+
+    from gfn_trl.testing import tokenizer_kind
+    from gfn_trl.trainers.setup import ensure_pad_token
+
+    tok = tokenizer_kind("llama")
+    ensure_pad_token(tok)
+    policy = get_peft_model(tiny_model("llama", len(tok)), LoraConfig(r=2, target_modules=["v_proj"]))
+    assert (tok.bos_token_id, tok.eos_token_id) != (policy.config.bos_token_id, policy.config.eos_token_id)
+
+    def config(model):
+        return ([getattr(model.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "use_cache")],
+                [getattr(model.generation_config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")])
+
+    before = config(policy)
+    rows = list(tokenize_dataset(S.to_contract(Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS]))
+                                 .remove_columns("contrast_suffix"), tok, policy.config, 5, "eval"))
+    data = S.m_step_dataset(rows, [[[]]] * len(rows), tok)
+    args = SimpleNamespace(seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True)
+    S.train_m_step(policy, tok, data, args, steps=1, learning_rate=0.1, batch_size=2)
+    assert config(policy) == before and S.M_STEP_ADAPTER in policy.peft_config
+
+
 def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     """The recipe with --m_step_steps on a tiny GGUF: a `gfn_m_step` row judging the GFlowNet's own test rationales,
     the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run

@@ -10,12 +10,7 @@ are compared from the same LM.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-
-# what TRL's SFTTrainer changes in the model's (generation) config: the special ids it aligns to the tokenizer's, and
-# use_cache, which it turns off for training
-_TRAINER_SET = ("bos_token_id", "eos_token_id", "pad_token_id", "use_cache")
 
 
 def stage_key(model, texts: Sequence[str], **settings) -> str:
@@ -60,6 +55,7 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from ..models import config_kept
     from ..progress import progress_enabled
 
     if max_steps < 0:
@@ -99,19 +95,12 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         dataset_text_field="text", max_length=max_length, activation_checkpointing=False, bf16=False,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
     )
-    # SFTTrainer rewrites the config's and generation config's BOS / EOS / PAD ids to the tokenizer's where they
-    # differ, and turns use_cache off; the stage changes the weights only, so that the trained, the cached and the
-    # stage-less model are configured alike (a cached stage's model never saw the trainer)
-    special = [(obj, {k: copy.deepcopy(getattr(obj, k, None)) for k in _TRAINER_SET if hasattr(obj, k)})
-               for obj in (model.config, getattr(model, "generation_config", None)) if obj is not None]
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
-                         processing_class=tokenizer)
-    try:
+    # the stage changes the weights only (not the config's special ids and use_cache, which SFTTrainer sets), so that
+    # the trained, the cached and the stage-less model are configured alike (a cached stage's never saw the trainer)
+    with config_kept(model):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
+                             processing_class=tokenizer)
         trainer.train()
-    finally:
-        for obj, ids in special:
-            for k, v in ids.items():
-                setattr(obj, k, v)
     if cached is not None:
         from safetensors.torch import save_model
 

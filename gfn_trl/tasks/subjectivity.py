@@ -77,7 +77,7 @@ from datasets import Dataset, load_dataset
 from ..data import tokenize_dataset
 from ..evaluation import Scored, sample_and_score, score_texts
 from ..evaluation.text_metrics import majority_vote_accuracy
-from ..models import eval_mode
+from ..models import config_kept, eval_mode
 from ..rewards import LikelihoodReward
 from ..sampling import CACHE_KWARGS, LatentConstraints, cache_kwarg, counter_seed, left_pad, sample_latents
 from ..tokenization import encode_continuation, encode_prompt
@@ -501,8 +501,8 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
     the recipes' "default"; freshly initialised) on `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps`
     optimiser steps of `batch_size` × `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with
     20 % warm-up (the authors' 20 of 100 steps), completion-only loss.  The E-step's adapter is active again on
-    return, its weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the
-    trainer's final metrics (`train_loss`, ...).
+    return, its weights and the policy's config untouched (`gfn_trl.models.config_kept`).  `args`: the run's
+    settings (seed, device, precision, logging).  Returns the trainer's final metrics (`train_loss`, ...).
 
     Raises:
         ValueError: the policy already has an adapter named `m_step`.
@@ -531,7 +531,9 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
                 # the run's activation checkpointing (the new name: TRL's deprecated alias would warn)
                 gradient_checkpointing=None, activation_checkpointing=bool(
                     getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)))
-            result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
+            with config_kept(policy):  # a second adapter: the policy's config (ids, use_cache) stays as it was
+                result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset,
+                                    processing_class=tokenizer).train()
     except BaseException:
         policy.set_adapter(e_step)
         policy.delete_adapter(M_STEP_ADAPTER)  # a half-trained judge is not saved with the run
