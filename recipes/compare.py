@@ -226,7 +226,8 @@ def collect(out: Path, trainers: list[str], task: str | None = None) -> dict[str
     """Every method's metrics, in order: the baselines of the first run, then each trainer with the methods its run
     derives from the trained policy (`<trainer>_...`, e.g. subjectivity's `gfn_m_step`).  With `task`, a run whose
     command.json names another task's recipe (`check_task`), or whose metrics.json names another task, is refused.
-    A missing or unreadable metrics.json (a run killed while saving it) is refused, naming the file."""
+    A missing or unreadable metrics.json (a run killed while saving it), or one of a run whose derived method (e.g.
+    subjectivity's M-step) failed after training, is refused, naming the file."""
     methods: dict[str, dict[str, float]] = {}
     for i, trainer in enumerate(trainers):
         if task is not None:
@@ -243,6 +244,10 @@ def collect(out: Path, trainers: list[str], task: str | None = None) -> dict[str
             raise SystemExit(f"{path} cannot be read ({type(e).__name__}: {e}): the {trainer} run did not finish "
                              "writing it (killed while saving?) or it is not a recipe's metrics.json. Make that run "
                              "again: rerun it (compare.py --resume makes it anew).") from e
+        if record.get("failed"):  # the recipe saved what it had when a method derived after training failed
+            raise SystemExit(f"{path} holds the results of a {trainer} run whose {record['failed']} failed after "
+                             f"training (the rows before it were saved with the trained policy), so the table would "
+                             f"lack its row. Make that run again (compare.py --resume makes it anew).")
         if task is not None and record.get("task", task) != task:  # a run made without compare.py: no command.json
             raise SystemExit(f"{path} holds a {record['task']} run's metrics, not {task}'s (--task {task}): its "
                              "metrics are not this comparison's. Pass another --output_dir (the default, "

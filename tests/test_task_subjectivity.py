@@ -684,6 +684,19 @@ def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     assert (out / "adapter_model.safetensors").read_bytes() == (out0 / "adapter_model.safetensors").read_bytes()
     assert json.loads((out / "metrics.json").read_text())["metrics"] == json.loads(json.dumps(without))
     assert (out / "samples.jsonl").exists() and not (out / "m_step").exists()
+    # metrics.json says which method failed, and compare.py --collect does not tabulate the unfinished run without
+    # its gfn_m_step row (it did, without a word)
+    assert json.loads((out / "metrics.json").read_text())["failed"] == "gfn_m_step"
+    assert "failed" not in json.loads((out0 / "metrics.json").read_text())
+    import shutil
+
+    compare = load_recipe("compare")
+    for run, name in ((out, "cmp_failed"), (out0, "cmp_finished")):  # OUT/<trainer>/metrics.json, as compare lays out
+        (tmp_path / name / "gfn").mkdir(parents=True)
+        shutil.copy(run / "metrics.json", tmp_path / name / "gfn" / "metrics.json")
+    with pytest.raises(SystemExit, match="run whose gfn_m_step failed after training .* lack its row"):
+        compare.collect(tmp_path / "cmp_failed", ["gfn"], "subjectivity")
+    assert list(compare.collect(tmp_path / "cmp_finished", ["gfn"], "subjectivity")) == list(without)
 
 
 def test_m_step_settings_are_checked_before_loading(tmp_path):
