@@ -428,6 +428,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.decoding and a.task != "continuation":
         p.error("--decoding applies to --task continuation only")
+    if len(set(a.trainers)) != len(a.trainers):
+        p.error(f"--trainers {' '.join(a.trainers)} repeats a trainer: each runs into OUTPUT_DIR/<trainer>, so the "
+                "second run would overwrite the first (the first's baselines with it); name each trainer once")
     if a.resume and a.collect:
         p.error("--resume runs the runs that are missing or stale, --collect runs none (it reads the finished ones): "
                 "pass one of them")

@@ -426,3 +426,13 @@ def test_collect_refuses_a_run_made_without_compare_whose_metrics_name_another_t
         compare.collect(tmp_path, ["gfn"], "infill")
     (run / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1}}}))
     assert compare.collect(tmp_path, ["gfn"], "infill") == {"gfn": {"bleu4": 0.1}}
+
+
+def test_a_repeated_trainer_is_refused_before_any_run(tmp_path, capsys):
+    """`--trainers gfn gfn` ran gfn twice into OUT/gfn: the second run (--skip_baseline true) overwrote the first's
+    metrics.json, and the table lost the baselines without a word.  Refused before any run, like a repeated seed."""
+    compare = load_recipe("compare")
+    with pytest.raises(SystemExit):
+        compare.main(["--task", "infill", "--trainers", "gfn", "sft", "gfn", "--output_dir", str(tmp_path)])
+    assert "--trainers gfn sft gfn repeats a trainer" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
