@@ -428,6 +428,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.decoding and a.task != "continuation":
         p.error("--decoding applies to --task continuation only")
+    for flag, instead in (("--trainer", "--trainers"), ("--output_dir", "--output_dir"), ("--decoding", "--decoding")):
+        if any(x == flag or x.startswith(f"{flag}=") for x in extra):  # the recipe takes the last: every run's own
+            p.error(f"{flag} after --: compare.py sets each run's --trainer, --output_dir (OUTPUT_DIR/<trainer>) and "
+                    f"--decoding (the first run's) itself, and the recipe would take yours for every run; give "
+                    f"{instead} before -- instead")
     if len(set(a.trainers)) != len(a.trainers):
         p.error(f"--trainers {' '.join(a.trainers)} repeats a trainer: each runs into OUTPUT_DIR/<trainer>, so the "
                 "second run would overwrite the first (the first's baselines with it); name each trainer once")

@@ -436,3 +436,18 @@ def test_a_repeated_trainer_is_refused_before_any_run(tmp_path, capsys):
         compare.main(["--task", "infill", "--trainers", "gfn", "sft", "gfn", "--output_dir", str(tmp_path)])
     assert "--trainers gfn sft gfn repeats a trainer" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_run_flags_compare_sets_are_refused_after_the_separator(tmp_path, capsys):
+    """`-- --output_dir D` or `-- --trainer ppo` went to every run after compare.py's own --output_dir OUT/<trainer>
+    and --trainer T, and the recipe took the last: every run trained ppo, or wrote into D over the others, and the
+    comparison failed only at the end ("metrics.json is missing") or tabulated the wrong trainer.  Refused before any
+    run, naming the flag to use."""
+    compare = load_recipe("compare")
+    for extra, flag in ((["--output_dir", str(tmp_path / "d")], "--output_dir"), (["--trainer=ppo"], "--trainer"),
+                        (["--decoding", "greedy"], "--decoding")):
+        with pytest.raises(SystemExit):
+            compare.main(["--task", "continuation", "--trainers", "gfn", "sft", "--output_dir", str(tmp_path / "o"),
+                          "--", "--max_steps", "1", *extra])
+        assert f"{flag} after --: compare.py sets each run's" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
