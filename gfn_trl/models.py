@@ -200,6 +200,30 @@ def resolve_peft_config(model, peft_config):
     return peft_config
 
 
+# What TRL's SFTTrainer changes in the model's (generation) config: the special ids it aligns to the tokenizer's, and
+# use_cache, which it turns off for training.
+_TRAINER_SET = ("bos_token_id", "eos_token_id", "pad_token_id", "use_cache")
+
+
+@contextmanager
+def config_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Put back, on exit, what TRL's SFTTrainer changes in `model`'s config and generation config when it is built
+    and trains: the BOS / EOS / PAD ids (aligned to the tokenizer's where they differ, e.g. a Llama-style tokenizer on
+    a model configured otherwise: `generation_config.eos_token_id` becomes a list) and `use_cache` (turned off).
+    Wrap a trainer's construction and training in it where the training is to change the weights only (a stage
+    whose result is also loaded from a cache, a second adapter beside the policy's)."""
+    import copy
+
+    saved = [(obj, {k: copy.deepcopy(getattr(obj, k)) for k in _TRAINER_SET if hasattr(obj, k)})
+             for obj in (getattr(model, "config", None), getattr(model, "generation_config", None)) if obj is not None]
+    try:
+        yield model
+    finally:
+        for obj, values in saved:
+            for k, v in values.items():
+                setattr(obj, k, v)
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run the block with `model` in eval mode (no dropout), then put back the training mode it had, also on error."""

@@ -188,6 +188,26 @@ def encode_continuation(tokenizer, piece: str, context: str | None = None) -> li
     )
 
 
+def token_texts(tokenizer, size: int | None = None) -> list[str]:
+    """The text of each id below `size` (default `len(tokenizer)`) as it reads in the middle of a sequence: what it
+    adds to the decoded text after another token.
+
+    Decoding an id alone is not that for SentencePiece tokenizers (Llama, Mistral, Gemma ...): the decoder drops the
+    space piece "▁" at the start of a text, so the lone "▁" (which Llama writes before each digit of " 12") decodes to
+    "" and "▁I" to "I"; a vocabulary mask that reads them alone bans the space before a number, or takes the word
+    " I" for the letter "I".  Each id is decoded after a digit instead ("0", tokenized alone) and the digit's text
+    is cut off; where that fails (the pair decodes to a text that does not start with the digit's), the id alone.
+    Byte-level BPE tokenizers (GPT-2, SmolLM2) give the same texts as decoding alone."""
+    size = len(tokenizer) if size is None else size
+    anchor = _plain(tokenizer, "0")
+    head = _decode(tokenizer, anchor)
+    pairs = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    alone = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    return [pair[len(head):] if anchor and pair.startswith(head) else text for pair, text in zip(pairs, alone)]
+
+
 def encode_token(tokenizer, token: str) -> int:
     """The id of the single token `token`, given as text: a special or added token (e.g. "</s>", "<|im_end|>"), a
     text that `encode_continuation` encodes to one token (e.g. "."), or a vocabulary entry spelled as stored (e.g.

@@ -113,15 +113,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def finished_run(out: Path, trainer: str, argv: list[str]) -> bool:
-    """Whether OUT/<trainer> holds a finished run (metrics.json) made by compare.py with exactly these recipe
-    arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume skips.
-    The metrics.json must be the one that run wrote (its sha256 in command.json; in a record without one, from
+def finished_run(out: Path, trainer: str, argv: list[str], task: str) -> bool:
+    """Whether OUT/<trainer> holds a finished run (metrics.json) of the `task` recipe made by compare.py with exactly
+    these recipe arguments (command.json; the launcher and the checkout's path may be spelt otherwise): what --resume
+    skips.  The metrics.json must be the one that run wrote (its sha256 in command.json; in a record without one, from
     before compare.py kept it: not newer than the record), not one a later run into the same directory, made without
-    compare.py or killed before its record, left there."""
-    record = run_record(out, trainer)
+    compare.py or killed before its record, left there.  An unreadable record vouches for nothing (said, not raised):
+    the run is made again."""
+    try:
+        record = run_record(out, trainer)
+    except ValueError as e:
+        print(f"== compare: --resume: {e}; the run is made again ==", flush=True)
+        return False
     metrics = out / trainer / "metrics.json"
-    if record is None or not metrics.exists():
+    if record is None or not metrics.exists() or recipe_of(record["command"]) != f"{task}.py":
         return False
     if "metrics_sha256" in record:
         if record["metrics_sha256"] != _sha256(metrics):
@@ -131,11 +136,27 @@ def finished_run(out: Path, trainer: str, argv: list[str]) -> bool:
     return recipe_args(record["command"]) == argv
 
 
+def check_task(out: Path, trainer: str, task: str, action: str) -> None:
+    """Refuse OUT/<trainer> when its command.json names another task's recipe: the recipe arguments compared by
+    --resume and across seeds do not name the task, so a run of another task with the same arguments in the same
+    --output_dir was skipped by --resume and its metrics collected into this task's table.  `action`: what would
+    happen to it (for the message).  An unreadable record is left to the caller."""
+    try:
+        record = run_record(out, trainer)
+    except ValueError:
+        return
+    recipe = None if record is None else recipe_of(record["command"])
+    if recipe is not None and recipe != f"{task}.py":
+        raise SystemExit(f"{out / trainer} holds a run of {recipe}, not of {task}.py (--task {task}): {action}. "
+                         f"Pass another --output_dir (the default, runs/compare/{task}, is the task's own), or move "
+                         "that run away.")
+
+
 def run_one(task: str, trainer: str, out: Path, launcher: list[str], extra: list[str], first: bool,
             decoding: list[str], resume: bool = False) -> bool:
     """Run one trainer's recipe (or, with `resume`, skip a finished identical run); whether it ran."""
     argv = recipe_argv(trainer, out, extra, first, decoding)
-    if resume and finished_run(out, trainer, argv):
+    if resume and finished_run(out, trainer, argv, task):
         _say_skipped(out, trainer)
         return False
     cmd = [*launcher, str(ROOT / f"{task}.py"), *argv]
@@ -166,28 +187,71 @@ def _say_skipped(out: Path, trainer: str) -> None:
 
 def run_record(out: Path, trainer: str) -> dict | None:
     """OUT/<trainer>/command.json ({"command", "wall_seconds", "metrics_sha256"}, written by `run_one`), or None for a
-    run not made by compare.py."""
+    run not made by compare.py.
+
+    Raises:
+        ValueError: the file is not such a record (truncated, not JSON, no command or wall time), naming it."""
     path = out / trainer / RUN_RECORD
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("command"), str) \
+                or not isinstance(record.get("wall_seconds"), (int, float)):
+            raise ValueError("not a record of a command and its wall time")
+        shlex.split(record["command"])
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError and shlex's unclosed quotation are ValueErrors
+        raise ValueError(f"{path} cannot be read ({e}): truncated, or edited by hand") from e
+    return record
+
+
+def _read_record(out: Path, trainer: str) -> dict | None:
+    """`run_record`, an unreadable record refused with the fix."""
+    try:
+        return run_record(out, trainer)
+    except ValueError as e:
+        raise SystemExit(f"{e}. Make that run again (compare.py --resume makes it, and its record, anew), or delete "
+                         "the file to collect the run without it.") from e
 
 
 def run_times(out: Path, trainers: list[str]) -> str:
     """One line: each run's command wall time, from OUT/<trainer>/command.json (absent for runs not made by
     compare.py)."""
-    records = {trainer: run_record(out, trainer) for trainer in trainers}
+    records = {trainer: _read_record(out, trainer) for trainer in trainers}
     times = [f"{t} {_duration(r['wall_seconds'])}" for t, r in records.items() if r is not None]
     return f"\nWall time per run: {', '.join(times)}.\n" if times else ""
 
 
-def collect(out: Path, trainers: list[str]) -> dict[str, dict[str, float]]:
+def collect(out: Path, trainers: list[str], task: str | None = None) -> dict[str, dict[str, float]]:
     """Every method's metrics, in order: the baselines of the first run, then each trainer with the methods its run
-    derives from the trained policy (`<trainer>_...`, e.g. subjectivity's `gfn_m_step`)."""
+    derives from the trained policy (`<trainer>_...`, e.g. subjectivity's `gfn_m_step`).  With `task`, a run whose
+    command.json names another task's recipe (`check_task`), or whose metrics.json names another task, is refused.
+    A missing or unreadable metrics.json (a run killed while saving it), or one of a run whose derived method (e.g.
+    subjectivity's M-step) failed after training, is refused, naming the file."""
     methods: dict[str, dict[str, float]] = {}
     for i, trainer in enumerate(trainers):
+        if task is not None:
+            check_task(out, trainer, task, "its metrics are not this comparison's")
         path = out / trainer / "metrics.json"
         if not path.exists():
             raise SystemExit(f"{path} is missing: run `{trainer}` first (without --collect).")
-        metrics = json.loads(path.read_text())["metrics"]
+        try:
+            record = json.loads(path.read_text())
+            metrics = record["metrics"]
+            if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+                raise TypeError("its metrics are not {method: {metric: value}}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path} cannot be read ({type(e).__name__}: {e}): the {trainer} run did not finish "
+                             "writing it (killed while saving?) or it is not a recipe's metrics.json. Make that run "
+                             "again: rerun it (compare.py --resume makes it anew).") from e
+        if record.get("failed"):  # the recipe saved what it had when a method derived after training failed
+            raise SystemExit(f"{path} holds the results of a {trainer} run whose {record['failed']} failed after "
+                             f"training (the rows before it were saved with the trained policy), so the table would "
+                             f"lack its row. Make that run again (compare.py --resume makes it anew).")
+        if task is not None and record.get("task", task) != task:  # a run made without compare.py: no command.json
+            raise SystemExit(f"{path} holds a {record['task']} run's metrics, not {task}'s (--task {task}): its "
+                             "metrics are not this comparison's. Pass another --output_dir (the default, "
+                             f"runs/compare/{task}, is the task's own), or move that run away.")
         if trainer not in metrics:
             raise SystemExit(f"{path} holds no `{trainer}` results (methods: {sorted(metrics)}).")
         for method, values in metrics.items():
@@ -250,6 +314,14 @@ def recipe_args(command: str) -> list[str]:
     return words[script + 1:]
 
 
+def recipe_of(command: str) -> str | None:
+    """The file name of the recipe a recorded command ran (the last .py before its --trainer, e.g. "infill.py"),
+    whatever the launcher and the checkout's path; None if it names none."""
+    words = shlex.split(command)
+    words = words[:words.index("--trainer")] if "--trainer" in words else words
+    return next((Path(word).name for word in reversed(words) if word.endswith(".py")), None)
+
+
 def _normalised_command(command: str) -> list[str]:
     """A run's recipe arguments (`recipe_args`: the launcher and the checkout's path may be spelt otherwise) with
     their --output_dir and --seed values blanked: what must be equal across seeds."""
@@ -267,7 +339,7 @@ def check_same_commands(runs: list[tuple[int, Path]], trainers: list[str]) -> No
     for trainer in trainers:
         first = None
         for seed, out in runs:
-            record = run_record(out, trainer)
+            record = _read_record(out, trainer)
             if record is None:
                 continue
             command = record["command"]
@@ -356,6 +428,14 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.decoding and a.task != "continuation":
         p.error("--decoding applies to --task continuation only")
+    for flag, instead in (("--trainer", "--trainers"), ("--output_dir", "--output_dir"), ("--decoding", "--decoding")):
+        if any(x == flag or x.startswith(f"{flag}=") for x in extra):  # the recipe takes the last: every run's own
+            p.error(f"{flag} after --: compare.py sets each run's --trainer, --output_dir (OUTPUT_DIR/<trainer>) and "
+                    f"--decoding (the first run's) itself, and the recipe would take yours for every run; give "
+                    f"{instead} before -- instead")
+    if len(set(a.trainers)) != len(a.trainers):
+        p.error(f"--trainers {' '.join(a.trainers)} repeats a trainer: each runs into OUTPUT_DIR/<trainer>, so the "
+                "second run would overwrite the first (the first's baselines with it); name each trainer once")
     if a.resume and a.collect:
         p.error("--resume runs the runs that are missing or stale, --collect runs none (it reads the finished ones): "
                 "pass one of them")
@@ -378,11 +458,14 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.collect:
         for _, run_out, run_extra in runs:  # every seed's every run is checked before the first starts
             check_runs(a.task, a.trainers, run_out, launcher, run_extra, a.decoding)
+            for trainer in a.trainers:
+                check_task(run_out, trainer, a.task, "--resume would overwrite it" if a.resume else "it would be "
+                           "overwritten")
         start = time.monotonic()
         labels = [t if seed is None else f"{t}, seed {seed}" for seed, _, _ in runs for t in a.trainers]
         ran = 0
         todo = [not (a.resume and finished_run(run_out, trainer, recipe_argv(trainer, run_out, run_extra, i == 0,
-                                                                              a.decoding)))
+                                                                              a.decoding), a.task))
                 for _, run_out, run_extra in runs for i, trainer in enumerate(a.trainers)]  # what --resume leaves
         for k, (_, run_out, run_extra) in enumerate(runs):
             for i, trainer in enumerate(a.trainers):
@@ -397,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_same_commands([(seed, run_out) for seed, run_out, _ in runs], a.trainers)
     per_seed = {}
     for seed, run_out, _ in runs:
-        methods = collect(run_out, a.trainers)
+        methods = collect(run_out, a.trainers, a.task)
         write_outputs(a.task, methods, run_out, markdown_table(a.task, methods) + run_times(run_out, a.trainers))
         per_seed[seed] = methods
     if a.seeds is None:

@@ -189,9 +189,9 @@ def test_compare_over_seeds_reports_mean_and_sd_of_real_runs(tmp_path, monkeypat
     assert resumed["mean"] == result["mean"]
     # a run with other arguments is another run: --resume would run it again
     argv = compare.recipe_argv("gfn", out / "seed_0", [*args[args.index("--") + 1:], "--seed", "0"], True, [])
-    assert compare.finished_run(out / "seed_0", "gfn", argv)
-    assert not compare.finished_run(out / "seed_0", "gfn", [*argv, "--max_completion_length", "5"])
-    assert not compare.finished_run(out / "seed_0", "gfn", [*argv[:-1], "1"])
+    assert compare.finished_run(out / "seed_0", "gfn", argv, "continuation")
+    assert not compare.finished_run(out / "seed_0", "gfn", [*argv, "--max_completion_length", "5"], "continuation")
+    assert not compare.finished_run(out / "seed_0", "gfn", [*argv[:-1], "1"], "continuation")
 
 
 def _fake_recipe_launcher(tmp_path):
@@ -223,17 +223,17 @@ def test_resume_skips_only_a_run_whose_metrics_its_record_vouches_for(tmp_path, 
     x, y = ["--max_steps", "4"], ["--max_steps", "8"]
     argv = compare.recipe_argv("gfn", out, x, True, [])
     assert compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)
-    assert compare.finished_run(out, "gfn", argv)
+    assert compare.finished_run(out, "gfn", argv, "infill")
     assert not compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)  # skipped
     # a run made by hand into the same directory (other arguments) rewrites metrics.json, not command.json
     (out / "gfn" / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"args": 99}}}))
-    assert not compare.finished_run(out, "gfn", argv)
+    assert not compare.finished_run(out, "gfn", argv, "infill")
     assert compare.run_one("infill", "gfn", out, launcher, x, True, [], resume=True)  # made again
     # a compare.py run with other arguments writes its metrics.json, then fails: no record vouches for them
     monkeypatch.setenv("FAKE_EXIT", "1")
     with pytest.raises(SystemExit, match="gfn failed"):
         compare.run_one("infill", "gfn", out, launcher, y, True, [], resume=True)
-    assert not (out / "gfn" / "command.json").exists() and not compare.finished_run(out, "gfn", argv)
+    assert not (out / "gfn" / "command.json").exists() and not compare.finished_run(out, "gfn", argv, "infill")
     monkeypatch.delenv("FAKE_EXIT")
     compare.run_one("infill", "gfn", out, launcher, x, True, [])
     # a record from before the digest: the metrics.json must be no newer than the record
@@ -243,9 +243,9 @@ def test_resume_skips_only_a_run_whose_metrics_its_record_vouches_for(tmp_path, 
     record.write_text(json.dumps(old))
     t = record.stat().st_mtime
     os.utime(out / "gfn" / "metrics.json", (t - 10, t - 10))
-    assert compare.finished_run(out, "gfn", argv)
+    assert compare.finished_run(out, "gfn", argv, "infill")
     os.utime(out / "gfn" / "metrics.json", (t + 10, t + 10))
-    assert not compare.finished_run(out, "gfn", argv)
+    assert not compare.finished_run(out, "gfn", argv, "infill")
 
 
 def test_a_launcher_with_a_py_of_its_own_is_not_taken_for_the_recipe(tmp_path):
@@ -259,7 +259,7 @@ def test_a_launcher_with_a_py_of_its_own_is_not_taken_for_the_recipe(tmp_path):
     (out / "gfn" / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1}}}))
     command = f"python /opt/wrap.py /a/recipes/infill.py {' '.join(argv)}"
     (out / "gfn" / "command.json").write_text(json.dumps({"command": command, "wall_seconds": 1.0}))
-    assert compare.recipe_args(command) == argv and compare.finished_run(out, "gfn", argv)
+    assert compare.recipe_args(command) == argv and compare.finished_run(out, "gfn", argv, "infill")
     elsewhere = command.replace("/a/recipes", "/b/recipes").replace("--max_steps 4", "--max_steps 4 --seed 1")
     assert compare._normalised_command(elsewhere) == compare._normalised_command(f"{command} --seed 0")
     assert compare.recipe_args("python infill.py --x 1") == ["--x", "1"]  # no --trainer: after the .py
@@ -348,3 +348,106 @@ def test_collect_keeps_the_methods_a_trainer_derives_wherever_it_is_listed(tmp_p
     assert compare.collect(tmp_path, ["sft", "gfn"]) == {"zero_shot": {"accuracy": 0.5}, "sft": {"accuracy": 0.9},
                                                         "gfn": {"accuracy": 0.7}, "gfn_m_step": {"accuracy": 0.95}}
     assert list(compare.collect(tmp_path, ["gfn", "sft"])) == ["zero_shot", "gfn", "gfn_m_step", "sft"]
+
+
+def test_resume_and_collect_refuse_another_tasks_run_in_the_directory(tmp_path, monkeypatch):
+    """The recorded command's recipe arguments (from --trainer on) do not name the task: --resume skipped a finished
+    continuation run in OUT/gfn for an infill comparison into the same --output_dir with the same arguments, and the
+    infill table then held the continuation run's metrics, without a word.  The recipe the record names must be the
+    task's; a comparison into another task's runs is refused before any run (they are not overwritten), and so is
+    --collect, naming both."""
+    compare = load_recipe("compare")
+    launcher, out = _fake_recipe_launcher(tmp_path), tmp_path / "cmp"
+    extra = ["--max_steps", "4"]
+    argv = compare.recipe_argv("gfn", out, extra, True, [])
+    assert compare.run_one("continuation", "gfn", out, launcher, extra, True, [])
+    assert compare.finished_run(out, "gfn", argv, "continuation")
+    assert not compare.finished_run(out, "gfn", argv, "infill")
+    assert compare.recipe_of(f"python /opt/wrap.py /a/recipes/infill.py {' '.join(argv)}") == "infill.py"
+    monkeypatch.setattr(compare, "check_runs", lambda *a: None)
+    args = ["--task", "infill", "--trainers", "gfn", "--output_dir", str(out), "--launcher", launcher[0]]
+    before = (out / "gfn" / "command.json").read_text()
+    for flags, action in ((["--resume"], "--resume would overwrite it"), ([], "it would be overwritten"),
+                          (["--collect"], "its metrics are not this comparison's")):
+        with pytest.raises(SystemExit, match=rf"holds a run of continuation\.py, not of infill\.py \(--task infill\): "
+                                             f"{action}"):
+            compare.main([*args, *flags, "--", *extra])
+    assert (out / "gfn" / "command.json").read_text() == before and not (out / "comparison.md").exists()
+    compare.main(["--task", "continuation", *args[2:], "--resume", "--", *extra])  # its own task: skipped, collected
+    assert (out / "gfn" / "command.json").read_text() == before and (out / "comparison.md").exists()
+
+
+def test_an_unreadable_record_or_metrics_file_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """A truncated or hand-broken command.json made --resume and --collect die on a JSONDecodeError that named no
+    file; a truncated metrics.json (a run killed while saving) did the same in --collect.  --resume now makes such a
+    run again (saying why); --collect names the file and the fix."""
+    compare = load_recipe("compare")
+    launcher, out = _fake_recipe_launcher(tmp_path), tmp_path / "cmp"
+    extra = ["--max_steps", "4"]
+    argv = compare.recipe_argv("gfn", out, extra, True, [])
+    compare.run_one("infill", "gfn", out, launcher, extra, True, [])
+    record = out / "gfn" / "command.json"
+    good = record.read_text()
+    for broken in (good[: len(good) // 2], "[1, 2]", '{"wall_seconds": 1.0}', ""):
+        record.write_text(broken)
+        assert not compare.finished_run(out, "gfn", argv, "infill")
+        assert "cannot be read" in capsys.readouterr().out
+        with pytest.raises(SystemExit, match=r"command\.json cannot be read.*--resume"):
+            compare.run_times(out, ["gfn"])
+    monkeypatch.setattr(compare, "check_runs", lambda *a: None)
+    args = ["--task", "infill", "--trainers", "gfn", "--output_dir", str(out), "--launcher", launcher[0]]
+    compare.main([*args, "--resume", "--", *extra])  # made again
+    assert json.loads(record.read_text())["command"].endswith("--max_steps 4")
+    metrics = out / "gfn" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:10])
+    with pytest.raises(SystemExit, match=r"metrics\.json cannot be read .*rerun"):
+        compare.main([*args, "--collect"])
+    metrics.write_text("[]")
+    with pytest.raises(SystemExit, match=r"metrics\.json cannot be read"):
+        compare.collect(out, ["gfn"])
+
+
+def test_collect_refuses_a_run_made_without_compare_whose_metrics_name_another_task(tmp_path):
+    """A run made by hand into OUT/<trainer> has no command.json to name its recipe: --collect put another task's
+    metrics into this task's table.  metrics.json now names its task (the recipes write it), and --collect refuses
+    another task's; a metrics.json from before (no task) is collected as before."""
+    from transformers import TrainingArguments
+
+    from gfn_trl.runner import RecipeArguments
+    from gfn_trl.runner.outputs import write_outputs
+
+    compare = load_recipe("compare")
+    run = tmp_path / "gfn"
+    write_outputs(str(run), {"gfn": {"diversity": 0.5}}, [], RecipeArguments(),
+                  TrainingArguments(str(run), report_to="none"), task="continuation")
+    assert json.loads((run / "metrics.json").read_text())["task"] == "continuation"
+    assert compare.collect(tmp_path, ["gfn"], "continuation") == {"gfn": {"diversity": 0.5}}
+    with pytest.raises(SystemExit, match=r"holds a continuation run's metrics, not infill's \(--task infill\)"):
+        compare.collect(tmp_path, ["gfn"], "infill")
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"gfn": {"bleu4": 0.1}}}))
+    assert compare.collect(tmp_path, ["gfn"], "infill") == {"gfn": {"bleu4": 0.1}}
+
+
+def test_a_repeated_trainer_is_refused_before_any_run(tmp_path, capsys):
+    """`--trainers gfn gfn` ran gfn twice into OUT/gfn: the second run (--skip_baseline true) overwrote the first's
+    metrics.json, and the table lost the baselines without a word.  Refused before any run, like a repeated seed."""
+    compare = load_recipe("compare")
+    with pytest.raises(SystemExit):
+        compare.main(["--task", "infill", "--trainers", "gfn", "sft", "gfn", "--output_dir", str(tmp_path)])
+    assert "--trainers gfn sft gfn repeats a trainer" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_flags_compare_sets_are_refused_after_the_separator(tmp_path, capsys):
+    """`-- --output_dir D` or `-- --trainer ppo` went to every run after compare.py's own --output_dir OUT/<trainer>
+    and --trainer T, and the recipe took the last: every run trained ppo, or wrote into D over the others, and the
+    comparison failed only at the end ("metrics.json is missing") or tabulated the wrong trainer.  Refused before any
+    run, naming the flag to use."""
+    compare = load_recipe("compare")
+    for extra, flag in ((["--output_dir", str(tmp_path / "d")], "--output_dir"), (["--trainer=ppo"], "--trainer"),
+                        (["--decoding", "greedy"], "--decoding")):
+        with pytest.raises(SystemExit):
+            compare.main(["--task", "continuation", "--trainers", "gfn", "sft", "--output_dir", str(tmp_path / "o"),
+                          "--", "--max_steps", "1", *extra])
+        assert f"{flag} after --: compare.py sets each run's" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -235,3 +235,34 @@ def test_num_gold_beyond_the_training_problems_is_said(capsys):
         out = capsys.readouterr().out
         assert ("Warning: --num_gold 9 exceeds the 8 training problems" in out) == warned
         assert ("the GFlowNet's replay seeds, SFT's training set" in out) == warned
+
+
+def test_stage_leaves_the_special_token_ids_of_the_config_as_loaded(tmp_path):
+    """TRL's SFTTrainer rewrote the model's config and generation config to the tokenizer's BOS / EOS / PAD ids when
+    they differed (a Llama-style tokenizer, BOS 1 and EOS 2, on a model configured with 0): the trained stage's model
+    then stopped generating at other tokens (generation_config.eos_token_id [2, 0]) than the same stage loaded from
+    --rationale_lm_cache (0) or no stage at all, so the runs of one comparison (the first trains, the others load)
+    differed by more than their trainer, and the saved base_model/ did too; the trained stage also left use_cache
+    off.  The stage changes the weights only."""
+    from gfn_trl.tasks import lm_stage
+    from gfn_trl.testing import tiny_model, tokenizer_kind
+    from gfn_trl.trainers.setup import ensure_pad_token
+
+    tok = tokenizer_kind("llama")
+    ensure_pad_token(tok)
+    assert (tok.bos_token_id, tok.eos_token_id) != (0, 0)  # differs from tiny_model's config: what SFTTrainer aligned
+    texts = A.rationale_texts(A.make_splits(0, 2, 1, n_rationale=4)["rationale"], tok.eos_token)
+
+    def ids(model):
+        return ([getattr(model.config, f"{k}_token_id") for k in ("bos", "eos", "pad")] + [model.config.use_cache],
+                [getattr(model.generation_config, f"{k}_token_id") for k in ("bos", "eos", "pad")])
+
+    loaded = ids(tiny_model("llama", len(tok)))
+    for cache in (None, tmp_path, tmp_path):  # trained without a cache, trained and saved, loaded from it
+        model = tiny_model("llama", len(tok))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        tuned = lm_stage.finetune_lm(model, tok, texts, 1, 1e-3, batch_size=4,
+                                     cache_dir=None if cache is None else str(cache))
+        assert ids(tuned) == loaded
+        assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())  # the weights did change
+    assert len(list(tmp_path.glob("lm_stage-*.safetensors"))) == 1

@@ -366,7 +366,7 @@ def test_gold_weight_repeats_the_seeded_problems(smollm2_tokenizer):
     # SFT fine-tunes on the rationales the run is given, the first --num_gold problems', never the others'
     ctx.recipe.trainer = "sft"
     rows = A.TASK.to_contract(ctx, data)
-    assert rows["gold"] == [A.gold_rationale(p) for p in splits["train"][: A.N_GOLD]]
+    assert rows["gold"] == [A.gold_latent(tok, p, ctx.tool) for p in splits["train"][: A.N_GOLD]]  # as sampled
     ctx.task_args.num_gold = -1
     assert len(A.TASK.to_contract(ctx, data)) == 30
     ctx.task_args.num_gold = 0  # refused before any model loads
@@ -388,3 +388,38 @@ def test_calculator_gold_latents_are_what_the_sampler_writes(smollm2_tokenizer):
         forced = tool.forced_tokens(gold)
         assert sum(f >= 0 for f in forced) >= p.n_operands - 1  # each partial result is the calculator's
         assert A.extract_answer(tok.decode(gold)) == p.answer
+
+
+@pytest.mark.parametrize("kind", ["llama", "smollm2"])
+def test_sft_trains_on_the_latents_the_calculator_lets_the_policy_write(kind):
+    """--trainer sft with the calculator fine-tuned on the gold rationale's text tokenized as one piece, not as the
+    sampler writes it (the policy's pieces and the calculator's outputs tokenized apart, `gold_latent`): a
+    SentencePiece tokenizer merges a result with the comma after it ("▁6,"), a token the policy never writes under
+    the calculator (it writes "," after the calculator's "▁6"), so SFT was trained on latents the run cannot
+    produce.  SFT's gold latents are now `gold_latent`'s ids, admitted by the run's constraints."""
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext, TaskData
+    from gfn_trl.testing import tokenizer_kind
+    from gfn_trl.tokenization import encode_continuation, token_texts
+    from gfn_trl.trainers.trl_baselines import sft_dataset
+
+    tok = tokenizer_kind(kind)
+    tool, texts = A.calculator(tok), token_texts(tok)
+    splits = A.make_splits(0, 30, 2, 3)
+    data = TaskData(splits["train"], {}, {"shots": splits["shots"]})
+    ctx = RunContext(SimpleNamespace(trainer="sft"), SimpleNamespace(max_completion_length=40),
+                     SimpleNamespace(calculator=True, gold_weight=1, num_gold=-1), tokenizer=tok, tool=tool)
+    rows = A.TASK.to_contract(ctx, data)
+    c = LatentConstraints(tok.eos_token_id, 40, 5, A.vocab_mask(tok), tool)
+    merged = 0
+    for p, ex in zip(splits["train"], sft_dataset(rows, tok, tok.eos_token_id, "gold")):
+        latent = ex["input_ids"][sum(1 for m in ex["completion_mask"] if not m):-1]
+        assert latent == A.gold_latent(tok, p, tool) and c.admits(latent)
+        assert "".join(texts[t] for t in latent) == A.gold_rationale(p)  # mid-sequence (a lone decode drops "▁")
+        merged += encode_continuation(tok, A.gold_rationale(p)) != latent
+    assert merged == (2 if kind == "llama" else 0)  # the problems whose text-as-one-piece differs (probe, 30 problems)
+    ctx.task_args.calculator = False  # without the calculator the policy writes the whole text: one piece
+    ctx.tool = None
+    rows = A.TASK.to_contract(ctx, data)
+    assert [list(g) for g in rows["gold"]] == [encode_continuation(tok, A.gold_rationale(p)) for p in splits["train"]]

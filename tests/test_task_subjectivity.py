@@ -341,6 +341,59 @@ def test_rationale_calibration_threshold_is_the_mean_margin_of_untuned_rationale
         S.rationale_calibration_threshold(model, tok, ds, constraints, 0)
 
 
+def test_rationale_calibration_samples_in_passes_no_larger_than_the_evaluations(tiny, monkeypatch):
+    """`--calibration_rationales N` sampled 4 reviews x N rationales per pass whatever N (the M-step was given passes
+    no larger than the evaluation's for the paper's 100 rationales a review; the calibration was not): its passes now
+    hold `prompts_per_batch` reviews, and the threshold is the same (the samples are seeded per review and sample)."""
+    from gfn_trl.sampling import LatentConstraints
+
+    tok, model, rows, reward = tiny
+    ds = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    allowed[tok.convert_tokens_to_ids(LATENT_WORDS) + [tok.eos_token_id]] = True
+    constraints = LatentConstraints(tok.eos_token_id, 3, 1, allowed)
+    sizes = []  # (batch, length) of each forward; the sampler's decoding steps are those of length 1
+
+    def record(module, args, kwargs):
+        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        if x.shape[1] == 1:
+            sizes.append(x.shape[0])
+
+    hook = model.get_base_model().model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with model.disable_adapter():
+            whole = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=7)
+            big = max(sizes)
+            sizes.clear()
+            passes = S.rationale_calibration_threshold(model, tok, ds, constraints, 4, seed=7, prompts_per_batch=1)
+    finally:
+        hook.remove()
+    assert big == 4 * len(ds) and max(sizes) == 4  # the sampler's passes: every review's 4 rationales, then one's
+    assert passes == pytest.approx(whole, abs=1e-5)
+    # the task sizes the passes to 4 x eval_samples sequences at most (at least one review; at most 4, as before)
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext, TaskData
+
+    asked = []
+    real = S.rationale_calibration_threshold
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["prompts_per_batch"])
+        return real(*args, **kwargs)
+
+    args = SimpleNamespace(max_completion_length=3, min_completion_length=1, stop_token=None, seed=0)
+    task_args = SimpleNamespace(calibrate=True, calibration_rationales=None)
+    monkeypatch.setattr(S, "rationale_calibration_threshold", spy)
+    for n, eval_samples in ((4, 1), (4, 10), (40, 1)):
+        task_args.calibration_rationales = n
+        ctx = RunContext(SimpleNamespace(trainer="gfn", eval_samples=eval_samples, ban_newlines=False), args, task_args,
+                         model=model.get_base_model(), tokenizer=tok)
+        with model.disable_adapter():
+            S.TASK.to_contract(ctx, TaskData(ds, ds))
+    assert asked == [1, 4, 1]
+
+
 def test_recipe_calibration_rationales_moves_the_sampled_rationales_threshold_only(tmp_path, capsys):
     """On a tiny GGUF: --calibration_rationales N prints both thresholds, keeps the zero-shot row (an empty rationale,
     judged at the empty rationale's threshold) exactly as without it, and trains the GFlowNet under the other
@@ -558,6 +611,34 @@ def test_m_step_copies_and_restores_the_policy_s_own_adapter_whatever_its_name()
     assert policy.active_adapter == "e_step"
 
 
+def test_m_step_leaves_the_policy_config_as_it_was():
+    """TRL's SFTTrainer, built on the policy for the M-step, aligned the policy's config and generation config to a
+    Llama-style tokenizer's BOS / EOS / PAD ids (generation_config.eos_token_id became [2, 0]) and turned use_cache
+    off: the E-step's policy came back from the M-step configured otherwise.  The M-step changes its own adapter only
+    (as the rationale-LM stage its weights only: `gfn_trl.models.config_kept`)."""
+    from types import SimpleNamespace
+
+    from gfn_trl.testing import tokenizer_kind
+    from gfn_trl.trainers.setup import ensure_pad_token
+
+    tok = tokenizer_kind("llama")
+    ensure_pad_token(tok)
+    policy = get_peft_model(tiny_model("llama", len(tok)), LoraConfig(r=2, target_modules=["v_proj"]))
+    assert (tok.bos_token_id, tok.eos_token_id) != (policy.config.bos_token_id, policy.config.eos_token_id)
+
+    def config(model):
+        return ([getattr(model.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "use_cache")],
+                [getattr(model.generation_config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")])
+
+    before = config(policy)
+    rows = list(tokenize_dataset(S.to_contract(Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS]))
+                                 .remove_columns("contrast_suffix"), tok, policy.config, 5, "eval"))
+    data = S.m_step_dataset(rows, [[[]]] * len(rows), tok)
+    args = SimpleNamespace(seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True)
+    S.train_m_step(policy, tok, data, args, steps=1, learning_rate=0.1, batch_size=2)
+    assert config(policy) == before and S.M_STEP_ADAPTER in policy.peft_config
+
+
 def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     """The recipe with --m_step_steps on a tiny GGUF: a `gfn_m_step` row judging the GFlowNet's own test rationales,
     the M-step adapter saved under m_step/, and the `gfn` row and its saved adapter exactly those of the same run
@@ -607,6 +688,19 @@ def test_recipe_m_step_judges_the_gflownet_rationales(tmp_path, monkeypatch):
     assert (out / "adapter_model.safetensors").read_bytes() == (out0 / "adapter_model.safetensors").read_bytes()
     assert json.loads((out / "metrics.json").read_text())["metrics"] == json.loads(json.dumps(without))
     assert (out / "samples.jsonl").exists() and not (out / "m_step").exists()
+    # metrics.json says which method failed, and compare.py --collect does not tabulate the unfinished run without
+    # its gfn_m_step row (it did, without a word)
+    assert json.loads((out / "metrics.json").read_text())["failed"] == "gfn_m_step"
+    assert "failed" not in json.loads((out0 / "metrics.json").read_text())
+    import shutil
+
+    compare = load_recipe("compare")
+    for run, name in ((out, "cmp_failed"), (out0, "cmp_finished")):  # OUT/<trainer>/metrics.json, as compare lays out
+        (tmp_path / name / "gfn").mkdir(parents=True)
+        shutil.copy(run / "metrics.json", tmp_path / name / "gfn" / "metrics.json")
+    with pytest.raises(SystemExit, match="run whose gfn_m_step failed after training .* lack its row"):
+        compare.collect(tmp_path / "cmp_failed", ["gfn"], "subjectivity")
+    assert list(compare.collect(tmp_path / "cmp_finished", ["gfn"], "subjectivity")) == list(without)
 
 
 def test_m_step_settings_are_checked_before_loading(tmp_path):

@@ -288,3 +288,35 @@ def test_stop_token_outside_the_vocabulary_is_refused(tmp_path, kind):
         GFlowNetTrainer(tiny_model("gpt2", len(tok)), _config(tmp_path, stop_token="<|nothing|>"),
                         processing_class=tok, train_dataset=Dataset.from_dict({"prompt": ["the cat"]}),
                         peft_config=LoraConfig(r=2))
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_vocabulary_masks_read_a_token_as_it_reads_mid_sequence(kind):
+    """The arithmetic and continuation vocabulary masks read each token decoded alone: a SentencePiece tokenizer's
+    lone "▁" (Llama writes " 12" as "▁", "1", "2") decodes to "" alone and was banned, so the arithmetic policy could
+    not write its gold rationales (the replay seeds and SFT's targets were latents the sampler refuses), and
+    continuation banned the space byte-level BPE allows.  The masks read `token_texts` (the text after another
+    token); byte-level BPE reads the same either way."""
+    from gfn_trl.sampling import LatentConstraints
+    from gfn_trl.tasks import arithmetic as A
+    from gfn_trl.tasks import continuation as C
+    from gfn_trl.tokenization import token_texts
+
+    tok = tokenizer_kind(kind)
+    texts = token_texts(tok)
+    assert [t for t in texts if t.strip() == "" and t] != []
+    (space,) = encode_continuation(tok, " ") if len(encode_continuation(tok, " ")) == 1 else [None]
+    if space is not None:
+        assert texts[space] == " " and A.vocab_mask(tok)[space] and C.vocab_mask(tok)[space]
+    mask = A.vocab_mask(tok)
+    for tool in (A.calculator(tok), None):
+        c = LatentConstraints(tok.eos_token_id, 60, 1, mask, tool)
+        for p in A.make_splits(0, 30, 2, 3)["train"]:
+            assert c.admits(A.gold_latent(tok, p, tool)), (kind, tool, tok.convert_ids_to_tokens(
+                A.gold_latent(tok, p, tool)))
+    if "llama" in kind or kind == "bos_chat":
+        alone = tok.batch_decode([[i] for i in range(len(tok))], clean_up_tokenization_spaces=False)
+        assert texts != alone  # what differs: the leading space SentencePiece drops from a text's first token
+        assert all(t == a or t == " " + a for t, a in zip(texts, alone))
+    else:
+        assert texts == tok.batch_decode([[i] for i in range(len(tok))], clean_up_tokenization_spaces=False)

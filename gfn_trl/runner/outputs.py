@@ -107,13 +107,17 @@ def policy_check(built: Built, scored) -> dict:
 
 
 def write_outputs(output_dir: str, metrics: dict, samples: list[dict], recipe_args, train_args,
-                  check: dict | None = None) -> None:
-    """metrics.json (every method's metrics and the arguments), samples.jsonl (latents next to the gold) and
-    policy_check.json (`policy_check`)."""
+                  check: dict | None = None, task: str | None = None, failed: str | None = None) -> None:
+    """metrics.json (the task's name when given, the method that `failed` after training when one did, every
+    method's metrics and the arguments), samples.jsonl (latents next to the gold) and policy_check.json
+    (`policy_check`)."""
     os.makedirs(output_dir, exist_ok=True)
+    record = {} if task is None else {"task": task}
+    if failed is not None:  # the results of a run that did not finish: compare.py --collect refuses them
+        record["failed"] = failed
+    record.update(metrics=metrics, recipe_args=asdict(recipe_args), train_args=train_args.to_dict())
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump({"metrics": metrics, "recipe_args": asdict(recipe_args), "train_args": train_args.to_dict()}, f,
-                  indent=2, default=str)
+        json.dump(record, f, indent=2, default=str)
     with open(os.path.join(output_dir, "samples.jsonl"), "w") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
@@ -123,9 +127,11 @@ def write_outputs(output_dir: str, metrics: dict, samples: list[dict], recipe_ar
 
 
 def save_run(trainer, recipe_args, train_args, metrics: dict, samples: list[dict], built: Built | None = None,
-             scored=None) -> None:
+             scored=None, task: str | None = None, failed: str | None = None) -> None:
     """Save the trained policy, its tokenizer and, on the main process, metrics.json, samples.jsonl and
-    policy_check.json (the first sample of `scored`, a `Scored` row of the trained policy, with its log-likelihoods).
+    policy_check.json (the first sample of `scored`, a `Scored` row of the trained policy, with its log-likelihoods);
+    `task`, the task's name, heads metrics.json (compare.py's --collect refuses another task's run); `failed`: the
+    method derived after training that failed (metrics.json says so: the results of an unfinished run).
 
     The output directory reloads with standard tools into the policy that was evaluated:
     * LoRA (every trainer's default): the adapter (`adapter_model.safetensors`, `adapter_config.json`) and the
@@ -144,7 +150,7 @@ def save_run(trainer, recipe_args, train_args, metrics: dict, samples: list[dict
         tokenizer = getattr(trainer, "processing_class", None)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(train_args.output_dir)
-        write_outputs(train_args.output_dir, metrics, samples, recipe_args, train_args, check)
+        write_outputs(train_args.output_dir, metrics, samples, recipe_args, train_args, check, task, failed)
 
 
 def final_metric_logs(metrics: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -133,9 +133,10 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     for name in [*before, *(recipe.decoding or [])]:  # the untuned LM, same prompts, same sampler and scoring
         with progress_label(name):
             results[name] = task.evaluate(ctx, name)
-    def save() -> dict[str, dict[str, float]]:  # the policy, metrics.json and samples of what was evaluated so far
+    def save(failed: str | None = None) -> dict[str, dict[str, float]]:  # the policy and what was evaluated so far
         metrics = {name: r.metrics for name, r in results.items()}
-        save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows())
+        save_run(trainer, recipe, args, metrics, task.samples(ctx, results), ctx.built, results[method].first_rows(),
+                 task.spec.name, failed)
         return metrics
 
     trainer.train()
@@ -145,7 +146,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
                 results[name] = task.evaluate(ctx, name)
             except BaseException:
                 if i:  # a derived method failed (e.g. out of memory): keep the trained policy and what was evaluated
-                    save()
+                    save(failed=name)
                     print(f"{name} failed after training; the trained policy and the results of "
                           f"{', '.join(results)} are saved in {args.output_dir}.")
                 raise

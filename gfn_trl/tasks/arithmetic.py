@@ -470,8 +470,12 @@ def load_splits(
 
 def vocab_mask(tokenizer) -> torch.Tensor:
     """(V,) bool: tokens whose text is made only of digits, space, ',', '.', '=', '+', '-' (the paper's
-    `▁Ġ,.1234567890=+-`), plus EOS; special tokens are excluded."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+    `▁Ġ,.1234567890=+-`), plus EOS; special tokens are excluded.  A token's text is its text in the middle of a
+    sequence (`gfn_trl.tokenization.token_texts`): SentencePiece's lone "▁", the space Llama writes before each digit,
+    decodes to "" alone and was banned."""
+    from ..tokenization import token_texts
+
+    texts = token_texts(tokenizer)
     allowed = torch.tensor([bool(t) and set(t) <= ALLOWED_CHARS for t in texts], dtype=torch.bool)
     allowed[list(tokenizer.all_special_ids)] = False
     if tokenizer.eos_token_id is not None:
@@ -628,7 +632,12 @@ class ArithmeticTask(Task):
                   f"max_completion_length={budget} tokens; the policy cannot write it in full.")
         n_gold = self._n_gold(ctx, data)
         if ctx.recipe.trainer == "sft":  # SFT learns from rationales: only the problems given one (the paper's 10)
-            return to_contract(list(data.train)[:n_gold], data.extra["shots"])
+            gold = list(data.train)[:n_gold]
+            # as token ids the sampler writes (with the calculator, its outputs tokenized apart from the policy's
+            # pieces), not the text: tokenized whole, a SentencePiece tokenizer merges a result with the comma after
+            # it ("▁6,"), a latent the calculator never lets the policy write
+            contract = to_contract(gold, data.extra["shots"]).remove_columns("gold")
+            return contract.add_column("gold", [gold_latent(ctx.tokenizer, p, ctx.tool) for p in gold])
         return to_contract(training_problems(data.train, ctx.task_args.gold_weight, n_gold), data.extra["shots"])
 
     @staticmethod

@@ -186,12 +186,15 @@ def _token_allowed(text: str) -> bool:
 
 def vocab_mask(tokenizer, stop_token: str = ".") -> torch.Tensor:
     """(V,) bool over `len(tokenizer)`: the tokens a continuation may use (the paper's ban list, see the module
-    docstring).  The stop token is allowed; every other token containing "." is banned."""
+    docstring).  The stop token is allowed; every other token containing "." is banned.  A token's text is its text
+    in the middle of a sequence (`gfn_trl.tokenization.token_texts`): decoded alone, a SentencePiece "▁I" reads "I"
+    (banned as a letter, not allowed as the word " I") and the lone "▁" reads ""."""
     from ..models import resolve_stop_token_id
+    from ..tokenization import token_texts
 
     stop_ids = [resolve_stop_token_id(tokenizer, stop_token)]  # one token, as the trainer resolves it
     V = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(V)], clean_up_tokenization_spaces=False)
+    texts = token_texts(tokenizer, V)
     allowed = torch.tensor([_token_allowed(t) for t in texts], dtype=torch.bool)
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     allowed[[i for i in special if i < V]] = False

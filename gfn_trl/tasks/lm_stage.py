@@ -35,8 +35,9 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
                 name: str = "lm_stage", cache_dir: str | None = None):
     """Full fine-tuning of `model` on `texts` (language modelling on the whole text; TRL's `SFTTrainer`, which ends
     each text with the tokenizer's EOS unless it already ends with it) for `max_steps` steps of `batch_size` texts,
-    constant learning rate, no warm-up, seeded by `seed`.  Returns the fine-tuned model in eval mode; `max_steps` 0
-    returns `model` as it is.
+    constant learning rate, no warm-up, seeded by `seed`.  Returns the fine-tuned model in eval mode, its config's and
+    generation config's BOS / EOS / PAD ids and `use_cache` as they were (the trainer aligns the ids to the
+    tokenizer's and turns the cache off); `max_steps` 0 returns `model` as it is.
 
     `cache_dir`: the fine-tuned weights are saved there under a fingerprint of the starting weights, the texts and
     the settings (`stage_key`), and a later call with the same fingerprint loads them instead of training (the runs of
@@ -59,6 +60,7 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from ..models import config_kept
     from ..progress import progress_enabled
 
     if max_steps < 0:
@@ -105,9 +107,12 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         dataset_text_field="text", max_length=max_length, activation_checkpointing=False, bf16=False,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress_enabled(),  # the recipe's --disable_tqdm
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
-                         processing_class=tokenizer)
-    trainer.train()
+    # the stage changes the weights only (not the config's special ids and use_cache, which SFTTrainer sets), so that
+    # the trained, the cached and the stage-less model are configured alike (a cached stage's never saw the trainer)
+    with config_kept(model):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": list(texts)}),
+                             processing_class=tokenizer)
+        trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if cached is not None:
         from safetensors.torch import save_model

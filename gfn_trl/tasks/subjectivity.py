@@ -77,7 +77,7 @@ from datasets import Dataset, load_dataset
 from ..data import tokenize_dataset
 from ..evaluation import Scored, sample_and_score, score_texts
 from ..evaluation.text_metrics import majority_vote_accuracy
-from ..models import eval_mode
+from ..models import config_kept, eval_mode
 from ..rewards import LikelihoodReward
 from ..sampling import CACHE_KWARGS, LatentConstraints, cache_kwarg, counter_seed, left_pad, sample_latents
 from ..tokenization import encode_continuation, encode_prompt
@@ -288,7 +288,8 @@ def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16
 
 @torch.no_grad()
 def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraints: LatentConstraints, n_per_review: int,
-                                    seed: int = 0, temperature: float = 1.0, batch_size: int = 16) -> float:
+                                    seed: int = 0, temperature: float = 1.0, batch_size: int = 16,
+                                    prompts_per_batch: int = 4) -> float:
     """The calibrated judge's threshold for sampled rationales (`--calibration_rationales N`): the mean over the
     labelled training reviews and `n_per_review` rationales each, sampled from `model` (the untuned policy: the base
     LM, no adapter) at `temperature` in the latent space `constraints`, of the base LM's margin log p(Y_objective | X
@@ -298,15 +299,16 @@ def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraint
     (`calibration_threshold`) 273 of 320 sampled test rationales were judged objective, so the training penalty hit
     nearly every rationale of a subjective review alike (no signal) and the GFlowNet predicted one label.  This
     threshold is the same calibration (the mean margin, both labels balanced) measured on the kind of input the judge
-    then sees: rationales.  Deterministic given `seed` (`sample_and_score`'s counter-based seeds)."""
+    then sees: rationales.  Deterministic given `seed` (`sample_and_score`'s counter-based seeds).
+    `prompts_per_batch`: reviews sampled at once (`prompts_per_batch` × `n_per_review` sequences per pass)."""
     if n_per_review < 1:
         raise ValueError(f"n_per_review {n_per_review}: sample at least 1 rationale per review.")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
     rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config,
                                  constraints.max_length, "train"))
-    scored = sample_and_score(model, None, tokenizer, constraints, rows, n_per_review, temperature,
-                              seed=counter_seed("calibration", seed))  # scored below, both labels
+    scored = sample_and_score(model, None, tokenizer, constraints, rows, n_per_review, temperature,  # scored below
+                              seed=counter_seed("calibration", seed), prompts_per_batch=prompts_per_batch)
     lls = label_log_likelihoods(scorer, rows, [s.tokens for s in scored], tokenizer)
     margins = [o - s for ll in lls for o, s in zip(ll["objective"], ll["subjective"])]
     return sum(margins) / len(margins)
@@ -499,8 +501,8 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
     the recipes' "default"; freshly initialised) on `dataset` (`m_step_dataset`) with TRL's SFTTrainer: `steps`
     optimiser steps of `batch_size` × `gradient_accumulation_steps` examples at `learning_rate`, linear schedule with
     20 % warm-up (the authors' 20 of 100 steps), completion-only loss.  The E-step's adapter is active again on
-    return, its weights untouched.  `args`: the run's settings (seed, device, precision, logging).  Returns the
-    trainer's final metrics (`train_loss`, ...).
+    return, its weights and the policy's config untouched (`gfn_trl.models.config_kept`).  `args`: the run's
+    settings (seed, device, precision, logging).  Returns the trainer's final metrics (`train_loss`, ...).
 
     Raises:
         ValueError: the policy already has an adapter named `m_step`.
@@ -529,7 +531,9 @@ def train_m_step(policy, tokenizer, dataset: Dataset, args, steps: int, learning
                 # the run's activation checkpointing (the new name: TRL's deprecated alias would warn)
                 gradient_checkpointing=None, activation_checkpointing=bool(
                     getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)))
-            result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
+            with config_kept(policy):  # a second adapter: the policy's config (ids, use_cache) stays as it was
+                result = SFTTrainer(model=policy, args=sft_args, train_dataset=dataset,
+                                    processing_class=tokenizer).train()
     except BaseException:
         policy.set_adapter(e_step)
         policy.delete_adapter(M_STEP_ADAPTER)  # a half-trained judge is not saved with the run
@@ -652,8 +656,12 @@ class SubjectivityTask(Task):
             ensure_pad_token(ctx.tokenizer)  # as the trainer's build does next: the sampler pads with it
             constraints = latent_space(ctx.tokenizer, args.max_completion_length, args.min_completion_length,
                                        args.stop_token, self.vocab_mask(ctx), None, ctx.model)
+            # passes no larger than the evaluation's (4 reviews x eval_samples), as the M-step's: 100 rationales a
+            # review would otherwise make each pass 400 sequences
+            per_pass = max(1, min(4, 4 * ctx.recipe.eval_samples // t.calibration_rationales))
             ctx.threshold = rationale_calibration_threshold(ctx.model, ctx.tokenizer, data.train, constraints,
-                                                            t.calibration_rationales, seed=args.seed)
+                                                            t.calibration_rationales, seed=args.seed,
+                                                            prompts_per_batch=per_pass)
             print(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
                   f"{t.calibration_rationales} untuned rationales per labelled review): the training penalty's and "
                   "the sampled rationales' threshold")
