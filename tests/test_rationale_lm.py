@@ -194,7 +194,7 @@ def test_stage_cache_gives_the_trained_weights_without_training(tiny, tmp_path, 
                              cache_dir=str(tmp_path))
 
 
-def test_stage_cache_refuses_a_corrupt_entry_and_keys_the_dtype(tiny, tmp_path):
+def test_stage_cache_refuses_a_corrupt_entry_and_keys_the_dtype_and_versions(tiny, tmp_path, monkeypatch):
     """A truncated, empty or foreign cache entry stops the stage with an error naming the file and the fix (not
     safetensors' bare header error), and is left in place; a bf16 start whose values equal the float32 start's gets
     its own entry (it trains other weights); a learning rate <= 0 is refused before training."""
@@ -217,6 +217,14 @@ def test_stage_cache_refuses_a_corrupt_entry_and_keys_the_dtype(tiny, tmp_path):
     rounded = AutoModelForCausalLM.from_pretrained(tiny).to(torch.bfloat16)
     same_values = AutoModelForCausalLM.from_pretrained(tiny).to(torch.bfloat16).to(torch.float32)
     assert lm_stage.stage_key(rounded, texts) != lm_stage.stage_key(same_values, texts)
+    # another TRL (or transformers, torch) may train other weights: its stage is not the cached one
+    import trl
+
+    key = lm_stage.stage_key(same_values, texts)
+    monkeypatch.setattr(trl, "__version__", trl.__version__ + ".post1")
+    assert lm_stage.stage_key(same_values, texts) != key
+    monkeypatch.undo()
+    assert lm_stage.stage_key(same_values, texts) == key
     for lr in (0.0, -1e-3):
         with pytest.raises(ValueError, match="learning rate > 0"):
             lm_stage.finetune_lm(AutoModelForCausalLM.from_pretrained(tiny), tok, texts, 1, lr)

@@ -15,15 +15,22 @@ from collections.abc import Sequence
 
 def stage_key(model, texts: Sequence[str], **settings) -> str:
     """A fingerprint of one stage: the starting weights (every parameter's bytes), their dtypes and device type (a
-    bf16 or GPU run trains other weights from the same values as a float32 CPU run), the texts and the settings."""
+    bf16 or GPU run trains other weights from the same values as a float32 CPU run), the texts, the settings, and the
+    versions of the libraries that train it (torch, transformers, TRL: an upgrade may train other weights, so it
+    trains the stage anew instead of loading what older code made)."""
     import hashlib
     import json
+
+    import torch
+    import transformers
+    import trl
 
     state = model.state_dict()
     dtypes = sorted({str(t.dtype) for t in state.values()})
     devices = sorted({t.device.type for t in state.values()})
-    h = hashlib.sha256(json.dumps({"texts": list(texts), "dtypes": dtypes, "devices": devices, **settings},
-                                  sort_keys=True).encode())
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+    h = hashlib.sha256(json.dumps({"texts": list(texts), "dtypes": dtypes, "devices": devices, "versions": versions,
+                                   **settings}, sort_keys=True).encode())
     for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
