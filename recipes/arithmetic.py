@@ -95,8 +95,8 @@ class ArithmeticArguments:
                 "and validation problems (asserted)."})
     rationale_lm_cache: str | None = field(default=None, metadata={
         "help": "A folder where the rationale LM's weights are kept under a fingerprint of the starting weights, "
-                "texts, settings and torch / transformers / TRL versions: a run with the same ones (another trainer of the same seed) loads them instead "
-                "of training again; the result is the same. None: no cache."})
+                "texts, settings and torch / transformers / TRL versions: a run with the same ones (another trainer "
+                "of the same seed) loads them instead of training again; the result is the same. None: no cache."})
     eval_split: str = field(default="test", metadata={
         "help": "Evaluate on the 'test' splits (3, 4 operands and the 5-operand OOD split) or on 'validation' splits "
                 "of 3 and 4 operands drawn from the training distribution, disjoint from every other split: choose "
