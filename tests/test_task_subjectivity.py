@@ -394,10 +394,41 @@ def test_rationale_calibration_samples_in_passes_no_larger_than_the_evaluations(
     assert asked == [1, 4, 1]
 
 
-def test_recipe_calibration_rationales_moves_the_sampled_rationales_threshold_only(tmp_path, capsys):
-    """On a tiny GGUF: --calibration_rationales N prints both thresholds, keeps the zero-shot row (an empty rationale,
-    judged at the empty rationale's threshold) exactly as without it, and trains the GFlowNet under the other
-    threshold (its adapter differs); without --calibrate it is refused before any model loads."""
+def test_contract_trains_under_the_rationales_threshold_and_zero_shot_keeps_the_empty_one(tiny):
+    """The task's `to_contract` with --calibration_rationales N: the run's rationale threshold is
+    `rationale_calibration_threshold` (N untuned rationales per review, the run's seed, its latent space), the training
+    rows' `contrast_margin` is that threshold (signed by the row's label), and zero-shot keeps the empty rationale's
+    (`calibration_threshold`); with N = 0 both are the empty rationale's."""
+    from types import SimpleNamespace
+
+    from gfn_trl.tasks.base import RunContext, TaskData
+    from gfn_trl.trainers.setup import latent_space
+
+    tok, model, _, _ = tiny
+    train = Dataset.from_list([{"text": t, "label": lab} for t, lab in TEXTS])
+    recipe = SimpleNamespace(trainer="gfn", ban_newlines=False, eval_samples=10)
+    args = SimpleNamespace(seed=5, max_completion_length=3, min_completion_length=1, stop_token=None)
+    with model.disable_adapter():
+        runs = {}
+        for n in (0, 4):
+            ctx = RunContext(recipe, args, SimpleNamespace(calibrate=True, calibration_rationales=n), model=model,
+                             tokenizer=tok)
+            runs[n] = ctx, S.TASK.to_contract(ctx, TaskData(train, None))
+        empty = S.calibration_threshold(model, tok, train)
+        constraints = latent_space(tok, 3, 1, None, None, None, model)
+        rationales = S.rationale_calibration_threshold(model, tok, train, constraints, 4, seed=5)
+    (plain, _), (rat, _) = runs[0], runs[4]
+    assert plain.zero_shot_threshold == plain.threshold == rat.zero_shot_threshold == pytest.approx(empty, abs=1e-6)
+    assert rat.threshold == pytest.approx(rationales, abs=1e-6) and rationales != pytest.approx(empty, abs=1e-3)
+    for ctx, rows in runs.values():
+        assert rows["contrast_margin"] == pytest.approx(
+            [ctx.threshold if lab == "objective" else -ctx.threshold for lab in rows["label"]], abs=1e-6)
+
+
+def test_recipe_calibration_rationales_says_both_thresholds_and_keeps_zero_shot(tmp_path, capsys):
+    """On a tiny GGUF: --calibration_rationales N prints both thresholds and keeps the zero-shot and few-shot rows
+    (an empty rationale, judged at the empty rationale's threshold) exactly as without it; without --calibrate it is
+    refused before any model loads."""
     pytest.importorskip("gguf")
     model, data = _tiny_gguf_and_reviews(tmp_path)
     recipe = load_recipe("subjectivity")
@@ -409,11 +440,10 @@ def test_recipe_calibration_rationales_moves_the_sampled_rationales_threshold_on
         out = tmp_path / f"c{n}"
         r, a, t = recipe.make_parser(argv).parse_args_and_config(
             [*argv, "--calibration_rationales", str(n), "--output_dir", str(out)])
-        runs[n] = recipe.main(r, a, t), (out / "adapter_model.safetensors").read_bytes(), capsys.readouterr().out
-    (plain, plain_adapter, plain_out), (rat, rat_adapter, rat_out) = runs[0], runs[3]
+        runs[n] = recipe.main(r, a, t), capsys.readouterr().out
+    (plain, plain_out), (rat, rat_out) = runs[0], runs[3]
     assert "after a sampled rationale" in rat_out and "after a sampled rationale" not in plain_out
     assert rat["zero_shot"] == plain["zero_shot"] and rat["few_shot"] == plain["few_shot"]
-    assert rat_adapter != plain_adapter
     r, a, t = recipe.make_parser(argv).parse_args_and_config(
         [*argv, "--calibration_rationales", "3", "--calibrate", "false", "--output_dir", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="--calibration_rationales 3: .*--calibrate true"):
