@@ -102,9 +102,10 @@ def finetune_lm(model, tokenizer, texts: Sequence[str], max_steps: int, learning
         cached.parent.mkdir(parents=True, exist_ok=True)
     from accelerate import PartialState
 
-    processes = PartialState().num_processes  # > 1 under `accelerate launch`: SFTTrainer then trains data-parallel
+    state = PartialState()
+    processes = state.num_processes  # > 1 under `accelerate launch`: SFTTrainer then trains data-parallel
     per_device = -(-batch_size // processes)
-    if per_device * processes != batch_size:
+    if per_device * processes != batch_size and state.is_main_process:
         print(f"The {name} stage: {batch_size} texts a step do not divide among {processes} processes; each takes "
               f"{per_device}, so its batches ({per_device * processes} texts) differ from a one-process run's.")
     args = SFTConfig(
