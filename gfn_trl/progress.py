@@ -54,6 +54,12 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def say(*args, **kwargs) -> None:
+    """`print` on the main process only (`is_main_process`): a run's messages once, however many processes run it."""
+    if is_main_process():
+        print(*args, **kwargs)
+
+
 def progress_enabled() -> bool:
     """Whether a bar would show here: main process, and bars on (`set_progress`, else transformers' switch)."""
     if _enabled is None:

@@ -77,6 +77,8 @@ def test_subjectivity_with_its_m_step_under_two_processes_matches_one_process(tm
     # written once: the same samples, one summary printed
     assert (tmp_path / "two" / "samples.jsonl").read_text() == (tmp_path / "one" / "samples.jsonl").read_text()
     assert one_out.count("review: a plot") == two_out.count("review: a plot") == 1
+    for message in ("Calibrated judge:", "M-step: a new adapter"):  # said once, not once a process
+        assert one_out.count(message) == two_out.count(message) == 1, message
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import warnings
 
-from ..progress import progress_label, set_progress
+from ..progress import progress_label, say, set_progress
 from ..tasks.base import Evaluated, RunContext, Task, seed_replay_buffer
 from .arguments import RecipeArguments
 from .build import build_trainer, load_model_and_tokenizer
@@ -125,7 +125,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
     if seeds is not None:
         seeded = seed_replay_buffer(trainer, seeds.latents)
         if seeds.what is not None:
-            print(f"Replay buffer seeded with {seeded} {seeds.what}.")
+            say(f"Replay buffer seeded with {seeded} {seeds.what}.")
 
     task.prepare_evaluation(ctx, data)
     results: dict[str, Evaluated] = {}
@@ -147,7 +147,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
             except BaseException:
                 if i:  # a derived method failed (e.g. out of memory): keep the trained policy and what was evaluated
                     save(failed=name)
-                    print(f"{name} failed after training; the trained policy and the results of "
+                    say(f"{name} failed after training; the trained policy and the results of "
                           f"{', '.join(results)} are saved in {args.output_dir}.")
                 raise
 

@@ -68,6 +68,7 @@ from datasets import Dataset
 from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
 from ..evaluation.text_metrics import majority_vote_accuracy
+from ..progress import say
 from ..sampling import LatentConstraints
 from ..tokenization import encode_continuation
 from ..tools import TextTool
@@ -592,7 +593,7 @@ class ArithmeticTask(Task):
                            n_val_per_length=recipe.num_eval if validation else 0,
                            n_rationale=t.num_rationale if t.rationale_lm_steps else 0)
         if t.num_gold > len(splits["train"]):  # not refused: the paper's 10 with a small --num_train is a use
-            print(f"Warning: --num_gold {t.num_gold} exceeds the {len(splits['train'])} training problems: all "
+            say(f"Warning: --num_gold {t.num_gold} exceeds the {len(splits['train'])} training problems: all "
                   f"{len(splits['train'])} come with their gold rationale (the GFlowNet's replay seeds, SFT's "
                   "training set; -1 says so).")
         held_out = {key: splits[key] for key in (*SPLITS.values(), *VALIDATION_SPLITS.values()) if splits.get(key)}
@@ -628,7 +629,7 @@ class ArithmeticTask(Task):
         budget = ctx.args.max_completion_length
         too_long = sum(len(gold_latent(ctx.tokenizer, p, ctx.tool)) > budget for p in data.train)
         if too_long:
-            print(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
+            say(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
                   f"max_completion_length={budget} tokens; the policy cannot write it in full.")
         n_gold = self._n_gold(ctx, data)
         if ctx.recipe.trainer == "sft":  # SFT learns from rationales: only the problems given one (the paper's 10)

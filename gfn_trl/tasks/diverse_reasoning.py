@@ -59,6 +59,7 @@ from datasets import Dataset
 from ..data import tokenize_dataset
 from ..evaluation import Scored, likelihood_summary
 from ..evaluation.text_metrics import majority_vote_accuracy
+from ..progress import say
 from ..sampling import LatentConstraints
 from . import arithmetic
 from .arithmetic import Problem, check_disjoint, extract_answer, few_shot_prompt, generate_problems, gold_rationale
@@ -176,7 +177,7 @@ class DiverseReasoningTask(Task):
         budget = ctx.args.max_completion_length
         need = arithmetic.rationale_token_budget(ctx.tokenizer, max(OPERANDS))
         if need > budget:
-            print(f"Warning: the longest {max(OPERANDS)}-operand gold rationale takes {need} tokens, more than "
+            say(f"Warning: the longest {max(OPERANDS)}-operand gold rationale takes {need} tokens, more than "
                   f"max_completion_length={budget}: some rationales cannot be written in full.")
         return to_contract(data.train, data.extra["shots"])
 

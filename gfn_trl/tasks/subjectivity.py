@@ -78,6 +78,7 @@ from ..data import tokenize_dataset
 from ..evaluation import Scored, sample_and_score, score_texts
 from ..evaluation.text_metrics import majority_vote_accuracy
 from ..models import config_kept, eval_mode
+from ..progress import say
 from ..rewards import LikelihoodReward
 from ..sampling import CACHE_KWARGS, LatentConstraints, cache_kwarg, counter_seed, left_pad, sample_latents
 from ..tokenization import encode_continuation, encode_prompt
@@ -646,7 +647,7 @@ class SubjectivityTask(Task):
         ctx.zero_shot_threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train) if t.calibrate else 0.0
         ctx.threshold = ctx.zero_shot_threshold
         if t.calibrate:
-            print(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > "
+            say(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > "
                   f"{ctx.zero_shot_threshold:.3f} after an empty rationale (the mean zero-shot margin of the "
                   f"{len(data.train)} labelled reviews)")
         if t.calibrate and t.calibration_rationales:
@@ -662,7 +663,7 @@ class SubjectivityTask(Task):
             ctx.threshold = rationale_calibration_threshold(ctx.model, ctx.tokenizer, data.train, constraints,
                                                             t.calibration_rationales, seed=args.seed,
                                                             prompts_per_batch=per_pass)
-            print(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
+            say(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
                   f"{t.calibration_rationales} untuned rationales per labelled review): the training penalty's and "
                   "the sampled rationales' threshold")
         if t.calibrate:  # the training reward's wrong-label test is the calibrated judge's
@@ -683,7 +684,7 @@ class SubjectivityTask(Task):
         ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
                                          ctx.model.config, ctx.built.constraints.max_length, "eval"))
         if ctx.task_args.m_step_steps and not self._runs_m_step(ctx):
-            print(f"Note: --m_step_steps {ctx.task_args.m_step_steps} does not apply to --trainer sft, which samples "
+            say(f"Note: --m_step_steps {ctx.task_args.m_step_steps} does not apply to --trainer sft, which samples "
                   "no rationales to train the M-step's judge on: no sft_m_step row.")
         if self._runs_m_step(ctx):  # the labelled reviews, to sample the M-step's rationales for
             ctx.m_step_rows = list(tokenize_dataset(to_contract(data.train).remove_columns("contrast_suffix"),
@@ -725,7 +726,7 @@ class SubjectivityTask(Task):
                                    t.m_step_rationales, ctx.recipe.eval_temperature, seed=ctx.args.seed,
                                    prompts_per_batch=per_pass)
         dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
-        print(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
+        say(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
               f"labelled reviews, {t.m_step_steps} steps")
         own = b.policy.active_adapter  # the E-step's adapter, active again after the judging
         fit = train_m_step(b.policy, ctx.tokenizer, dataset, ctx.args, t.m_step_steps, t.m_step_learning_rate,
