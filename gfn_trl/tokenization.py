@@ -34,6 +34,7 @@ the piece appears, which is also what the sampler needs (a tool's output is the 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,42 @@ def token_texts(tokenizer, size: int | None = None) -> list[str]:
     alone = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)
     return [pair[len(head):] if anchor and pair.startswith(head) else text for pair, text in zip(pairs, alone)]
+
+
+_DROPS_LEADING_SPACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _drops_leading_space(tokenizer) -> bool:
+    """Whether decoding ids alone loses the space that starts them (SentencePiece's decoder drops the "▁" at a
+    text's start): " a" encoded as a continuation does not decode back to " a"."""
+    try:
+        return _DROPS_LEADING_SPACE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    ids = encode_continuation(tokenizer, " a")
+    drops = not tokenizer.decode(ids, skip_special_tokens=True).startswith(" ")
+    try:
+        _DROPS_LEADING_SPACE[tokenizer] = drops
+    except TypeError:  # not weak-referenceable: probed again next time
+        pass
+    return drops
+
+
+def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
+    """The text that `ids` (e.g. a sampled latent, without its stop token) add after the text before them, special
+    tokens skipped: what `encode_continuation` encodes back.
+
+    For most tokenizers (byte-level BPE: GPT-2, SmolLM2) this is `tokenizer.decode(ids, skip_special_tokens=True)`.
+    A SentencePiece tokenizer (Llama, Mistral, Gemma) drops the space that starts a decoded text, so a latent
+    " the cat" read "the cat" alone; its ids are decoded after an anchor (the digit "0") that is then cut off."""
+    ids = list(ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if not ids or not _drops_leading_space(tokenizer):
+        return text
+    anchor = _plain(tokenizer, "0")
+    head = tokenizer.decode(anchor, skip_special_tokens=True)
+    pair = tokenizer.decode(anchor + ids, skip_special_tokens=True)
+    return pair[len(head):] if anchor and pair.startswith(head) else text
 
 
 def encode_token(tokenizer, token: str) -> int:

@@ -220,6 +220,33 @@ def test_trainer_steps_and_scores_the_intended_text(tmp_path, kind):
         assert torch.isfinite(torch.tensor(s.log_likelihood)).all()
 
 
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_sampled_texts_read_as_they_follow_the_prompt(kind):
+    """`decode_continuation` gives back the text `encode_continuation` encoded, leading space included, for every
+    tokenizer kind; and the evaluation's texts (`score_tokens`, what samples.jsonl and the text metrics read) are
+    those.  SentencePiece's decoder drops the space that starts a text, so a latent " the cat" was saved as "the
+    cat"; byte-level BPE decodes it alone as it did before."""
+    from gfn_trl.evaluation import score_tokens
+    from gfn_trl.rewards import LikelihoodReward
+    from gfn_trl.tokenization import decode_continuation
+
+    tok = tokenizer_kind(kind)
+    texts = [" the cat", "the cat", " 12 + 3 = 15", ".", " I", " a story. It ends"]
+    for text in texts:
+        assert decode_continuation(tok, encode_continuation(tok, text)) == text, text
+    assert decode_continuation(tok, []) == ""
+    if kind in ("byte_bpe", "eos_appending", "smollm2"):  # decoding alone was already right: nothing changes
+        for text in texts:
+            ids = encode_continuation(tok, text)
+            assert decode_continuation(tok, ids) == tok.decode(ids, skip_special_tokens=True)
+    row = next(iter(tokenize_dataset(Dataset.from_list([STORY]), tok, tiny_model("llama", len(tok)).config, 8,
+                                     "eval")))
+    stop = resolve_stop_token_id(tok, None)
+    reward = LikelihoodReward(None, tiny_model("llama", len(tok)), stop, tok.pad_token_id or stop)
+    (scored,) = score_tokens(reward, tok, [row], [[encode_continuation(tok, " the cat")]])
+    assert scored.texts == [" the cat"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Vocabulary mismatches
 

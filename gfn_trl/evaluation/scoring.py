@@ -16,7 +16,7 @@ from ..models import eval_mode
 from ..progress import progress
 from ..rewards import LikelihoodReward
 from ..sampling import LatentConstraints, counter_seed, latent_batch, left_pad, sample_latents
-from ..tokenization import encode_continuation
+from ..tokenization import decode_continuation, encode_continuation
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Scored:
 
     row: dict
     tokens: list[list[int]]  # latents, without the stop token
-    texts: list[str]  # decoded latents
+    texts: list[str]  # decoded latents, as they read after the prompt (`decode_continuation`)
     log_likelihood: list[float]  # untempered log R(Z⊤) under the base LM (empty: sampled without scoring)
 
 
@@ -78,7 +78,7 @@ def sample_and_score(
             for i, r in enumerate(chunk):
                 sl = slice(i * n_samples, (i + 1) * n_samples)
                 toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
-                texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
+                texts = [decode_continuation(tokenizer, t) for t in toks]
                 out.append(Scored(r, toks, texts, final[sl] if final is not None else []))
             bar.update(len(chunk))
     return out
@@ -94,7 +94,7 @@ def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents:
     for row, toks in zip(rows, latents):
         z, lengths = latent_batch(toks, reward.stop_token_id, reward.device)
         final = reward.final([row] * len(toks), z, lengths)
-        texts = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
+        texts = [decode_continuation(tokenizer, t) for t in toks]
         out.append(Scored(row, [list(t) for t in toks], texts, final.tolist()))
     return out
 
