@@ -219,8 +219,11 @@ def _drops_leading_space(tokenizer) -> bool:
         return _DROPS_LEADING_SPACE[tokenizer]
     except (KeyError, TypeError):
         pass
-    ids = encode_continuation(tokenizer, " a")
-    drops = not tokenizer.decode(ids, skip_special_tokens=True).startswith(" ")
+    try:
+        ids = encode_continuation(tokenizer, " a")
+    except ValueError:  # " a" merges with every context: no space to keep or lose; decode as it always did
+        ids = []
+    drops = bool(ids) and not tokenizer.decode(ids, skip_special_tokens=True).startswith(" ")
     try:
         _DROPS_LEADING_SPACE[tokenizer] = drops
     except TypeError:  # not weak-referenceable: probed again next time
