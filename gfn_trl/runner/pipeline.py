@@ -148,7 +148,7 @@ def run(task: Task | str, recipe: RecipeArguments, args, task_args=None) -> dict
                 if i:  # a derived method failed (e.g. out of memory): keep the trained policy and what was evaluated
                     save(failed=name)
                     say(f"{name} failed after training; the trained policy and the results of "
-                          f"{', '.join(results)} are saved in {args.output_dir}.")
+                        f"{', '.join(results)} are saved in {args.output_dir}.")
                 raise
 
     metrics = save()

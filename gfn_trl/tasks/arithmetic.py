@@ -594,8 +594,8 @@ class ArithmeticTask(Task):
                            n_rationale=t.num_rationale if t.rationale_lm_steps else 0)
         if t.num_gold > len(splits["train"]):  # not refused: the paper's 10 with a small --num_train is a use
             say(f"Warning: --num_gold {t.num_gold} exceeds the {len(splits['train'])} training problems: all "
-                  f"{len(splits['train'])} come with their gold rationale (the GFlowNet's replay seeds, SFT's "
-                  "training set; -1 says so).")
+                f"{len(splits['train'])} come with their gold rationale (the GFlowNet's replay seeds, SFT's "
+                "training set; -1 says so).")
         held_out = {key: splits[key] for key in (*SPLITS.values(), *VALIDATION_SPLITS.values()) if splits.get(key)}
         names = VALIDATION_SPLITS if validation else SPLITS
         evaluated = {name: splits[key] for name, key in names.items() if splits.get(key)}
@@ -630,7 +630,7 @@ class ArithmeticTask(Task):
         too_long = sum(len(gold_latent(ctx.tokenizer, p, ctx.tool)) > budget for p in data.train)
         if too_long:
             say(f"Warning: {too_long} of {len(data.train)} training problems have a gold rationale longer than "
-                  f"max_completion_length={budget} tokens; the policy cannot write it in full.")
+                f"max_completion_length={budget} tokens; the policy cannot write it in full.")
         n_gold = self._n_gold(ctx, data)
         if ctx.recipe.trainer == "sft":  # SFT learns from rationales: only the problems given one (the paper's 10)
             gold = list(data.train)[:n_gold]

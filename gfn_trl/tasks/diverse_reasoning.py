@@ -178,7 +178,7 @@ class DiverseReasoningTask(Task):
         need = arithmetic.rationale_token_budget(ctx.tokenizer, max(OPERANDS))
         if need > budget:
             say(f"Warning: the longest {max(OPERANDS)}-operand gold rationale takes {need} tokens, more than "
-                  f"max_completion_length={budget}: some rationales cannot be written in full.")
+                f"max_completion_length={budget}: some rationales cannot be written in full.")
         return to_contract(data.train, data.extra["shots"])
 
     def vocab_mask(self, ctx: RunContext):

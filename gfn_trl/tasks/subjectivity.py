@@ -272,6 +272,20 @@ def _predictions(lls: list[dict[str, list[float]]], threshold: float = 0.0) -> l
             for ll in lls]
 
 
+def judged_rows(reviews: Dataset, tokenizer, config, max_length: int, split: str) -> list[dict]:
+    """Tokenized rows of `reviews` (SUBJ rows: `text`, `label`) as the judge scores them: the contract without its
+    contrast suffix, so that a latent is scored once, log p(Z Y_true | X), and the two labels are compared by
+    `label_log_likelihoods`.  `max_length`: the latent budget (`tokenize_dataset`)."""
+    return list(tokenize_dataset(to_contract(reviews).remove_columns("contrast_suffix"), tokenizer, config,
+                                 max_length, split))
+
+
+def _base_judge(model, tokenizer, batch_size: int) -> LikelihoodReward:
+    """`model` itself (no adapter to disable) scoring as the frozen judge; pads with EOS if the tokenizer has no pad."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
+
+
 @torch.no_grad()
 def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16) -> float:
     """The calibrated judge's threshold b: the mean over the labelled training reviews of the base LM's zero-shot
@@ -279,10 +293,8 @@ def calibration_threshold(model, tokenizer, train: Dataset, batch_size: int = 16
     then calls a review objective iff its margin after X Z exceeds b, instead of 0: a small LM's label bias (SmolLM2
     prefers ", so it is subjective." after nearly every review and rationale, even after Z = " objective") moves
     the threshold, not the ranking of rationales."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
-    rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config, 1,
-                                 "train"))
+    scorer = _base_judge(model, tokenizer, batch_size)
+    rows = judged_rows(train, tokenizer, model.config, 1, "train")
     lls = label_log_likelihoods(scorer, rows, [[[]] for _ in rows], tokenizer)
     return sum(ll["objective"][0] - ll["subjective"][0] for ll in lls) / len(lls)
 
@@ -304,10 +316,8 @@ def rationale_calibration_threshold(model, tokenizer, train: Dataset, constraint
     `prompts_per_batch`: reviews sampled at once (`prompts_per_batch` × `n_per_review` sequences per pass)."""
     if n_per_review < 1:
         raise ValueError(f"n_per_review {n_per_review}: sample at least 1 rationale per review.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scorer = LikelihoodReward(None, model, tokenizer.eos_token_id, pad, batch_size)
-    rows = list(tokenize_dataset(to_contract(train).remove_columns("contrast_suffix"), tokenizer, model.config,
-                                 constraints.max_length, "train"))
+    scorer = _base_judge(model, tokenizer, batch_size)
+    rows = judged_rows(train, tokenizer, model.config, constraints.max_length, "train")
     scored = sample_and_score(model, None, tokenizer, constraints, rows, n_per_review, temperature,  # scored below
                               seed=counter_seed("calibration", seed), prompts_per_batch=prompts_per_batch)
     lls = label_log_likelihoods(scorer, rows, [s.tokens for s in scored], tokenizer)
@@ -474,6 +484,13 @@ def seed_replay_buffer(trainer, n_per_example: int = 20, seed: int = 0) -> int:
 
 
 M_STEP_ADAPTER = "m_step"
+
+
+def reviews_per_pass(eval_samples: int, per_review: int) -> int:
+    """Reviews sampled at once when each gets `per_review` rationales: no more sequences per pass than the
+    evaluation's (4 reviews x `eval_samples`), at least one review; the paper's 100 rationales a review would
+    otherwise make each pass 10 times as large."""
+    return max(1, 4 * eval_samples // per_review)
 
 
 def m_step_dataset(rows: Sequence[dict], latents: Sequence[Sequence[Sequence[int]]], tokenizer=None) -> Dataset:
@@ -644,29 +661,18 @@ class SubjectivityTask(Task):
         contract, t = to_contract(data.train), ctx.task_args
         # the judge's threshold for an empty rationale (zero-shot) and for sampled rationales (training, untuned, the
         # trained policy): the same unless --calibration_rationales measures the latter on rationales
-        ctx.zero_shot_threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train) if t.calibrate else 0.0
-        ctx.threshold = ctx.zero_shot_threshold
+        ctx.zero_shot_threshold = ctx.threshold = 0.0
         if t.calibrate:
+            ctx.zero_shot_threshold = ctx.threshold = calibration_threshold(ctx.model, ctx.tokenizer, data.train)
             say(f"Calibrated judge: objective iff log p(Y_objective) - log p(Y_subjective) > "
-                  f"{ctx.zero_shot_threshold:.3f} after an empty rationale (the mean zero-shot margin of the "
-                  f"{len(data.train)} labelled reviews)")
-        if t.calibrate and t.calibration_rationales:
-            from ..trainers.setup import ensure_pad_token, latent_space
-
-            args = ctx.args
-            ensure_pad_token(ctx.tokenizer)  # as the trainer's build does next: the sampler pads with it
-            constraints = latent_space(ctx.tokenizer, args.max_completion_length, args.min_completion_length,
-                                       args.stop_token, self.vocab_mask(ctx), None, ctx.model)
-            # passes no larger than the evaluation's (4 reviews x eval_samples), as the M-step's: 100 rationales a
-            # review would otherwise make each pass 400 sequences
-            per_pass = max(1, min(4, 4 * ctx.recipe.eval_samples // t.calibration_rationales))
-            ctx.threshold = rationale_calibration_threshold(ctx.model, ctx.tokenizer, data.train, constraints,
-                                                            t.calibration_rationales, seed=args.seed,
-                                                            prompts_per_batch=per_pass)
-            say(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
-                  f"{t.calibration_rationales} untuned rationales per labelled review): the training penalty's and "
-                  "the sampled rationales' threshold")
-        if t.calibrate:  # the training reward's wrong-label test is the calibrated judge's
+                f"{ctx.zero_shot_threshold:.3f} after an empty rationale (the mean zero-shot margin of the "
+                f"{len(data.train)} labelled reviews)")
+            if t.calibration_rationales:
+                ctx.threshold = self._rationale_threshold(ctx, data.train)
+                say(f"  and > {ctx.threshold:.3f} after a sampled rationale (the mean margin of "
+                    f"{t.calibration_rationales} untuned rationales per labelled review): the training penalty's and "
+                    "the sampled rationales' threshold")
+            # the training reward's wrong-label test is the calibrated judge's
             margins = [ctx.threshold if lab == "objective" else -ctx.threshold for lab in contract["label"]]
             contract = contract.add_column("contrast_margin", margins)
         if ctx.recipe.trainer == "sft":  # SFT's target: the label sentence Y itself, right after X
@@ -681,20 +687,32 @@ class SubjectivityTask(Task):
     def prepare_evaluation(self, ctx: RunContext, data: TaskData) -> None:
         # Evaluation rows carry no contrast suffix: sample_and_score then scores each rationale once,
         # log p(Z Y_true | X) without the training penalty, and `evaluate` compares the two labels itself.
-        ctx.eval = list(tokenize_dataset(to_contract(data.eval).remove_columns("contrast_suffix"), ctx.tokenizer,
-                                         ctx.model.config, ctx.built.constraints.max_length, "eval"))
+        budget = ctx.built.constraints.max_length
+        ctx.eval = judged_rows(data.eval, ctx.tokenizer, ctx.model.config, budget, "eval")
         if ctx.task_args.m_step_steps and not self._runs_m_step(ctx):
             say(f"Note: --m_step_steps {ctx.task_args.m_step_steps} does not apply to --trainer sft, which samples "
-                  "no rationales to train the M-step's judge on: no sft_m_step row.")
+                "no rationales to train the M-step's judge on: no sft_m_step row.")
         if self._runs_m_step(ctx):  # the labelled reviews, to sample the M-step's rationales for
-            ctx.m_step_rows = list(tokenize_dataset(to_contract(data.train).remove_columns("contrast_suffix"),
-                                                    ctx.tokenizer, ctx.model.config,
-                                                    ctx.built.constraints.max_length, "train"))
+            ctx.m_step_rows = judged_rows(data.train, ctx.tokenizer, ctx.model.config, budget, "train")
         # the few-shot baseline's demonstrations, within the context window (with room for a test query and Y)
         max_pos = getattr(ctx.model.config.get_text_config(), "max_position_embeddings", None)
         need = max(len(r["reward_prompt_ids"]) + len(r["suffix_ids"]) for r in ctx.eval) + 8
         ctx.demonstrations = few_shot_demonstrations(list(data.train), ctx.tokenizer,
                                                      None if max_pos is None else max_pos - need)
+
+    def _rationale_threshold(self, ctx: RunContext, train: Dataset) -> float:
+        """`rationale_calibration_threshold` before the trainer is built: the run's latent space as the build makes
+        it (the pad token set as it sets it: the sampler pads with it)."""
+        from ..trainers.setup import ensure_pad_token, latent_space
+
+        args, n = ctx.args, ctx.task_args.calibration_rationales
+        ensure_pad_token(ctx.tokenizer)
+        constraints = latent_space(ctx.tokenizer, args.max_completion_length, args.min_completion_length,
+                                   args.stop_token, self.vocab_mask(ctx), None, ctx.model)
+        # at most the 4 reviews a pass it took when its documented validation run (v5) was made
+        per_pass = min(4, reviews_per_pass(ctx.recipe.eval_samples, n))
+        return rationale_calibration_threshold(ctx.model, ctx.tokenizer, train, constraints, n, seed=args.seed,
+                                               prompts_per_batch=per_pass)
 
     @staticmethod
     def _own_judge(ctx: RunContext) -> LikelihoodReward:
@@ -719,15 +737,13 @@ class SubjectivityTask(Task):
         """The M-step (module docstring): rationales of the labelled reviews from the trained policy, a new adapter
         trained on X Z -> Y, then the E-step's test rationales judged by it."""
         b, t = ctx.built, ctx.task_args
-        # no more sequences per pass than the evaluation samples (4 reviews x eval_samples): the paper's 100 rationales
-        # a review would otherwise make each pass 10 times as large
-        per_pass = max(1, 4 * ctx.recipe.eval_samples // t.m_step_rationales)
+        per_pass = reviews_per_pass(ctx.recipe.eval_samples, t.m_step_rationales)
         trained = sample_and_score(b.policy, None, ctx.tokenizer, b.constraints, ctx.m_step_rows,  # not scored
                                    t.m_step_rationales, ctx.recipe.eval_temperature, seed=ctx.args.seed,
                                    prompts_per_batch=per_pass)
         dataset = m_step_dataset(ctx.m_step_rows, [s.tokens for s in trained], ctx.tokenizer)
         say(f"M-step: a new adapter on {len(dataset)} (review, rationale) pairs of the {len(ctx.m_step_rows)} "
-              f"labelled reviews, {t.m_step_steps} steps")
+            f"labelled reviews, {t.m_step_steps} steps")
         own = b.policy.active_adapter  # the E-step's adapter, active again after the judging
         fit = train_m_step(b.policy, ctx.tokenizer, dataset, ctx.args, t.m_step_steps, t.m_step_learning_rate,
                            t.m_step_batch_size, t.m_step_gradient_accumulation_steps)
