@@ -189,6 +189,18 @@ def encode_continuation(tokenizer, piece: str, context: str | None = None) -> li
     )
 
 
+def _after_anchor(tokenizer, seqs: Sequence[Sequence[int]], **decode_kwargs) -> list[str | None]:
+    """Each id sequence decoded after an anchor (the digit "0", tokenized alone) whose text is then cut off: the text
+    the ids add in the middle of a sequence; None where the pair does not start with the anchor's text (or there is
+    no anchor)."""
+    anchor = _plain(tokenizer, "0")
+    if not anchor:
+        return [None] * len(seqs)
+    head = tokenizer.decode(anchor, **decode_kwargs)
+    pairs = tokenizer.batch_decode([anchor + list(ids) for ids in seqs], **decode_kwargs)
+    return [pair[len(head):] if pair.startswith(head) else None for pair in pairs]
+
+
 def token_texts(tokenizer, size: int | None = None) -> list[str]:
     """The text of each id below `size` (default `len(tokenizer)`) as it reads in the middle of a sequence: what it
     adds to the decoded text after another token.
@@ -196,25 +208,22 @@ def token_texts(tokenizer, size: int | None = None) -> list[str]:
     Decoding an id alone is not that for SentencePiece tokenizers (Llama, Mistral, Gemma ...): the decoder drops the
     space piece "▁" at the start of a text, so the lone "▁" (which Llama writes before each digit of " 12") decodes to
     "" and "▁I" to "I"; a vocabulary mask that reads them alone bans the space before a number, or takes the word
-    " I" for the letter "I".  Each id is decoded after a digit instead ("0", tokenized alone) and the digit's text
-    is cut off; where that fails (the pair decodes to a text that does not start with the digit's), the id alone.
-    Byte-level BPE tokenizers (GPT-2, SmolLM2) give the same texts as decoding alone."""
+    " I" for the letter "I".  Each id is decoded after a digit instead (`_after_anchor`); where that fails, the id
+    alone.  Byte-level BPE tokenizers (GPT-2, SmolLM2) give the same texts as decoding alone."""
     size = len(tokenizer) if size is None else size
-    anchor = _plain(tokenizer, "0")
-    head = _decode(tokenizer, anchor)
-    pairs = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
-    alone = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
-    return [pair[len(head):] if anchor and pair.startswith(head) else text for pair, text in zip(pairs, alone)]
+    raw = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    alone = tokenizer.batch_decode([[i] for i in range(size)], **raw)
+    inside = _after_anchor(tokenizer, [[i] for i in range(size)], **raw)
+    return [text if mid is None else mid for mid, text in zip(inside, alone)]
 
 
+# per tokenizer: whether decoding alone drops a leading space (`decode_continuation` then decodes after an anchor)
 _DROPS_LEADING_SPACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _drops_leading_space(tokenizer) -> bool:
     """Whether decoding ids alone loses the space that starts them (SentencePiece's decoder drops the "▁" at a
-    text's start): " a" encoded as a continuation does not decode back to " a"."""
+    text's start): " a" encoded as a continuation does not decode back to " a".  Probed once per tokenizer."""
     try:
         return _DROPS_LEADING_SPACE[tokenizer]
     except (KeyError, TypeError):
@@ -231,21 +240,25 @@ def _drops_leading_space(tokenizer) -> bool:
     return drops
 
 
-def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
-    """The text that `ids` (e.g. a sampled latent, without its stop token) add after the text before them, special
-    tokens skipped: what `encode_continuation` encodes back.
+def decode_continuations(tokenizer, seqs: Sequence[Sequence[int]]) -> list[str]:
+    """The text that each id sequence of `seqs` (e.g. sampled latents, without their stop token) adds after the text
+    before it, special tokens skipped: what `encode_continuation` encodes back.
 
-    For most tokenizers (byte-level BPE: GPT-2, SmolLM2) this is `tokenizer.decode(ids, skip_special_tokens=True)`.
-    A SentencePiece tokenizer (Llama, Mistral, Gemma) drops the space that starts a decoded text, so a latent
-    " the cat" read "the cat" alone; its ids are decoded after an anchor (the digit "0") that is then cut off."""
-    ids = list(ids)
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if not ids or not _drops_leading_space(tokenizer):
-        return text
-    anchor = _plain(tokenizer, "0")
-    head = tokenizer.decode(anchor, skip_special_tokens=True)
-    pair = tokenizer.decode(anchor + ids, skip_special_tokens=True)
-    return pair[len(head):] if anchor and pair.startswith(head) else text
+    For most tokenizers (byte-level BPE: GPT-2, SmolLM2) this is `tokenizer.batch_decode(seqs,
+    skip_special_tokens=True)`.  A SentencePiece tokenizer (Llama, Mistral, Gemma) drops the space that starts a
+    decoded text, so a latent " the cat" read "the cat" alone; its ids are decoded after an anchor that is then cut
+    off (`_after_anchor`, one anchor for the whole batch)."""
+    seqs = [list(ids) for ids in seqs]
+    alone = tokenizer.batch_decode(seqs, skip_special_tokens=True)
+    if not seqs or not _drops_leading_space(tokenizer):
+        return alone
+    inside = _after_anchor(tokenizer, seqs, skip_special_tokens=True)
+    return [text if not ids or mid is None else mid for ids, mid, text in zip(seqs, inside, alone)]
+
+
+def decode_continuation(tokenizer, ids: Sequence[int]) -> str:
+    """`decode_continuations` of one id sequence."""
+    return decode_continuations(tokenizer, [ids])[0]
 
 
 def encode_token(tokenizer, token: str) -> int:

@@ -16,7 +16,7 @@ from ..models import eval_mode
 from ..progress import progress
 from ..rewards import LikelihoodReward
 from ..sampling import LatentConstraints, counter_seed, latent_batch, left_pad, sample_latents
-from ..tokenization import decode_continuation, encode_continuation
+from ..tokenization import decode_continuations, encode_continuation
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Scored:
 
     row: dict
     tokens: list[list[int]]  # latents, without the stop token
-    texts: list[str]  # decoded latents, as they read after the prompt (`decode_continuation`)
+    texts: list[str]  # decoded latents, as they read after the prompt (`decode_continuations`)
     log_likelihood: list[float]  # untempered log R(Z⊤) under the base LM (empty: sampled without scoring)
 
 
@@ -78,8 +78,8 @@ def sample_and_score(
             for i, r in enumerate(chunk):
                 sl = slice(i * n_samples, (i + 1) * n_samples)
                 toks = [z[b, : int(lengths[b])].tolist() for b in range(sl.start, sl.stop)]
-                texts = [decode_continuation(tokenizer, t) for t in toks]
-                out.append(Scored(r, toks, texts, final[sl] if final is not None else []))
+                scores = final[sl] if final is not None else []
+                out.append(Scored(r, toks, decode_continuations(tokenizer, toks), scores))
             bar.update(len(chunk))
     return out
 
@@ -94,8 +94,7 @@ def score_tokens(reward: LikelihoodReward, tokenizer, rows: list[dict], latents:
     for row, toks in zip(rows, latents):
         z, lengths = latent_batch(toks, reward.stop_token_id, reward.device)
         final = reward.final([row] * len(toks), z, lengths)
-        texts = [decode_continuation(tokenizer, t) for t in toks]
-        out.append(Scored(row, [list(t) for t in toks], texts, final.tolist()))
+        out.append(Scored(row, [list(t) for t in toks], decode_continuations(tokenizer, toks), final.tolist()))
     return out
 
 
