@@ -9,9 +9,10 @@ Each trainer runs as its own process, `<launcher> recipes/<task>.py --trainer T 
 run samples its evaluation latents from the same constrained latent space and scores them with the same base-LM
 likelihood and the same metric code (gfn_trl.evaluation, gfn_trl.metrics), so the rows are comparable.  The
 untuned baselines (the prompt / LM / zero-shot rows, and `--decoding` for continuation) are evaluated by the first
-run only.  Everything after `--` goes to every run unchanged.  Before the first run starts, every run's arguments
-are parsed and checked by its recipe (files, model path, packages), so that a later run does not fail after the
-earlier ones have spent their time.
+run only.  Everything after `--` goes to every run unchanged, except `--trainer`, `--output_dir` and `--decoding`,
+which compare.py sets per run (refused there: give them before `--`).  Before the first run starts, every run's
+arguments are parsed and checked by its recipe (files, model path, packages), so that a later run does not fail
+after the earlier ones have spent their time.
 
 Writes OUT/comparison.md, OUT/comparison.json and OUT/comparison.png (for continuation, the paper's figure: the
 max log-likelihood of each prompt's samples against their diversity; for the other tasks, one bar chart per metric).
